@@ -1,0 +1,43 @@
+"""`python -m pipeline <command>`: LightningCLI verbs (fit, validate, ...) plus the project's tools.
+
+  fit|validate|test|predict  LightningCLI (training), e.g. `fit --config pipeline/configs/cpu.yaml`
+  shards                     write content photos as WebDataset shards
+  sample-data                build the scikit-image sample shards
+  vgg-weights                fetch, convert and verify the VGG-16 weights
+  export                     TorchScript + torch.export of a run's generator
+  archive                    .mar archive(s) for TorchServe
+  stylize                    stylize files or folders offline (same pixels as the server)
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+TOOLS = {
+    "shards": "pipeline.shards",
+    "vgg-weights": "pipeline.vgg_weights",
+    "export": "pipeline.export",
+    "archive": "pipeline.archive",
+    "stylize": "pipeline.stylize",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd in TOOLS:
+        importlib.import_module(TOOLS[cmd]).main(rest)
+    elif cmd == "sample-data":
+        from pipeline.sample_data import ensure_sample_shards
+        ensure_sample_shards(Path(rest[0]) if rest else Path("data/shards/skimage"))
+    else:
+        from pipeline.cli import run_cli
+        run_cli(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Pure image pre/post-processing shared by the TorchServe handler, the offline CLI and training.
+
+bytes → `decode` → `DecodedImage` (RGB float [0, 1] + optional alpha) → `limit_side` →
+model → `encode` → bytes. Nothing here touches a model, a file system or a server, so the
+server and `python -m pipeline stylize` produce the same pixels by construction.
+
+Alpha: the RGB channels are stylized as stored (not composited), and the original alpha is
+put back on PNG/WebP output, so a cut-out stays a cut-out. JPEG has no alpha: the stylized
+RGB is composited over white.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+FORMAT_ALIASES = {"jpg": "jpeg"}
+DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb cap, checked before any pixel is decoded
+
+
+class BadImageRequest(ValueError):
+    """A client error: the message names the problem; `status` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class DecodedImage:
+    rgb: torch.Tensor  # (3, H, W) float32 in [0, 1]
+    alpha: torch.Tensor | None  # (1, H, W) float32 in [0, 1], or None when opaque
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.rgb.shape[1]), int(self.rgb.shape[2])
+
+
+@dataclass(frozen=True)
+class Options:
+    format: str = "png"
+    quality: int = 90
+    max_side: int | None = None
+
+
+def parse_options(params: Mapping[str, str], server_max_side: int) -> Options:
+    """Validate request options (`format`, `quality`, `max_side`); `max_side` is capped by the server's."""
+    p = {k.lower(): str(v).strip() for k, v in params.items() if v is not None}
+    fmt = FORMAT_ALIASES.get(p.get("format", "png").lower(), p.get("format", "png").lower())
+    if fmt not in FORMATS:
+        raise BadImageRequest(f"format={p['format']!r} is not supported; use one of {', '.join(FORMATS)}")
+    quality = _int_option(p, "quality", 90, 1, 100)
+    max_side = _int_option(p, "max_side", server_max_side, 1, None)
+    return Options(format=fmt, quality=quality, max_side=min(max_side, server_max_side))
+
+
+def _int_option(p: Mapping[str, str], name: str, default: int, lo: int, hi: int | None) -> int:
+    if name not in p or p[name] == "":
+        return default
+    try:
+        value = int(p[name])
+    except ValueError:
+        raise BadImageRequest(f"{name}={p[name]!r} is not an integer") from None
+    if value < lo or (hi is not None and value > hi):
+        raise BadImageRequest(f"{name}={value} is out of range [{lo}, {hi if hi is not None else '∞'}]")
+    return value
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode JPEG/PNG/WebP/BMP/GIF/TIFF bytes: EXIF orientation applied, first frame of an
+    animation, grey/palette/CMYK/16-bit converted to RGB, alpha kept apart."""
+    if not data:
+        raise BadImageRequest("empty request body: send the image bytes (raw body or a multipart field)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size  # header only: nothing decoded yet
+            if w * h > max_pixels:
+                raise BadImageRequest(f"image is {w}×{h} = {w * h / 1e6:.1f} MP, over the {max_pixels / 1e6:.1f} MP limit", 413)
+            if w < 1 or h < 1:
+                raise BadImageRequest(f"image has no pixels ({w}×{h})")
+            im.seek(0)
+            im = ImageOps.exif_transpose(im)
+            im.load()
+    except BadImageRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageRequest(f"image refused as a decompression bomb: {e}", 413) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken input
+        raise BadImageRequest(f"cannot decode the image ({type(e).__name__}: {e}); send JPEG, PNG, WebP or BMP") from None
+    return _to_tensors(im)
+
+
+def _to_tensors(im: Image.Image) -> DecodedImage:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit integer grey: scale to 8 bit, not clip
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), mode="L")
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    rgba = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    t = torch.from_numpy(rgba.copy()).permute(2, 0, 1).float().div_(255.0)
+    alpha = t[3:4] if has_alpha else None
+    if alpha is not None and bool((alpha == 1).all()):
+        alpha = None  # fully opaque: no alpha to carry
+    return DecodedImage(rgb=t[:3].contiguous(), alpha=alpha)
+
+
+def limit_side(img: DecodedImage, max_side: int | None) -> DecodedImage:
+    """Downscale (never upscale) so the longer side is at most `max_side`, keeping the aspect ratio."""
+    h, w = img.size
+    if max_side is None or max(h, w) <= max_side:
+        return img
+    scale = max_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+
+    def rs(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
+
+    return DecodedImage(rgb=rs(img.rgb), alpha=None if img.alpha is None else rs(img.alpha))
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """(C, H, W) float in [0, 1] → (H, W, C) uint8, rounded (not truncated)."""
+    return t.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def encode(rgb: torch.Tensor, alpha: torch.Tensor | None, fmt: str = "png", quality: int = 90) -> tuple[bytes, str]:
+    """Encode a stylized (3, H, W) image; returns (bytes, content type)."""
+    pil_format, content_type = FORMATS[fmt]
+    if alpha is not None and fmt == "jpeg":
+        rgb = rgb * alpha + (1 - alpha)  # composite over white: JPEG has no alpha channel
+        alpha = None
+    arr = to_uint8(rgb if alpha is None else torch.cat([rgb, alpha], 0))
+    buf = io.BytesIO()
+    kwargs = {"quality": quality} if fmt in ("jpeg", "webp") else {"compress_level": 6}
+    Image.fromarray(arr, mode="RGB" if alpha is None else "RGBA").save(buf, format=pil_format, **kwargs)
+    return buf.getvalue(), content_type
+
+
+def load_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """(3, H, W) float RGB in [0, 1] from an image file (alpha dropped), with a clear error."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read image {path}: {e}") from None
+    try:
+        return decode(data, max_pixels).rgb
+    except BadImageRequest as e:
+        raise ValueError(f"{path}: {e}") from None

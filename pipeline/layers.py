@@ -1,0 +1,106 @@
+"""Building blocks shared by both generators: norm and padding choices, conv blocks.
+
+`norm="instance"` is the paper's change: statistics per image and per channel over
+H×W, at train *and* test time. `track_running_stats=False` guarantees no running
+statistics exist anywhere, so eval mode cannot silently switch to stored ones.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+Norm = Literal["instance", "batch", "none"]
+Padding = Literal["reflect", "zero"]
+NORMS = ("instance", "batch", "none")
+PADDINGS = ("reflect", "zero")
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise a clear ValueError when a config string is not one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}")
+
+
+def make_norm(norm: Norm, channels: int) -> nn.Module:
+    """Instance norm (live statistics, learnable affine), batch norm (paper's baseline) or none."""
+    check_choice("norm", norm, NORMS)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.Identity()
+
+
+class ConvLayer(nn.Sequential):
+    """Padding + convolution. Reflection padding is applied explicitly so that a
+    constant input stays constant at the border (no dark frame, paper Fig. 3)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: Padding = "reflect"):
+        check_choice("padding", padding, PADDINGS)
+        pad = kernel // 2
+        if padding == "reflect":
+            super().__init__(nn.ReflectionPad2d(pad), nn.Conv2d(cin, cout, kernel, stride))
+        else:
+            super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding=pad))
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv → norm → ReLU (or LeakyReLU), the unit both generators are made of."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, norm: Norm = "instance",
+                 padding: Padding = "reflect", act: str = "relu"):
+        activation = nn.ReLU(inplace=True) if act == "relu" else nn.LeakyReLU(0.01, inplace=True)
+        super().__init__(ConvLayer(cin, cout, kernel, stride, padding), make_norm(norm, cout), activation)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3×3 conv-norm layers with an identity shortcut (Johnson et al.)."""
+
+    def __init__(self, channels: int, *, norm: Norm = "instance", padding: Padding = "reflect"):
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvLayer(channels, channels, 3, 1, padding), make_norm(norm, channels), nn.ReLU(inplace=True),
+            ConvLayer(channels, channels, 3, 1, padding), make_norm(norm, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int) -> tuple[torch.Tensor, int, int]:
+    """Pad bottom/right (edge replicate) so H and W are multiples of `multiple` and at least `min_size`.
+
+    Replicate padding works for any size ≥ 1 (reflection needs pad < size) and is an
+    affine map of x, so it keeps the generator's contrast invariance exact.
+    Returns the padded tensor and the original H, W for `crop_to`.
+
+    Always pads (possibly by 0) rather than branching on the size: a Python `if` on the
+    shape would make torch.export specialize the graph to one side of the branch.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    th, tw = _padded_size(h, multiple, min_size), _padded_size(w, multiple, min_size)
+    return F.pad(x, (0, tw - w, 0, th - h), mode="replicate"), h, w
+
+
+def _padded_size(n: int, multiple: int, min_size: int) -> int:
+    """Smallest multiple of `multiple` that is ≥ n and ≥ min_size."""
+    # Written as (number of blocks) × multiple so torch.export's symbolic sizes stay visibly
+    # divisible (later stride-2 / pooling / ×2 upsampling sizes then simplify and match).
+    blocks, min_blocks = (n + multiple - 1) // multiple, (min_size + multiple - 1) // multiple
+    if torch.jit.is_scripting():
+        return max(blocks, min_blocks) * multiple
+    # torch.sym_max keeps the size symbolic (builtin max() would guard on it); on ints it is max().
+    return torch.sym_max(blocks, min_blocks) * multiple
+
+
+def crop_to(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Crop bottom/right back to h×w (undoes `pad_to_multiple`).
+
+    Written as a negative constant pad rather than `y[..., :h, :w]`: torch.export cannot
+    prove h ≤ padded H for symbolic sizes and rejects the slice, while the pad's output
+    size is h×w by construction. Same values as the slice.
+    """
+    return F.pad(y, (0, w - y.shape[-1], 0, h - y.shape[-2]))

@@ -1,0 +1,95 @@
+"""Perceptual loss: Gram-matrix style statistics, feature content loss, total variation.
+
+Gram matrices are always computed in fp32 with autocast off: in fp16 the sums over H×W
+of products of post-ReLU activations overflow (65504) on real images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.vgg import VGGFeatures
+
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix per image: G[b] = F F^T / (C·H·W) for F of shape (C, H·W), in fp32."""
+    b, c, h, w = features.shape
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        f = features.float().reshape(b, c, h * w)
+        return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def style_loss(grams: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+               layer_weights: dict[str, float] | None = None) -> torch.Tensor:
+    """Σ_layers w_l · mean((G_l − T_l)²); each target (1, C, C) is broadcast over the batch."""
+    total = torch.zeros((), device=next(iter(grams.values())).device)
+    for name, g in grams.items():
+        w = 1.0 if layer_weights is None else layer_weights.get(name, 1.0)
+        total = total + w * (g - targets[name].to(g.dtype)).pow(2).mean()
+    return total
+
+
+def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of VGG features (fp32)."""
+    return (features.float() - target.float()).pow(2).mean()
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Total variation: mean squared difference of vertical plus horizontal neighbours."""
+    dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).float().pow(2).mean()
+    dw = (x[:, :, :, 1:] - x[:, :, :, :-1]).float().pow(2).mean()
+    return dh + dw
+
+
+class PerceptualLoss(nn.Module):
+    """Style + content + TV loss against one fixed style image.
+
+    The style targets (Gram matrices of the style image) are computed once, at construction
+    or by `set_style`, and kept as non-persistent buffers (they follow `.to(device)`).
+    """
+
+    def __init__(self, style_image: torch.Tensor, *, content_layer: str = "relu2_2",
+                 style_layers: tuple[str, ...] = STYLE_LAYERS, style_weight: float = 1.0,
+                 content_weight: float = 1.0, tv_weight: float = 0.0,
+                 style_layer_weights: dict[str, float] | None = None, vgg_flavour: str = "caffe",
+                 vgg_weights: str | Path | None = None):
+        super().__init__()
+        if content_layer not in ("relu2_2", "relu3_3"):
+            raise ValueError(f"content_layer={content_layer!r}: choose relu2_2 or relu3_3")
+        self.content_layer, self.style_layers = content_layer, tuple(style_layers)
+        self.weights = {"style": style_weight, "content": content_weight, "tv": tv_weight}
+        self.style_layer_weights = style_layer_weights
+        self.vgg = VGGFeatures(sorted(set(self.style_layers) | {content_layer}, key=lambda n: n[4:]),
+                               flavour=vgg_flavour, weights_path=vgg_weights)
+        self.set_style(style_image)
+
+    @torch.no_grad()
+    def set_style(self, style_image: torch.Tensor) -> None:
+        """Compute and store the target Gram matrices of a (1, 3, H, W) style image in [0, 1]."""
+        if style_image.dim() != 4 or style_image.shape[:2] != (1, 3):
+            raise ValueError(f"style image must have shape (1, 3, H, W), got {tuple(style_image.shape)}")
+        device = next(self.vgg.parameters()).device
+        feats = self.vgg(style_image.to(device))
+        for name in self.style_layers:
+            self.register_buffer(f"target_{name}", gram(feats[name]), persistent=False)
+
+    def targets(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"target_{name}") for name in self.style_layers}
+
+    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the weighted terms and their sum: {'style', 'content', 'tv', 'total'}."""
+        out_feats = self.vgg(output)
+        with torch.no_grad():
+            content_target = self.vgg(content)[self.content_layer]
+        grams = {name: gram(out_feats[name]) for name in self.style_layers}
+        terms = {
+            "style": self.weights["style"] * style_loss(grams, self.targets(), self.style_layer_weights),
+            "content": self.weights["content"] * content_loss(out_feats[self.content_layer], content_target),
+            "tv": self.weights["tv"] * tv_loss(output),
+        }
+        terms["total"] = terms["style"] + terms["content"] + terms["tv"]
+        return terms

@@ -1,0 +1,125 @@
+"""LightningModule: one generator trained for one fixed style image with the perceptual loss."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+
+from pipeline.callbacks import ImageGridLogger
+from pipeline.generators import build_generator
+from pipeline.imaging import load_image_file
+from pipeline.losses import STYLE_LAYERS, PerceptualLoss
+
+
+def load_style(path: str | Path, size: int | None) -> torch.Tensor:
+    """Style image as (1, 3, H, W) in [0, 1], long side resized to `size` (None: as is)."""
+    img = load_image_file(Path(path))
+    if size is not None:
+        h, w = img.shape[-2:]
+        scale = size / max(h, w)
+        img = torch.nn.functional.interpolate(img[None], size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                                              mode="bilinear", antialias=True, align_corners=False)[0]
+    return img[None].clamp(0, 1)
+
+
+class StyleTransferModule(L.LightningModule):
+    """Feed-forward style transfer (Ulyanov et al. 2017, Johnson et al. 2016).
+
+    Args:
+        style_image: path of the style image.
+        style_size: long side the style image is resized to before its Gram matrices are taken.
+        arch: `residual` (Johnson) or `multiscale` (Ulyanov, with noise input).
+        norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`.
+        padding: `reflect` or `zero`.
+        upsample: residual generator only: `nearest` (resize-conv) or `transposed`.
+        content_layer: `relu2_2` or `relu3_3`.
+        style_weight, content_weight, tv_weight: loss weights.
+        vgg_flavour: `caffe` (verified Oxford weights, default) or `torchvision`.
+        vgg_weights: path of the caffe-flavour weights (None: $VGG_WEIGHTS or the project cache).
+        lr: Adam learning rate.
+        lr_schedule: `none`, `cosine` (to 0 at max_steps) or `step` (×0.1 at 2/3 of max_steps).
+        image_every_n_steps: how often a (content | stylized) grid goes to TensorBoard.
+        max_nonfinite: consecutive non-finite losses tolerated (steps skipped) before training stops.
+    """
+
+    def __init__(self, style_image: str, style_size: int | None = 512, arch: str = "residual",
+                 norm: str = "instance", padding: str = "reflect", upsample: str = "nearest",
+                 content_layer: str = "relu2_2", style_weight: float = 3e-4, content_weight: float = 1e-5,
+                 tv_weight: float = 1.0, vgg_flavour: str = "caffe", vgg_weights: str | None = None,
+                 lr: float = 1e-3, lr_schedule: str = "none", image_every_n_steps: int = 100,
+                 max_nonfinite: int = 10):
+        super().__init__()
+        self.save_hyperparameters()
+        if not Path(style_image).is_file():
+            raise FileNotFoundError(f"style image {style_image} does not exist")
+        if lr_schedule not in ("none", "cosine", "step"):
+            raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
+        extra = {"upsample": upsample} if arch == "residual" else {}
+        self.generator = build_generator(arch, norm=norm, padding=padding, **extra)
+        style = load_style(style_image, style_size)
+        self.loss = PerceptualLoss(style, content_layer=content_layer, style_layers=STYLE_LAYERS,
+                                   style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
+                                   vgg_flavour=vgg_flavour, vgg_weights=vgg_weights)
+        self.register_buffer("style", style, persistent=False)
+        self._nonfinite = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator(x)
+
+    def _terms(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.loss(self.generator(content), content)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        terms = self._terms(batch)
+        finite = bool(torch.isfinite(terms["total"]).item())
+        # Every DDP rank must take the same decision, or the skipped rank hangs the all-reduce.
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            self._nonfinite += 1
+            self.log("train/nonfinite_steps", float(self._nonfinite))
+            if self._nonfinite >= self.hparams.max_nonfinite:
+                raise FloatingPointError(
+                    f"loss was non-finite for {self._nonfinite} consecutive steps (last: "
+                    f"{ {k: float(v) for k, v in terms.items()} }); stopping. Lower the lr or check the data.")
+            return None  # Lightning skips backward and the optimizer step
+        self._nonfinite = 0
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=batch.shape[0])
+        return terms["total"]
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        terms = self._terms(batch)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch.shape[0], sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr)
+        if self.hparams.lr_schedule == "none":
+            return opt
+        total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches)
+        if self.hparams.lr_schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, 2 * total // 3), gamma=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The callbacks every run needs; the trainer config may add more."""
+        return [
+            ModelCheckpoint(monitor="val/total", mode="min", save_last=True, save_top_k=1,
+                            filename="best-step{step}", auto_insert_metric_name=False),
+            LearningRateMonitor(logging_interval="step"),
+            ThroughputMonitor(batch_size_fn=lambda batch: batch.shape[0]),
+            ImageGridLogger(every_n_steps=self.hparams.image_every_n_steps),
+        ]
+
+    # The frozen VGG and style targets are rebuilt from the hyper-parameters; keep them out of
+    # checkpoints (30 MB of weights that are not ours), and put them back before a strict load.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint["state_dict"]
+        for k in [k for k in sd if k.startswith("loss.")]:
+            del sd[k]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})

@@ -1,0 +1,107 @@
+"""Generators: size contract and the paper's instance-norm properties."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from pipeline.generators import MultiScaleGenerator, ResidualGenerator, build_generator
+
+SIZES = [(37, 53), (64, 96), (101, 77), (1, 1), (5, 300), (16, 16)]
+
+
+def fitted(arch: str, **kw) -> torch.nn.Module:
+    """A small generator trained briefly towards the identity, so its output follows its input."""
+    g = small(arch, **kw).train()
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    for _ in range(30):
+        x = torch.rand(4, 3, 32, 32)
+        opt.zero_grad(); (g(x) - x).abs().mean().backward(); opt.step()
+    return g.eval()
+
+
+def small(arch: str, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if arch == "residual":
+        return ResidualGenerator(n_residual=1, width=8, **kw)
+    return MultiScaleGenerator(scales=3, branch_channels=4, **kw)
+
+
+@pytest.mark.parametrize("arch,norm,padding", list(itertools.product(["residual", "multiscale"], ["instance", "batch", "none"], ["reflect", "zero"])))
+def test_output_size_equals_input_size(arch, norm, padding):
+    g = small(arch, norm=norm, padding=padding).eval()
+    with torch.no_grad():
+        for h, w in SIZES:
+            x = torch.rand(2, 3, h, w)
+            y = g(x)
+            assert y.shape == x.shape, (arch, norm, padding, h, w, tuple(y.shape))
+            assert 0 <= float(y.min()) and float(y.max()) <= 1
+
+
+def test_transposed_upsampling_and_train_mode_sizes():
+    g = ResidualGenerator(upsample="transposed", n_residual=1, width=8).train()
+    x = torch.rand(2, 3, 45, 70)
+    assert g(x).shape == x.shape
+
+
+def test_full_size_residual_generator_has_johnson_parameter_count():
+    n = sum(p.numel() for p in ResidualGenerator().parameters())
+    assert n == 1_679_235  # 1.68 M, the public reference architecture
+
+
+def test_instance_norm_has_no_running_statistics():
+    g = ResidualGenerator()
+    norms = [m for m in g.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert norms and all(not m.track_running_stats and m.running_mean is None for m in norms)
+    assert not any(k.startswith("running") or "running_" in k for k in g.state_dict())
+
+
+@pytest.mark.parametrize("arch", ["residual", "multiscale"])
+def test_instance_norm_output_ignores_contrast_and_batch_mates(arch):
+    """Paper Fig. 2: g(a·x + b) ≈ g(x) for a > 0, in eval mode, and batch mates do not matter."""
+    g = fitted(arch, norm="instance", padding="reflect")
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 41, 58)
+    # Exact up to the norm's eps (1e-5 added to the variance): the small multi-scale net has
+    # low-variance coarse levels where eps weighs more.
+    tol = 2e-3 if arch == "residual" else 1e-2
+    with torch.no_grad():
+        y = g(x)
+        contrasts = [(0.5, 0.25), (2.0, -0.3)] + ([(0.2, 0.0)] if arch == "residual" else [])
+        for a, b in contrasts:
+            diff = (g(a * x + b) - y).abs().max().item()
+            assert diff < tol, f"contrast {a}·x+{b}: max abs diff {diff}"
+        others = torch.rand(3, 3, 41, 58) * 0.3
+        in_batch = g(torch.cat([others, x]))[-1:]
+        assert (in_batch - y).abs().max().item() < 1e-5
+
+
+def test_batch_norm_in_eval_mode_depends_on_contrast():
+    """The paper's baseline: BatchNorm with running statistics fails the contrast check."""
+    for arch in ("residual", "multiscale"):
+        g = fitted(arch, norm="batch", padding="reflect")  # running statistics filled while fitting
+        x = torch.rand(1, 3, 41, 58)
+        with torch.no_grad():
+            diff = (g(0.5 * x + 0.25) - g(x)).abs().max().item()
+        assert diff > 0.05, f"{arch}: batch norm unexpectedly contrast-invariant (max abs diff {diff})"
+
+
+def test_bad_choices_are_rejected_clearly():
+    with pytest.raises(ValueError, match="norm='group'"):
+        build_generator("residual", norm="group")
+    with pytest.raises(ValueError, match="arch='unet'"):
+        build_generator("unet")
+    with pytest.raises(ValueError, match="padding='circular'"):
+        ResidualGenerator(padding="circular")
+
+
+def test_multiscale_noise_is_zero_in_eval_and_random_in_train():
+    g = small("multiscale")
+    x = torch.rand(1, 3, 40, 40)
+    g.eval()
+    with torch.no_grad():
+        assert torch.equal(g(x), g(x))
+    g.train()
+    with torch.no_grad():
+        assert not torch.equal(g(x), g(x))

@@ -1,0 +1,59 @@
+"""Loss math against hand computations on tiny tensors, and the real VGG in the loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.losses import PerceptualLoss, content_loss, gram, style_loss, tv_loss
+
+
+def test_gram_by_hand():
+    # One image, 2 channels, 1×2 pixels: F = [[1, 2], [3, 4]], G = F Fᵀ / (C·H·W) = [[5, 11], [11, 25]] / 4.
+    f = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    assert torch.allclose(gram(f), torch.tensor([[[5.0, 11.0], [11.0, 25.0]]]) / 4)
+
+
+def test_gram_is_fp32_under_autocast():
+    f = torch.rand(2, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = gram(f.bfloat16())
+    assert g.dtype == torch.float32
+
+
+def test_style_loss_by_hand_and_broadcast_over_batch():
+    g = {"a": torch.tensor([[[1.0, 2.0], [2.0, 1.0]]]).repeat(2, 1, 1)}
+    t = {"a": torch.tensor([[[0.0, 2.0], [2.0, 3.0]]])}
+    # squared errors per image: 1, 0, 0, 4 → mean 1.25; weight 2 → 2.5
+    assert style_loss(g, t, {"a": 2.0}).item() == pytest.approx(2.5)
+
+
+def test_content_and_tv_by_hand():
+    assert content_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(2.5)
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
+    # vertical diffs 2, 3 → mean sq 6.5; horizontal diffs 1, 2 → mean sq 2.5
+    assert tv_loss(x).item() == pytest.approx(9.0)
+
+
+def test_perceptual_loss_terms_with_real_vgg(vgg_weights):
+    torch.manual_seed(0)
+    style = torch.rand(1, 3, 64, 64)
+    loss = PerceptualLoss(style, style_weight=2.0, content_weight=3.0, tv_weight=0.5, vgg_weights=vgg_weights)
+    content = torch.rand(2, 3, 48, 48)
+    same = loss(content, content)
+    assert same["content"].item() == 0.0
+    out = torch.rand(2, 3, 48, 48, requires_grad=True)
+    terms = loss(out, content)
+    assert terms["total"].item() == pytest.approx(sum(terms[k].item() for k in ("style", "content", "tv")), rel=1e-6)
+    assert terms["tv"].item() == pytest.approx(0.5 * tv_loss(out).item(), rel=1e-6)
+    terms["total"].backward()
+    assert out.grad is not None and torch.isfinite(out.grad).all()
+    assert not any(p.requires_grad for p in loss.vgg.parameters())
+    # The style image against itself has zero style loss.
+    assert loss(style, style)["style"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_loss_config_is_rejected(vgg_weights):
+    with pytest.raises(ValueError, match="content_layer"):
+        PerceptualLoss(torch.rand(1, 3, 8, 8), content_layer="relu5_3", vgg_weights=vgg_weights)
+    with pytest.raises(ValueError, match="shape"):
+        PerceptualLoss(torch.rand(3, 8, 8), vgg_weights=vgg_weights)

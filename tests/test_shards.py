@@ -1,0 +1,87 @@
+"""Shard writer round trip, corrupt input, and the data module's streams."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.datamodule import ContentDataModule
+from pipeline.sample_data import skimage_photo
+from pipeline.shards import build_shards, main as shards_main
+
+
+def make_photos(folder, n=6):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = 300 + 37 * i, 700 - 20 * i
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"img.{i}.jpg" if i == 0 else folder / f"img{i}.png")
+    return folder
+
+
+def read_tar(path):
+    with tarfile.open(path) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers()}
+
+
+def test_round_trip_keys_sizes_and_corrupt_file_counted(tmp_path, capsys):
+    src = make_photos(tmp_path / "src")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (src / "notes.txt").write_text("not an image, not even listed")
+    shards_main(["--src", str(src), "--out", str(tmp_path / "out"), "--val-fraction", "0.2", "--max-side", "256", "--min-shards", "3"])
+    out = capsys.readouterr()
+    assert "skipped broken" in out.err
+    lines = dict(line.split(": ", 1) for line in out.out.strip().splitlines())
+    assert lines["train"].endswith("1 skipped") or lines["val"].endswith("1 skipped")
+    members = {}
+    for tar in sorted((tmp_path / "out").glob("*.tar")):
+        members.update(read_tar(tar))
+    keys = sorted(m.rsplit(".", 1)[0] for m in members)
+    assert keys == sorted(["img_0", "img1", "img2", "img3", "img4", "img5"])  # dots removed from keys
+    assert len(list((tmp_path / "out").glob("train-*.tar"))) >= 3
+    for data in members.values():
+        im = Image.open(io.BytesIO(data))
+        assert im.format == "JPEG" and im.mode == "RGB" and min(im.size) == 256
+
+
+def test_rewriting_replaces_old_shards(tmp_path):
+    src = make_photos(tmp_path / "src", n=4)
+    build_shards(src, tmp_path / "out", min_shards=4, progress=False)
+    stats = build_shards(src, tmp_path / "out", min_shards=1, progress=False)
+    assert len(list((tmp_path / "out").glob("train-*.tar"))) == stats["train"].shards == 1
+
+
+def test_missing_source_and_empty_source_fail_clearly(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        shards_main(["--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no image files"):
+        shards_main(["--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+
+
+def test_datamodule_streams_crops_and_fixed_validation(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("astronaut", "rocket", "coffee", "chelsea", "camera"):
+        Image.fromarray(skimage_photo(name)).save(src / f"{name}.png")
+    build_shards(src, tmp_path / "shards", val_src=src, min_shards=2, progress=False)
+    dm = ContentDataModule(str(tmp_path / "shards"), image_size=48, resize=64, val_size=40, batch_size=2,
+                           steps_per_epoch=5, num_workers=0)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 5 and all(b.shape == (2, 3, 48, 48) and b.dtype == torch.float32 for b in batches)
+    assert 0 <= float(torch.stack(batches).min()) and float(torch.stack(batches).max()) <= 1
+    val1, val2 = list(dm.val_dataloader()), list(dm.val_dataloader())
+    assert sum(len(b) for b in val1) == 5 and all(torch.equal(a, b) for a, b in zip(val1, val2))
+
+
+def test_datamodule_without_shards_names_the_fix(tmp_path):
+    dm = ContentDataModule(str(tmp_path), image_size=32)
+    with pytest.raises(FileNotFoundError, match="make shards"):
+        dm.setup("fit")
+    with pytest.raises(ValueError, match="resize"):
+        ContentDataModule(image_size=64, resize=32)
