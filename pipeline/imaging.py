@@ -55,7 +55,8 @@ class Options:
 def parse_options(params: Mapping[str, str], server_max_side: int) -> Options:
     """Validate request options (`format`, `quality`, `max_side`); `max_side` is capped by the server's."""
     p = {k.lower(): str(v).strip() for k, v in params.items() if v is not None}
-    fmt = FORMAT_ALIASES.get(p.get("format", "png").lower(), p.get("format", "png").lower())
+    raw_format = (p.get("format") or "png").lower()  # empty means default, as for the integer options
+    fmt = FORMAT_ALIASES.get(raw_format, raw_format)
     if fmt not in FORMATS:
         raise BadImageRequest(f"format={p['format']!r} is not supported; use one of {', '.join(FORMATS)}")
     quality = _int_option(p, "quality", 90, 1, 100)
@@ -92,13 +93,14 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
             im.seek(0)
             im = ImageOps.exif_transpose(im)
             im.load()
-    except BadImageRequest:
+            # Mode conversion inside the try: exotic modes PIL cannot convert are a client error too.
+            return _to_tensors(im)
+    except (BadImageRequest, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImageRequest(f"image refused as a decompression bomb: {e}", 413) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken input
         raise BadImageRequest(f"cannot decode the image ({type(e).__name__}: {e}); send JPEG, PNG, WebP or BMP") from None
-    return _to_tensors(im)
 
 
 def _to_tensors(im: Image.Image) -> DecodedImage:

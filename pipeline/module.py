@@ -107,10 +107,14 @@ class StyleTransferModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         """The callbacks every run needs; the trainer config may add more."""
         return [
-            ModelCheckpoint(monitor="val/total", mode="min", save_last=True, save_top_k=1,
+            # best-step<N>.ckpt: lowest validation loss so far.
+            ModelCheckpoint(monitor="val/total", mode="min", save_top_k=1,
                             filename="best-step{step}", auto_insert_metric_name=False),
+            # last.ckpt: the latest state at every epoch end, whatever the loss (what CKPT= resumes).
+            # (`save_last=True` on the callback above only writes when a new best is saved.)
+            ModelCheckpoint(monitor=None, save_top_k=1, filename="last", enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
-            ThroughputMonitor(batch_size_fn=lambda batch: batch.shape[0]),
+            ThroughputMonitor(batch_size_fn=lambda batch: batch.shape[0], window_size=10),  # images/s over 10 steps
             ImageGridLogger(every_n_steps=self.hparams.image_every_n_steps),
         ]
 

@@ -1,0 +1,187 @@
+"""TorchServe handler: image bytes in, stylized image bytes out (same size as the input after
+the optional downscale to `max_side`).
+
+Request: the image as the raw body (Content-Type image/* or application/octet-stream) or as
+one multipart/form-data field of any name. Options as query parameters, form fields or
+headers (`X-Format`, `X-Quality`, `X-Max-Side`); query/form values win over headers:
+  format   png (default) | jpeg | webp
+  quality  1..100 for jpeg/webp (default 90)
+  max_side downscale so the longer side is ≤ this; capped by the server's limit
+Bad input → 4xx with a JSON body {"error": ..., "status": ...}; only that request fails, the
+rest of the batch and the worker carry on.
+
+Server limits: `handler: {max_side: 4096, max_pixels: 50000000}` in the archive's
+model-config.yaml, overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS.
+
+Imports: inside the .mar the archive's own `pipeline/` folder (imaging, inference, model_io)
+sits in the model directory, which TorchServe puts first on the worker's PYTHONPATH, so the
+worker needs no project install and uses exactly the code that was archived. Copied flat
+(no `pipeline/` folder) the same modules are found by their bare names.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import torch
+from ts.metrics.metric_type_enum import MetricTypes
+from ts.torch_handler.base_handler import BaseHandler
+
+try:
+    from pipeline.inference import BadImageRequest, finish, prepare, run_batch, server_limits, size_groups
+    from pipeline.model_io import load_model
+except ImportError:  # modules bundled flat next to this file
+    from inference import BadImageRequest, finish, prepare, run_batch, server_limits, size_groups  # type: ignore[no-redef]
+    from model_io import load_model  # type: ignore[no-redef]
+
+logger = logging.getLogger(__name__)
+
+OPTION_NAMES = ("format", "quality", "max_side")
+IMAGE_FIELDS = ("data", "body")  # TorchServe's names for a raw body; a multipart field keeps its own name
+REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
+           507: "Insufficient Storage"}
+
+
+def header_options(headers: Mapping[str, Any]) -> dict[str, str]:
+    """Options given as headers: X-Format, X-Quality, X-Max-Side (case-insensitive)."""
+    lower = {k.lower(): v for k, v in headers.items() if isinstance(v, str)}  # non-str: per-field content types
+    found = {}
+    for name in OPTION_NAMES:
+        for key in (f"x-{name.replace('_', '-')}", f"x-{name}"):
+            if key in lower:
+                found[name] = lower[key]
+                break
+    return found
+
+
+def split_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """(image bytes, options) from one TorchServe request row; BadImageRequest names what is wrong."""
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), "")
+    if content_type.lower().startswith("application/x-www-form-urlencoded"):
+        # TorchServe parses such bodies as url-encoded forms, which mangles binary data.
+        raise BadImageRequest("Content-Type application/x-www-form-urlencoded cannot carry an image (curl --data-binary "
+                              "sends it by default): send Content-Type image/jpeg, image/png or application/octet-stream, "
+                              "or a multipart form field", 415)
+    params = header_options(headers)
+    candidates = {}
+    for key, value in row.items():
+        if key.lower() in OPTION_NAMES:
+            params[key.lower()] = _text(key, value)
+        else:
+            candidates[key] = value
+    preferred = [k for k in IMAGE_FIELDS if k in candidates]
+    if preferred:
+        image_key = preferred[0]
+    elif len(candidates) == 1:
+        image_key = next(iter(candidates))
+    elif not candidates:
+        raise BadImageRequest("no image in the request: send the image bytes as the body or as one multipart field")
+    else:
+        raise BadImageRequest(f"several fields ({', '.join(sorted(candidates))}) could be the image; send exactly one")
+    unknown = sorted(k for k in candidates if k != image_key)
+    if unknown:
+        raise BadImageRequest(f"unknown parameter(s) {', '.join(unknown)}; options are {', '.join(OPTION_NAMES)}")
+    data = candidates[image_key]
+    if isinstance(data, bytearray):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        # TorchServe decoded a text/* or JSON body: those content types cannot carry raw image bytes.
+        raise BadImageRequest("the body was sent as text or JSON; send the raw image bytes with Content-Type "
+                              "image/* or application/octet-stream", 415)
+    return data, params
+
+
+def _text(key: str, value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadImageRequest(f"parameter {key} is not UTF-8 text") from None
+    return str(value)
+
+
+def error_body(status: int, message: str) -> bytes:
+    return json.dumps({"error": message, "status": status}).encode("utf-8")
+
+
+class StylizeHandler(BaseHandler):
+    """Style transfer with one exported generator (.pt TorchScript or .pt2 torch.export)."""
+
+    def initialize(self, context: Any) -> None:
+        """Load the model named by the manifest's serializedFile, its metadata and the limits."""
+        props = context.system_properties
+        self.manifest = context.manifest
+        gpu = props.get("gpu_id")
+        self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
+        model_dir = props.get("model_dir")
+        serialized = self.manifest["model"].get("serializedFile")
+        if not serialized:
+            raise RuntimeError("the archive has no serialized model (archive with --serialized-file generator.pt)")
+        self.model_pt_path = os.path.join(model_dir, serialized)
+        self.model, self.metadata = load_model(self.model_pt_path, self.device)
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self.max_side, self.max_pixels = server_limits(yaml_config.get("handler") or {})
+        with torch.inference_mode():  # warm-up: fail at load, not on the first request
+            for _ in range(2):
+                self.model(torch.rand(1, 3, 32, 32, device=self.device))
+        logger.info("instyle model %s loaded (style %s, step %s); max_side=%d max_pixels=%d", serialized,
+                    self.metadata.get("style_image"), self.metadata.get("global_step"), self.max_side, self.max_pixels)
+        self.initialized = True
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
+        """Answer every request of the batch: image bytes, or a JSON error for that request only."""
+        self.context = context
+        # Metric calls pass a fresh dimensions list: TorchServe's default is a shared mutable list.
+        metrics = context.metrics
+        results: list[bytes | None] = [None] * len(data)
+        prepared = []  # (request index, image, options)
+        for idx, row in enumerate(data):
+            start = time.perf_counter()
+            try:
+                payload, params = split_request(row, context.get_all_request_header(idx) or {})
+                image, options = prepare(payload, params, self.max_side, self.max_pixels)
+            except BadImageRequest as e:
+                results[idx] = self._fail(context, idx, e.status, str(e))
+                continue
+            metrics.add_time("DecodeMs", _ms(start), idx, "ms", [])
+            metrics.add_metric("Megapixels", image.size[0] * image.size[1] / 1e6, "MP", idx, [], MetricTypes.COUNTER)
+            prepared.append((idx, image, options))
+
+        images = [image for _, image, _ in prepared]
+        for group in size_groups(images):
+            start = time.perf_counter()
+            try:
+                outputs = run_batch(self.model, [images[i] for i in group], self.device)
+            except (MemoryError, RuntimeError) as e:
+                logger.exception("inference failed for a group of %d image(s) of %s", len(group), images[group[0]].size)
+                too_big = isinstance(e, MemoryError) or "memory" in str(e).lower()
+                status, message = (507, "image too large for this server's memory; send a smaller max_side") if too_big \
+                    else (500, f"inference failed: {type(e).__name__}")
+                for i in group:
+                    results[prepared[i][0]] = self._fail(context, prepared[i][0], status, message)
+                continue
+            metrics.add_time("ModelMs", _ms(start), prepared[group[0]][0], "ms", [])
+            for i, stylized in zip(group, outputs):
+                idx, image, options = prepared[i]
+                start = time.perf_counter()
+                results[idx], content_type = finish(stylized, image, options)
+                # lower-case key: the worker reads the response content type as "content-type"
+                context.set_response_header(idx, "content-type", content_type)
+                metrics.add_time("EncodeMs", _ms(start), idx, "ms", [])
+        return results  # type: ignore[return-value]
+
+    def _fail(self, context: Any, idx: int, status: int, message: str) -> bytes:
+        """Mark one request as failed: status line, JSON body, a BadRequests count for 4xx."""
+        logger.info("request %d refused with %d: %s", idx, status, message)
+        context.set_response_status(status, REASONS.get(status, "Error"), idx)
+        context.set_response_header(idx, "content-type", "application/json")
+        if status < 500:
+            context.metrics.add_counter("BadRequests", 1, idx, [])
+        return error_body(status, message)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 2)
