@@ -1,0 +1,41 @@
+# The project's verbs. Every target runs from the repository root.
+PY      ?= .venv/bin/python
+PRESET  ?= cpu
+STYLE   ?=
+NAME    ?= $(basename $(notdir $(STYLE)))
+DATA    ?=
+CKPT    ?=
+ARGS    ?=
+SRC     ?=
+VAL_SRC ?=
+OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
+TB_PORT ?= 6006
+
+.PHONY: help install test shards train tensorboard export archive serve stop clean-runs
+
+help:
+	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] | train STYLE=img [DATA=dir] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
+	@echo "make tensorboard | export NAME=run | archive [NAME=run] | serve | stop"
+
+# A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
+install:
+	python3 -m venv .venv
+	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pipeline vgg-weights
+
+test:
+	$(PY) -m pytest
+
+shards:
+	@test -n "$(SRC)" || { echo "usage: make shards SRC=<folder of photos> [VAL_SRC=<folder>] [OUT=data/shards/<name>]"; exit 2; }
+	$(PY) -m pipeline shards --src "$(SRC)" --out "$(OUT)" $(if $(VAL_SRC),--val-src "$(VAL_SRC)")
+
+train:
+	@test -n "$(STYLE)" || { echo "usage: make train STYLE=<style image> [DATA=<shard dir>] [NAME=<run>] [PRESET=cpu|gpu|paper] [CKPT=<ckpt>] [ARGS='...']"; exit 2; }
+	@test -f "pipeline/configs/$(PRESET).yaml" || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
+	$(PY) -m pipeline fit --config pipeline/configs/$(PRESET).yaml \
+		--model.style_image="$(STYLE)" --trainer.logger.init_args.name="$(NAME)" \
+		$(if $(DATA),--data.data_dir="$(DATA)") $(if $(CKPT),--ckpt_path="$(CKPT)") $(ARGS)
+
+tensorboard:
+	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port $(TB_PORT)
