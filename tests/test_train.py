@@ -95,3 +95,15 @@ def test_missing_style_image_fails_clearly(shards, vgg_weights):
            f"--data.data_dir={shards / 'shards'}", "--trainer.max_steps=1"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert res.returncode != 0 and "style image /nonexistent.jpg does not exist" in res.stderr
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_no_nan_checkpoint(shards, style_image, vgg_weights):
+    cmd = [sys.executable, "-m", "pipeline", "fit", *TINY, f"--model.style_image={style_image}",
+           "--model.style_weight=.nan", "--model.max_nonfinite=3", "--trainer.max_steps=10",
+           "--data.steps_per_epoch=2", f"--trainer.logger.init_args.save_dir={shards / 'runs'}",
+           "--trainer.logger.init_args.name=nan", f"--data.data_dir={shards / 'shards'}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0 and "non-finite for 3 consecutive steps" in res.stderr, res.stderr[-3000:]
+    for ckpt in (shards / "runs" / "nan").rglob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
