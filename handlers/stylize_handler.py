@@ -2,8 +2,10 @@
 the optional downscale to `max_side`).
 
 Request: the image as the raw body (Content-Type image/* or application/octet-stream) or as
-one multipart/form-data field of any name. Options as query parameters, form fields or
-headers (`X-Format`, `X-Quality`, `X-Max-Side`); query/form values win over headers:
+one multipart/form-data field of any name. Options as headers (`X-Format`, `X-Quality`,
+`X-Max-Side`), form fields or query parameters; form/query values win over headers.
+TorchServe 0.12 drops the query string on /predictions/NAME (its frontend passes no query
+decoder there); it forwards it on /invocations?model_name=NAME&... and /NAME/predict?...
   format   png (default) | jpeg | webp
   quality  1..100 for jpeg/webp (default 90)
   max_side downscale so the longer side is ≤ this; capped by the server's limit
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 OPTION_NAMES = ("format", "quality", "max_side")
 IMAGE_FIELDS = ("data", "body")  # TorchServe's names for a raw body; a multipart field keeps its own name
+ROUTING_PARAMS = ("model_name", "model_version")  # query parameters /invocations uses for routing
 REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
            507: "Insufficient Storage"}
 
@@ -68,6 +71,8 @@ def split_request(row: Mapping[str, Any], headers: Mapping[str, Any]) -> tuple[b
     params = header_options(headers)
     candidates = {}
     for key, value in row.items():
+        if key.lower() in ROUTING_PARAMS:
+            continue
         if key.lower() in OPTION_NAMES:
             params[key.lower()] = _text(key, value)
         else:
@@ -134,8 +139,7 @@ class StylizeHandler(BaseHandler):
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """Answer every request of the batch: image bytes, or a JSON error for that request only."""
         self.context = context
-        # Metric calls pass a fresh dimensions list: TorchServe's default is a shared mutable list.
-        metrics = context.metrics
+        metrics = context.metrics  # calls pass a fresh dimensions list: TorchServe's default is a shared mutable one
         results: list[bytes | None] = [None] * len(data)
         prepared = []  # (request index, image, options)
         for idx, row in enumerate(data):
@@ -167,7 +171,11 @@ class StylizeHandler(BaseHandler):
             for i, stylized in zip(group, outputs):
                 idx, image, options = prepared[i]
                 start = time.perf_counter()
-                results[idx], content_type = finish(stylized, image, options)
+                try:
+                    results[idx], content_type = finish(stylized, image, options)
+                except (OSError, ValueError) as e:  # e.g. WebP's 16383 px limit if max_side was raised past it
+                    results[idx] = self._fail(context, idx, 500, f"encoding {options.format} failed: {e}")
+                    continue
                 # lower-case key: the worker reads the response content type as "content-type"
                 context.set_response_header(idx, "content-type", content_type)
                 metrics.add_time("EncodeMs", _ms(start), idx, "ms", [])

@@ -7,6 +7,7 @@
   export                     TorchScript + torch.export of a run's generator
   archive                    .mar archive(s) for TorchServe
   stylize                    stylize files or folders offline (same pixels as the server)
+  figure                     a content | stylized figure from a model and a photo
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ TOOLS = {
     "export": "pipeline.export",
     "archive": "pipeline.archive",
     "stylize": "pipeline.stylize",
+    "figure": "pipeline.figures",
 }
 
 

@@ -47,7 +47,7 @@ class StyleTransferModule(L.LightningModule):
 
     def __init__(self, style_image: str, style_size: int | None = 512, arch: str = "residual",
                  norm: str = "instance", padding: str = "reflect", upsample: str = "nearest",
-                 content_layer: str = "relu2_2", style_weight: float = 3e-4, content_weight: float = 1e-5,
+                 content_layer: str = "relu2_2", style_weight: float = 2e-5, content_weight: float = 1e-5,
                  tv_weight: float = 1.0, vgg_flavour: str = "caffe", vgg_weights: str | None = None,
                  lr: float = 1e-3, lr_schedule: str = "none", image_every_n_steps: int = 100,
                  max_nonfinite: int = 10):

@@ -1,0 +1,140 @@
+"""pipeline.export / pipeline.model_io: exported TorchScript and torch.export programs behave like
+the eager generator for any size, in any batch, and keep the instance-norm contrast invariance."""
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.export import export_run, main as export_main
+from pipeline.model_io import load_model
+from test_serving_helpers import make_checkpoint, shared_export
+
+TOL = 1e-5
+SIZES = [(37, 53), (64, 96), (101, 77)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return shared_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def models(run):
+    """eager (from the checkpoint), pt and pt2, each with its metadata."""
+    return {kind: load_model(path) for kind, path in [("eager", run / "checkpoints" / "last.ckpt"),
+                                                      ("pt", run / "export" / "generator.pt"),
+                                                      ("pt2", run / "export" / "generator.pt2")]}
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("kind", ["pt", "pt2"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_exported_equals_eager(models, kind, size):
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(size[0]))
+    with torch.inference_mode():
+        ref, out = models["eager"][0](x), models[kind][0](x)
+    assert out.shape == x.shape
+    diff = _max_diff(out, ref)
+    assert diff < TOL, f"{kind} vs eager at {size}: max abs diff {diff:.3g}"
+
+
+@pytest.mark.parametrize("kind", ["pt", "pt2"])
+def test_tiny_and_huge_aspect_sizes(models, kind):
+    for size in [(1, 1), (3, 200), (17, 16)]:
+        x = torch.rand(1, 3, *size)
+        with torch.inference_mode():
+            diff = _max_diff(models[kind][0](x), models["eager"][0](x))
+        assert diff < TOL, f"{kind} at {size}: max abs diff {diff:.3g}"
+
+
+@pytest.mark.parametrize("kind", ["pt", "pt2"])
+def test_same_image_alone_or_in_a_batch(models, kind):
+    x = torch.rand(3, 3, 45, 61, generator=torch.Generator().manual_seed(1))
+    model = models[kind][0]
+    with torch.inference_mode():
+        batched = model(x)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    diff = _max_diff(batched, alone)
+    assert diff < TOL, f"{kind}: batch vs alone max abs diff {diff:.3g}"
+
+
+@pytest.mark.parametrize("kind", ["pt", "pt2"])
+@pytest.mark.parametrize("a, b", [(0.5, 0.25), (2.0, -0.5)])
+def test_contrast_and_brightness_invariance(models, kind, a, b):
+    """Instance norm + reflection/replicate padding: g(a·x + b) = g(x) for a > 0 (up to norm eps)."""
+    x = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        diff = _max_diff(models[kind][0](a * x + b), models[kind][0](x))
+    assert diff < 5e-4, f"{kind}: g({a}x+{b}) vs g(x) max abs diff {diff:.3g}"
+
+
+def test_metadata_file_and_embedded_copies(run, models):
+    meta = json.loads((run / "export" / "metadata.json").read_text())
+    assert meta["style_image"] == "mosaic.jpg"
+    assert meta["global_step"] == 42 and meta["vgg_flavour"] == "caffe" and meta["arch"] == "residual"
+    assert meta["hyper_parameters"]["content_layer"] == "relu2_2" and meta["hyper_parameters"]["vgg_weights"] is None
+    assert meta["torch_version"] == torch.__version__ and meta["project_version"]
+    assert meta["exported_at"] and "git_sha" in meta and meta["run"] == "demo"
+    assert meta["formats"] == ["pt", "pt2"]
+    assert models["pt"][1] == meta and models["pt2"][1] == meta
+    assert models["eager"][1]["global_step"] == 42
+
+
+def test_torchscript_is_frozen_with_embedded_metadata(run):
+    with zipfile.ZipFile(run / "export" / "generator.pt") as z:
+        names = z.namelist()
+    assert any(n.endswith("extra/metadata.json") for n in names)
+    model, _ = load_model(run / "export" / "generator.pt")
+    assert not list(model.parameters())  # frozen: weights inlined as constants
+
+
+def test_no_jit_future_warning_leaks(tmp_path, recwarn):
+    run = tmp_path / "w"
+    make_checkpoint(run, seed=3)
+    warnings.simplefilter("always")  # recwarn restores the filters afterwards
+    export_run(run, formats=["pt"])
+    load_model(run / "export" / "generator.pt")
+    leaked = [str(w.message) for w in recwarn.list if issubclass(w.category, FutureWarning) and "jit" in str(w.message)]
+    assert not leaked, leaked
+    assert warnings.filters[0][0] == "always"  # our filter only ever lives inside catch_warnings
+
+
+def test_multiscale_and_variants_export(tmp_path):
+    for name, overrides in [("ms", {"arch": "multiscale"}), ("tr", {"upsample": "transposed", "padding": "zero"})]:
+        run = tmp_path / name
+        make_checkpoint(run, **overrides)
+        written = export_run(run, formats=["pt"])
+        model, meta = load_model(written["pt"])
+        ref, _ = load_model(run / "checkpoints" / "last.ckpt")
+        x = torch.rand(1, 3, 33, 47)
+        with torch.inference_mode():
+            diff = _max_diff(model(x), ref(x))
+        assert diff < TOL, f"{name}: max abs diff {diff:.3g}"
+        assert meta["arch"] == overrides.get("arch", "residual")
+
+
+def test_cli(tmp_path, capsys):
+    run = tmp_path / "cli"
+    ckpt = make_checkpoint(run, seed=4)
+    other = ckpt.parent / "best.ckpt"
+    other.write_bytes(ckpt.read_bytes())
+    assert export_main(["--run", str(run), "--ckpt", str(other), "--format", "pt"]) == 0
+    assert (run / "export" / "generator.pt").is_file() and not (run / "export" / "generator.pt2").exists()
+    assert json.loads((run / "export" / "metadata.json").read_text())["checkpoint"].endswith("best.ckpt")
+    assert export_main(["--run", str(tmp_path / "missing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_needing_pickle_is_refused(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"hyper_parameters": {"arch": "residual"}, "state_dict": {}, "obj": Path("x")}, bad)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_model(bad)

@@ -1,0 +1,187 @@
+"""handlers/stylize_handler.py with TorchServe's own Context, RequestProcessor and metrics cache,
+fed exactly the way ts.service.Service.predict feeds a handler (no Java involved)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ts.metrics.metric_type_enum import MetricTypes
+
+from handlers.stylize_handler import split_request
+from pipeline.imaging import BadImageRequest
+from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    return shared_export(tmp_path_factory) / "export"
+
+
+@pytest.fixture(scope="module")
+def served(export_dir):
+    return load_handler(export_dir)
+
+
+def _ok(result, content_type="image/png"):
+    status, ctype, body = result
+    assert status == 200, body[:300]
+    assert ctype == content_type
+    return decode_pil(body)
+
+
+def _error(result, status):
+    got, ctype, body = result
+    assert got == status and ctype == "application/json", (got, ctype, body[:300])
+    payload = json.loads(body)
+    assert payload["status"] == status and payload["error"]
+    return payload["error"]
+
+
+def test_initialize_reads_model_metadata_and_limits(served):
+    handler, _ = served
+    assert handler.initialized and handler.metadata["global_step"] == 42
+    assert (handler.max_side, handler.max_pixels) == (4096, 50_000_000)
+
+
+def test_raw_body_png_out_same_size(served):
+    handler, context = served
+    (res,) = run_handler(handler, context, [ts_request(encode_pil(rng_image(37, 53)))])
+    out = _ok(res)
+    assert out.size == (53, 37) and out.mode == "RGB"
+    cache = context.metrics.cache
+    assert {"DecodeMs", "ModelMs", "EncodeMs"} <= set(cache[MetricTypes.GAUGE])
+    assert "Megapixels" in cache[MetricTypes.COUNTER]
+
+
+def test_multipart_field_and_header_options(served):
+    handler, context = served
+    jpeg = encode_pil(rng_image(40, 30), "JPEG", quality=90)
+    res = run_handler(handler, context, [
+        ts_request(fields={"image": (jpeg, "image/jpeg")}, headers={"X-Format": "jpeg", "X-Quality": "70"}),
+        ts_request(fields={"file": (jpeg, "image/jpeg"), "format": (b"webp", "")}),  # form field option
+        ts_request(jpeg, content_type="application/octet-stream", params={"format": "webp"},
+                   headers={"X-Format": "jpeg"}),  # query/form beats header
+    ])
+    assert _ok(res[0], "image/jpeg").size == (30, 40)
+    assert _ok(res[1], "image/webp").size == (30, 40)
+    assert _ok(res[2], "image/webp").size == (30, 40)
+
+
+def test_alpha_png_round_trip_and_jpeg_composite(served):
+    handler, context = served
+    rgba = rng_image(33, 21, channels=4)
+    res = run_handler(handler, context, [ts_request(encode_pil(rgba)),
+                                         ts_request(encode_pil(rgba), headers={"X-Format": "jpeg"})])
+    png = _ok(res[0])
+    assert png.mode == "RGBA" and np.array_equal(np.asarray(png)[..., 3], rgba[..., 3])
+    assert _ok(res[1], "image/jpeg").mode == "RGB"
+
+
+def test_max_side_downscales_and_is_capped(export_dir):
+    handler, context = load_handler(export_dir, yaml_config={"handler": {"max_side": 64}})
+    big = encode_pil(rng_image(100, 150))
+    res = run_handler(handler, context, [ts_request(big), ts_request(big, headers={"X-Max-Side": "30"}),
+                                         ts_request(big, headers={"X-Max-Side": "1000"})])
+    assert _ok(res[0]).size == (64, 43)  # server cap
+    assert _ok(res[1]).size == (30, 20)  # client asks for less
+    assert _ok(res[2]).size == (64, 43)  # client cannot exceed the cap
+
+
+def test_env_overrides_model_config(export_dir, monkeypatch):
+    monkeypatch.setenv("INSTYLE_MAX_PIXELS", "1000")
+    handler, context = load_handler(export_dir, yaml_config={"handler": {"max_pixels": 10**9}})
+    (res,) = run_handler(handler, context, [ts_request(encode_pil(rng_image(40, 40)))])
+    assert "MP limit" in _error(res, 413)
+
+
+class ShapeSpy(torch.nn.Module):
+    """Wraps the served model and records the batch shapes it is called with."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.shapes = model, []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.model(x)
+
+
+def test_batch_with_different_sizes_is_grouped_not_padded(served):
+    handler, context = served
+    a1, b, a2 = rng_image(37, 53, seed=1), rng_image(64, 64, seed=2), rng_image(37, 53, seed=3)
+    reqs = [ts_request(encode_pil(x), rid=f"r{i}") for i, x in enumerate([a1, b, a2])]
+    spy = ShapeSpy(handler.model)
+    original, handler.model = handler.model, spy
+    try:
+        batched = run_handler(handler, context, reqs)
+    finally:
+        handler.model = original
+    assert sorted(spy.shapes) == [(1, 3, 64, 64), (2, 3, 37, 53)]
+    alone = [run_handler(handler, context, [r])[0] for r in reqs]
+    for (s1, c1, body_b), (s2, c2, body_a), size in zip(batched, alone, [(53, 37), (64, 64), (53, 37)]):
+        img_b, img_a = np.asarray(_ok((s1, c1, body_b))), np.asarray(_ok((s2, c2, body_a)))
+        assert img_b.shape[:2] == size[::-1]
+        # instance norm: an image's result does not depend on its batch-mates (±1 for float order)
+        assert np.abs(img_b.astype(int) - img_a.astype(int)).max() <= 1
+
+
+def test_bad_input_is_a_4xx_json_and_the_next_request_works(served):
+    handler, context = served
+    good = encode_pil(rng_image(20, 24))
+    res = run_handler(handler, context, [
+        ts_request(b"not an image at all"),
+        ts_request(good),
+        ts_request(b""),
+        ts_request(good, params={"format": "gif"}),
+        ts_request(good, params={"fromat": "jpeg"}),
+        ts_request(good, headers={"X-Quality": "0", "X-Format": "jpeg"}),
+        ts_request(good, content_type="application/x-www-form-urlencoded"),
+    ])
+    assert "cannot decode" in _error(res[0], 400)
+    assert _ok(res[1]).size == (24, 20)
+    assert "empty request body" in _error(res[2], 400)
+    assert "format='gif'" in _error(res[3], 400)
+    assert "unknown parameter(s) fromat" in _error(res[4], 400)
+    assert "quality" in _error(res[5], 400)
+    assert "x-www-form-urlencoded" in _error(res[6], 415)
+    assert context.metrics.cache[MetricTypes.COUNTER]["BadRequests"]
+    (after,) = run_handler(handler, context, [ts_request(good)])
+    assert _ok(after).size == (24, 20)
+
+
+def test_split_request_rules():
+    assert split_request({"body": b"x"}, {})[0] == b"x"
+    assert split_request({"data": bytearray(b"y"), "model_name": b"demo"}, {}) == (b"y", {})
+    assert split_request({"upload": b"z", "quality": b"5"}, {"X-Max-Side": "9", "x-format": "jpeg",
+                                                               "upload": {"content-type": "image/png"}}) == (
+        b"z", {"format": "jpeg", "max_side": "9", "quality": "5"})
+    for row, status, words in [({}, 400, "no image"), ({"a": b"1", "b": b"2"}, 400, "several fields"),
+                               ({"body": "text"}, 415, "text or JSON"), ({"body": {"k": 1}}, 415, "text or JSON")]:
+        with pytest.raises(BadImageRequest) as e:
+            split_request(row, {})
+        assert e.value.status == status and words in str(e.value)
+
+
+def test_pt2_model_gives_the_same_pixels(export_dir, served):
+    handler, context = served
+    handler2, context2 = load_handler(export_dir, serialized="generator.pt2")
+    req = [ts_request(encode_pil(rng_image(29, 45, channels=4)))]
+    a = np.asarray(_ok(run_handler(handler, context, req)[0]))
+    b = np.asarray(_ok(run_handler(handler2, context2, req)[0]))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_inference_failure_is_reported_per_request(served):
+    handler, context = served
+
+    def broken(x):
+        raise RuntimeError("boom")
+
+    original, handler.model = handler.model, broken
+    try:
+        (res,) = run_handler(handler, context, [ts_request(encode_pil(rng_image(8, 8)))])
+    finally:
+        handler.model = original
+    assert "inference failed" in _error(res, 500)

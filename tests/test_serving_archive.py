@@ -1,0 +1,111 @@
+"""pipeline.archive: the .mar holds what the worker needs, runs without the project installed,
+and re-archiving replaces it."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+
+from pipeline.archive import archive_run, main as archive_main
+from test_serving_helpers import encode_pil, rng_image, shared_export
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return shared_export(tmp_path_factory)
+
+
+def test_archive_contents(run, tmp_path):
+    mar = archive_run(run, tmp_path / "store", batch_size=4, max_batch_delay_ms=20, max_side=2048)
+    assert mar == tmp_path / "store" / "demo.mar"
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        config = z.read("model-config.yaml").decode()
+        init = z.read("pipeline/__init__.py").decode()
+    assert {"stylize_handler.py", "generator.pt", "metadata.json", "model-config.yaml", "pipeline/__init__.py",
+            "pipeline/imaging.py", "pipeline/inference.py", "pipeline/model_io.py"} <= names
+    assert manifest["model"]["serializedFile"] == "generator.pt" and manifest["model"]["handler"] == "stylize_handler.py"
+    assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "max_side: 2048" in config
+    assert "import" not in init  # the stub must not pull in training dependencies
+    assert not list((tmp_path / "store").glob(".demo.*"))  # no staging left behind
+
+
+def test_rearchive_replaces_and_pt2_option(run, tmp_path):
+    store = tmp_path / "store"
+    first = archive_run(run, store).stat().st_mtime_ns
+    mar = archive_run(run, store, serialized="pt2")
+    assert mar.stat().st_mtime_ns >= first
+    with zipfile.ZipFile(mar) as z:
+        assert json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "generator.pt2"
+        assert "generator.pt" not in z.namelist()
+
+
+def test_cli_archives_every_exported_run(run, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(run, runs / "one")
+    shutil.copytree(run, runs / "two")
+    (runs / "not_exported" / "checkpoints").mkdir(parents=True)
+    store = tmp_path / "store"
+    assert archive_main(["--runs", str(runs), "--store", str(store)]) == 0
+    assert sorted(p.name for p in store.glob("*.mar")) == ["one.mar", "two.mar"]
+    assert archive_main(["--runs", str(runs), "--store", str(store), "--name", "not_exported"]) == 1
+    assert "pipeline.export" in capsys.readouterr().err
+    assert archive_main(["--runs", str(tmp_path / "empty"), "--store", str(store)]) == 1
+
+
+def test_bad_model_name_is_refused(run, tmp_path):
+    with pytest.raises(ValueError, match="not allowed"):
+        archive_run(run, tmp_path, name="bad name!")
+
+
+def test_handler_runs_from_the_extracted_archive_without_the_project(run, tmp_path):
+    """What the worker does: model dir first on PYTHONPATH, import the handler, initialize, handle.
+    The project's own `pipeline`/`handlers` packages are made unimportable to prove the bundle suffices."""
+    mar = archive_run(run, tmp_path / "store")
+    model_dir = tmp_path / "model_dir"
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(model_dir)
+    (tmp_path / "in.png").write_bytes(encode_pil(rng_image(19, 23, channels=4)))
+    script = textwrap.dedent(f"""
+        import sys
+        # drop the editable-install finder and the repo from the path: only the archive may provide `pipeline`
+        sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "").lower()
+                         and "editable" not in type(f).__module__.lower()]
+        sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
+        sys.path.insert(0, {str(model_dir)!r})
+        import json, os, ts
+        from ts.context import Context, RequestProcessor
+        from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+        import stylize_handler, pipeline
+        assert pipeline.__file__.startswith({str(model_dir)!r}), pipeline.__file__
+        try:
+            import pipeline.generators
+            raise SystemExit("training code leaked into the worker")
+        except ImportError:
+            pass
+        metrics = MetricsCacheYamlImpl(os.path.join(os.path.dirname(ts.__file__), "configs", "metrics.yaml"))
+        manifest = json.load(open(os.path.join({str(model_dir)!r}, "MAR-INF", "MANIFEST.json")))
+        ctx = Context("demo", {str(model_dir)!r}, manifest, 1, None, "0.12.0", metrics=metrics, model_yaml_config={{}})
+        handler = stylize_handler.StylizeHandler()
+        handler.initialize(ctx)
+        ctx.request_processor = [RequestProcessor({{"Content-Type": "image/png"}})]
+        ctx.request_ids = {{0: "r0"}}
+        metrics.request_ids = ctx.request_ids
+        out = handler.handle([{{"body": bytearray(open({str(tmp_path / "in.png")!r}, "rb").read())}}], ctx)
+        assert ctx.get_response_status(0)[0] == 200 and ctx.get_response_content_type(0) == "image/png"
+        open({str(tmp_path / "out.png")!r}, "wb").write(out[0])
+        print("OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+    from PIL import Image
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.size == (23, 19) and im.mode == "RGBA"

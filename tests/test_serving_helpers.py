@@ -1,0 +1,141 @@
+"""Shared helpers for the serving tests (export, handler, stylize, TorchServe); no tests here.
+
+- `make_checkpoint`: a Lightning-style checkpoint dict around a freshly built generator.
+- `shared_export`: one export (.pt + .pt2) per test session, reused by every serving test file.
+- `ts_request` / `run_handler`: feed a handler exactly what TorchServe's Python worker gives it
+  (ts.service.Service.retrieve_data_for_inference + a real ts.context.Context and metrics cache).
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.export import export_run
+from pipeline.generators import build_generator
+
+HPARAMS = dict(style_image="styles/mosaic.jpg", style_size=512, arch="residual", norm="instance", padding="reflect",
+               upsample="nearest", content_layer="relu2_2", style_weight=3e-4, content_weight=1e-5, tv_weight=1.0,
+               vgg_flavour="caffe", vgg_weights=None, lr=1e-3, lr_schedule="none", image_every_n_steps=100,
+               max_nonfinite=10)
+
+
+def make_checkpoint(run_dir: Path, seed: int = 0, global_step: int = 42, **overrides: Any) -> Path:
+    """Write run_dir/checkpoints/last.ckpt as training would (generator.* weights, no VGG)."""
+    hp = {**HPARAMS, **overrides}
+    torch.manual_seed(seed)
+    extra = {"upsample": hp["upsample"]} if hp["arch"] == "residual" else {}
+    generator = build_generator(hp["arch"], norm=hp["norm"], padding=hp["padding"], **extra)
+    with torch.no_grad():  # move the affine norm parameters off 1/0 so they matter in comparisons
+        for p in generator.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    path = run_dir / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": hp, "state_dict": {"generator." + k: v for k, v in generator.state_dict().items()},
+                "global_step": global_step, "epoch": 0, "pytorch-lightning_version": "2.6.6"}, path)
+    return path
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_export(tmp_path_factory: Any) -> Path:
+    """runs/demo with a checkpoint and export/{generator.pt, generator.pt2, metadata.json}; built once."""
+    if "run" not in _SHARED:
+        run = tmp_path_factory.mktemp("runs") / "demo"
+        make_checkpoint(run)
+        export_run(run)
+        _SHARED["run"] = run
+    return _SHARED["run"]
+
+
+# ---- images --------------------------------------------------------------------------------
+
+def rng_image(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A smooth-ish random uint8 image (H, W, C): noise plus gradients, like a photo more than noise."""
+    r = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx / max(w - 1, 1)), (yy / max(h - 1, 1)), ((xx + yy) / max(h + w - 2, 1))], -1)
+    img = np.clip(base * 200 + r.normal(0, 25, (h, w, 3)), 0, 255)
+    if channels == 4:
+        alpha = np.clip((xx / max(w - 1, 1)) * 255, 0, 255)[..., None]
+        img = np.concatenate([img, alpha], -1)
+    return img.astype(np.uint8)
+
+
+def encode_pil(arr: np.ndarray, fmt: str = "PNG", mode: str | None = None, **kw: Any) -> bytes:
+    im = Image.fromarray(arr)
+    if mode is not None:
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def decode_pil(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+# ---- TorchServe worker emulation -----------------------------------------------------------
+
+def ts_request(body: bytes | None = None, *, content_type: str = "image/png", fields: dict[str, tuple[bytes, str]] | None = None,
+               params: dict[str, str] | None = None, headers: dict[str, str] | None = None, rid: str = "r") -> dict[str, Any]:
+    """One request as the worker receives it: parameters (query/form/body) and HTTP headers."""
+    parameters = [{"name": k, "contentType": "", "value": bytearray(v.encode())} for k, v in (params or {}).items()]
+    hdrs = dict(headers or {})
+    if fields is not None:  # multipart: every field is a parameter with its own content type
+        parameters += [{"name": k, "contentType": ct, "value": bytearray(v)} for k, (v, ct) in fields.items()]
+        hdrs.setdefault("Content-Type", "multipart/form-data; boundary=x")
+    elif body is not None:
+        parameters.append({"name": "body", "contentType": content_type, "value": bytearray(body)})
+        hdrs.setdefault("Content-Type", content_type)
+    return {"requestId": rid.encode(), "parameters": parameters,
+            "headers": [{"name": k.encode(), "value": v.encode()} for k, v in hdrs.items()]}
+
+
+def make_context(model_dir: Path, serialized: str = "generator.pt", yaml_config: dict | None = None,
+                 batch_size: int = 4) -> Any:
+    """A real ts.context.Context with a real metrics cache, as the worker builds it."""
+    import ts
+    from ts.context import Context
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    metrics = MetricsCacheYamlImpl(config_file_path=os.path.join(os.path.dirname(ts.__file__), "configs", "metrics.yaml"))
+    metrics.model_name = "demo"
+    manifest = {"model": {"modelName": "demo", "serializedFile": serialized, "handler": "stylize_handler.py"}}
+    return Context("demo", str(model_dir), manifest, batch_size, None, "0.12.0", metrics=metrics,
+                   model_yaml_config=yaml_config or {})
+
+
+def run_handler(handler: Any, context: Any, requests: list[dict[str, Any]]) -> list[tuple[int, str, bytes]]:
+    """Run one batch through handler.handle like ts.service.Service.predict; returns (status, content type, body)."""
+    from ts.service import Service
+
+    headers, input_batch, req_ids = Service.retrieve_data_for_inference(requests)
+    context.request_ids = req_ids
+    context.request_processor = headers
+    context.metrics.request_ids = req_ids
+    out = handler.handle(input_batch, context)
+    assert isinstance(out, list) and len(out) == len(requests)
+    results = []
+    for idx, body in enumerate(out):
+        status, _ = context.get_response_status(idx)
+        results.append((status, context.get_response_content_type(idx), bytes(body)))
+    return results
+
+
+def load_handler(model_dir: Path, serialized: str = "generator.pt", yaml_config: dict | None = None) -> tuple[Any, Any]:
+    from handlers.stylize_handler import StylizeHandler
+
+    context = make_context(model_dir, serialized, yaml_config)
+    handler = StylizeHandler()
+    handler.initialize(context)
+    return handler, context

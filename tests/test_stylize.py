@@ -1,0 +1,98 @@
+"""`python -m pipeline stylize`: file and folder mode, and the same bytes as the TorchServe handler."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.stylize import main as stylize_main
+from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return shared_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def served(run):
+    return load_handler(run / "export")
+
+
+def _server_bytes(served, data: bytes, headers: dict[str, str] | None = None) -> bytes:
+    handler, context = served
+    ((status, _, body),) = run_handler(handler, context, [ts_request(data, headers=headers)])
+    assert status == 200, body[:300]
+    return body
+
+
+@pytest.mark.parametrize("fmt, headers", [("png", None), ("jpeg", {"X-Format": "jpeg", "X-Quality": "85"})])
+def test_file_mode_equals_server(run, served, tmp_path, fmt, headers):
+    src = tmp_path / "photo.png"
+    src.write_bytes(encode_pil(rng_image(37, 53, channels=4, seed=5)))
+    dst = tmp_path / f"out.{'jpg' if fmt == 'jpeg' else 'png'}"
+    args = ["--model", str(run / "export" / "generator.pt"), str(src), str(dst)]
+    if fmt == "jpeg":
+        args = ["--quality", "85"] + args  # format inferred from the .jpg suffix
+    assert stylize_main(args) == 0
+    assert dst.read_bytes() == _server_bytes(served, src.read_bytes(), headers)
+
+
+def test_ckpt_and_pt2_models_give_the_same_pixels(run, tmp_path):
+    src = tmp_path / "in.jpg"
+    src.write_bytes(encode_pil(rng_image(41, 30, seed=6), "JPEG", quality=92))
+    outs = {}
+    for name, model in [("pt", run / "export" / "generator.pt"), ("pt2", run / "export" / "generator.pt2"),
+                        ("ckpt", run / "checkpoints" / "last.ckpt")]:
+        assert stylize_main(["--model", str(model), str(src), str(tmp_path / f"{name}.png")]) == 0
+        outs[name] = np.asarray(decode_pil((tmp_path / f"{name}.png").read_bytes())).astype(int)
+    assert outs["pt"].shape == (41, 30, 3)
+    assert np.abs(outs["pt"] - outs["ckpt"]).max() <= 1 and np.abs(outs["pt2"] - outs["ckpt"]).max() <= 1
+
+
+def test_folder_mode_skips_bad_files_and_fails(run, served, tmp_path, capsys):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    images = {"a.jpg": encode_pil(rng_image(21, 34, seed=7), "JPEG"), "b.png": encode_pil(rng_image(16, 16, 4, seed=8)),
+              "c.webp": encode_pil(rng_image(30, 12, seed=9), "WEBP"), "broken.png": b"\x89PNG garbage"}
+    for name, data in images.items():
+        (src / name).write_bytes(data)
+    (src / "notes.txt").write_text("not an image, not considered")
+    code = stylize_main(["--model", str(run / "export" / "generator.pt"), "--max-side", "20", str(src), str(dst)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "cannot decode" in err
+    assert sorted(p.name for p in dst.iterdir()) == ["a.png", "b.png", "c.png"]
+    for name in ["a.jpg", "b.png", "c.webp"]:
+        out = (dst / (name.split(".")[0] + ".png")).read_bytes()
+        assert out == _server_bytes(served, images[name], {"X-Max-Side": "20"})
+        assert max(decode_pil(out).size) <= 20
+
+
+def test_folder_mode_all_good_exits_zero(run, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "x.png").write_bytes(encode_pil(rng_image(9, 11)))
+    assert stylize_main(["--model", str(run / "export" / "generator.pt"), "--format", "webp", str(src),
+                         str(tmp_path / "out")]) == 0
+    assert decode_pil((tmp_path / "out" / "x.webp").read_bytes()).size == (11, 9)
+
+
+def test_usage_errors(run, tmp_path, capsys):
+    assert stylize_main(["--model", str(tmp_path / "none.pt"), str(tmp_path), str(tmp_path / "o")]) == 2
+    assert stylize_main(["--model", str(run / "export" / "generator.pt"), str(tmp_path / "missing.png"),
+                         str(tmp_path / "o.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_module_entry_point(run, tmp_path):
+    src = tmp_path / "i.png"
+    src.write_bytes(encode_pil(rng_image(12, 13)))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stylize", "--model", str(run / "export" / "generator.pt"),
+                           str(src), str(tmp_path / "o.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert decode_pil((tmp_path / "o.png").read_bytes()).size == (13, 12)
