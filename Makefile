@@ -10,8 +10,9 @@ SRC     ?=
 VAL_SRC ?=
 OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
 TB_PORT ?= 6006
+BENCH_ARGS ?=
 
-.PHONY: help install test shards train tensorboard export archive serve stop clean-runs
+.PHONY: help install test shards train tensorboard export archive serve stop loadtest
 
 help:
 	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] | train STYLE=img [DATA=dir] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
@@ -39,3 +40,30 @@ train:
 
 tensorboard:
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port $(TB_PORT)
+
+# runs/NAME/checkpoints/last.ckpt -> runs/NAME/export/{generator.pt, generator.pt2, metadata.json}
+export:
+	@test -n "$(NAME)" || { echo "usage: make export NAME=<run in runs/> [ARGS='--ckpt FILE --format pt']"; exit 2; }
+	$(PY) -m pipeline export --run "runs/$(NAME)" $(ARGS)
+
+# runs/NAME/export -> model_store/NAME.mar (replaced if present); no NAME: every exported run
+archive:
+	$(PY) -m pipeline archive $(if $(NAME),--name "$(NAME)") $(ARGS)
+
+# TorchServe with ./config.properties (loopback only, token auth on): serves every .mar in
+# model_store/. The launcher needs --ts-config: it does not read ./config.properties by itself.
+serve:
+	@mkdir -p model_store logs
+	PATH="$(abspath .venv/bin):$$PATH" .venv/bin/torchserve --start --ncs --ts-config config.properties
+
+# N clients × M requests of mixed sizes against a private loopback TorchServe; every response checked.
+CLIENTS  ?= 8
+REQUESTS ?= 200
+loadtest:
+	$(PY) -m pipeline loadtest $(if $(NAME),--model "$(NAME)") --clients $(CLIENTS) --requests $(REQUESTS) \
+		--out benchmarks/loadtest-results.json
+
+# Stops the server this directory started (TorchServe's own pid file), never by process name.
+stop:
+	.venv/bin/torchserve --stop
+

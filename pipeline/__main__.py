@@ -8,6 +8,7 @@
   archive                    .mar archive(s) for TorchServe
   stylize                    stylize files or folders offline (same pixels as the server)
   figure                     a content | stylized figure from a model and a photo
+  loadtest                   concurrent clients against a private loopback TorchServe
 """
 from __future__ import annotations
 
@@ -22,24 +23,28 @@ TOOLS = {
     "archive": "pipeline.archive",
     "stylize": "pipeline.stylize",
     "figure": "pipeline.figures",
+    "loadtest": "pipeline.loadtest",
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a tool or to LightningCLI; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        return
+        return 0
     cmd, rest = argv[0], argv[1:]
     if cmd in TOOLS:
-        importlib.import_module(TOOLS[cmd]).main(rest)
-    elif cmd == "sample-data":
+        # Tools return an int (or None for success); keep it so `make` sees failures.
+        return int(importlib.import_module(TOOLS[cmd]).main(rest) or 0)
+    if cmd == "sample-data":
         from pipeline.sample_data import ensure_sample_shards
         ensure_sample_shards(Path(rest[0]) if rest else Path("data/shards/skimage"))
-    else:
-        from pipeline.cli import run_cli
-        run_cli(argv)
+        return 0
+    from pipeline.cli import run_cli
+    run_cli(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,7 +22,7 @@ class ImageGridLogger(L.Callback):
         if self._fixed is None and trainer.datamodule is not None:
             images = []
             for batch in trainer.datamodule.val_dataloader():
-                images.extend(batch)
+                images.extend(batch.images)
                 if len(images) >= self.n_images:
                     break
             self._fixed = torch.stack(images[: self.n_images]) if images else None

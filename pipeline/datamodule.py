@@ -4,15 +4,23 @@ Train: an endless, shuffled stream of random `image_size` crops (+ horizontal fl
 node (DDP rank) and by DataLoader worker, cut into epochs of `steps_per_epoch` batches per
 rank. Validation: the fixed `val-*.tar` shards, centre crops, same order every time, seen whole
 by every rank (it is small, and identical on all ranks keeps the logged metric simple).
+
+A sample that does not decode (a corrupt or truncated JPEG inside a shard) is skipped with a
+warning; how many were skipped travels with the next batch (`ContentBatch.skipped`), because
+the decoding happens in DataLoader worker processes, and the module logs the running total.
 """
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import lightning as L
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
@@ -30,9 +38,41 @@ def shard_urls(folder: Path, split: str) -> list[str]:
     return urls
 
 
-def _images(batch: tuple) -> torch.Tensor:
-    """`batched` yields a tuple of columns; ours has one, the image tensor (B, 3, H, W)."""
-    return batch[0]
+class ContentBatch(NamedTuple):
+    """One batch: images (B, 3, H, W) in [0, 1], the number of corrupt samples skipped since the
+    previous batch of this worker, and the samples' shard keys."""
+    images: torch.Tensor
+    skipped: int
+    keys: list[str]
+
+
+class DecodeSamples:
+    """A webdataset stage: raw samples → (image tensor, skipped before it, key). A sample that
+    does not decode is warned about and counted instead of stopping the run. (A class, not a
+    closure, so DataLoader workers can pickle it under any start method.)"""
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]):
+        self.transform = transform
+
+    def __call__(self, samples: Iterable[dict]) -> Iterator[tuple]:
+        pending = 0
+        for sample in samples:
+            key = sample.get("__key__", "?")
+            try:
+                with Image.open(io.BytesIO(sample["jpg"])) as im:
+                    image = self.transform(im.convert("RGB"))  # convert() forces the full decode
+            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+                pending += 1
+                warnings.warn(f"skipping corrupt sample {key!r} in {sample.get('__url__', '?')}: "
+                              f"{type(err).__name__}: {err}", stacklevel=2)
+                continue
+            yield image, pending, key
+            pending = 0
+
+
+def _collate(samples: list[tuple]) -> ContentBatch:
+    images, skipped, keys = zip(*samples)
+    return ContentBatch(torch.stack(images), int(sum(skipped)), list(keys))
 
 
 def _all_nodes(urls):  # validation: every rank reads every shard
@@ -80,17 +120,20 @@ class ContentDataModule(L.LightningDataModule):
         self.val_urls = shard_urls(self.data_dir, "val")
 
     def train_dataloader(self) -> DataLoader:
+        return self._train_loader(self.trainer.current_epoch if self.trainer is not None else 0)
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        """The training stream; its shuffle seed depends on the epoch it starts at, so a run
+        resumed from a checkpoint continues with new samples instead of replaying its start."""
         hp = self.hparams
         workers = max(1, hp.num_workers)
-        ds = (wds.WebDataset(self.train_urls, repeat=True, shardshuffle=len(self.train_urls), seed=hp.seed,
+        seed = hp.seed + 1_000_003 * epoch
+        ds = (wds.WebDataset(self.train_urls, repeat=True, shardshuffle=len(self.train_urls), seed=seed,
                              nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
                              empty_check=False, handler=wds.warn_and_continue)
-              .shuffle(hp.shuffle_buffer)
-              .decode("pil", handler=wds.warn_and_continue)
-              .to_tuple("jpg", handler=wds.warn_and_continue)
-              .map_tuple(self.train_transform)
-              .batched(hp.batch_size, partial=False)
-              .map(_images)
+              .shuffle(hp.shuffle_buffer, seed=seed)
+              .compose(DecodeSamples(self.train_transform))
+              .batched(hp.batch_size, collation_fn=_collate, partial=False)
               .with_epoch(math.ceil(hp.steps_per_epoch / workers)))  # per worker
         return DataLoader(ds, batch_size=None, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
@@ -98,9 +141,6 @@ class ContentDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         ds = (wds.WebDataset(self.val_urls, shardshuffle=False, nodesplitter=_all_nodes,
                              workersplitter=None, empty_check=False, handler=wds.warn_and_continue)
-              .decode("pil", handler=wds.warn_and_continue)
-              .to_tuple("jpg", handler=wds.warn_and_continue)
-              .map_tuple(self.val_transform)
-              .batched(self.hparams.batch_size, partial=True)
-              .map(_images))
+              .compose(DecodeSamples(self.val_transform))
+              .batched(self.hparams.batch_size, collation_fn=_collate, partial=True))
         return DataLoader(ds, batch_size=None, num_workers=0)

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 
 from pipeline.callbacks import ImageGridLogger
+from pipeline.datamodule import ContentBatch
 from pipeline.generators import build_generator
 from pipeline.imaging import load_image_file
 from pipeline.losses import STYLE_LAYERS, PerceptualLoss
@@ -65,6 +66,7 @@ class StyleTransferModule(L.LightningModule):
                                    vgg_flavour=vgg_flavour, vgg_weights=vgg_weights)
         self.register_buffer("style", style, persistent=False)
         self._nonfinite = 0
+        self.skipped_samples = 0  # corrupt samples the data stream skipped on this rank (checkpointed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)
@@ -72,8 +74,9 @@ class StyleTransferModule(L.LightningModule):
     def _terms(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.loss(self.generator(content), content)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
-        terms = self._terms(batch)
+    def training_step(self, batch: ContentBatch, batch_idx: int) -> torch.Tensor | None:
+        self._count_skipped(batch.skipped)
+        terms = self._terms(batch.images)
         finite = bool(torch.isfinite(terms["total"]).item())
         # Every DDP rank must take the same decision, or the skipped rank hangs the all-reduce.
         finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
@@ -86,12 +89,18 @@ class StyleTransferModule(L.LightningModule):
                     f"{ {k: float(v) for k, v in terms.items()} }); stopping. Lower the lr or check the data.")
             return None  # Lightning skips backward and the optimizer step
         self._nonfinite = 0
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=batch.shape[0])
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=len(batch.images))
         return terms["total"]
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        terms = self._terms(batch)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch.shape[0], sync_dist=True)
+    def _count_skipped(self, skipped: int) -> None:
+        """Running total of corrupt samples skipped, summed over DDP ranks, in TensorBoard."""
+        self.skipped_samples += int(skipped)
+        self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True,
+                 batch_size=1)
+
+    def validation_step(self, batch: ContentBatch, batch_idx: int) -> None:
+        terms = self._terms(batch.images)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch.images), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr)
@@ -114,7 +123,7 @@ class StyleTransferModule(L.LightningModule):
             # (`save_last=True` on the callback above only writes when a new best is saved.)
             ModelCheckpoint(monitor=None, save_top_k=1, filename="last", enable_version_counter=False),
             LearningRateMonitor(logging_interval="step"),
-            ThroughputMonitor(batch_size_fn=lambda batch: batch.shape[0], window_size=10),  # images/s over 10 steps
+            ThroughputMonitor(batch_size_fn=lambda batch: len(batch.images), window_size=10),  # images/s over 10 steps
             ImageGridLogger(every_n_steps=self.hparams.image_every_n_steps),
         ]
 
@@ -124,6 +133,8 @@ class StyleTransferModule(L.LightningModule):
         sd = checkpoint["state_dict"]
         for k in [k for k in sd if k.startswith("loss.")]:
             del sd[k]
+        checkpoint["skipped_samples"] = self.skipped_samples
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_samples = int(checkpoint.get("skipped_samples", 0))
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})

@@ -72,11 +72,11 @@ def test_datamodule_streams_crops_and_fixed_validation(tmp_path):
     dm = ContentDataModule(str(tmp_path / "shards"), image_size=48, resize=64, val_size=40, batch_size=2,
                            steps_per_epoch=5, num_workers=0)
     dm.setup("fit")
-    batches = list(dm.train_dataloader())
+    batches = [b.images for b in dm.train_dataloader()]
     assert len(batches) == 5 and all(b.shape == (2, 3, 48, 48) and b.dtype == torch.float32 for b in batches)
     assert 0 <= float(torch.stack(batches).min()) and float(torch.stack(batches).max()) <= 1
     val1, val2 = list(dm.val_dataloader()), list(dm.val_dataloader())
-    assert sum(len(b) for b in val1) == 5 and all(torch.equal(a, b) for a, b in zip(val1, val2))
+    assert sum(len(b.images) for b in val1) == 5 and all(torch.equal(a.images, b.images) for a, b in zip(val1, val2))
 
 
 def test_datamodule_without_shards_names_the_fix(tmp_path):
@@ -85,3 +85,50 @@ def test_datamodule_without_shards_names_the_fix(tmp_path):
         dm.setup("fit")
     with pytest.raises(ValueError, match="resize"):
         ContentDataModule(image_size=64, resize=32)
+
+
+def _photo_shards(tmp_path, names=("astronaut", "rocket", "coffee", "chelsea", "camera")):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in names:
+        Image.fromarray(skimage_photo(name)).save(src / f"{name}.png")
+    build_shards(src, tmp_path / "shards", val_src=src, min_shards=1, progress=False)
+    return tmp_path / "shards"
+
+
+def corrupt_a_sample(shard) -> str:
+    """Truncate one JPEG inside `shard` (rewriting the tar) and return its key."""
+    members = read_tar(shard)
+    name = sorted(members)[0]
+    members[name] = members[name][: len(members[name]) // 3]
+    with tarfile.open(shard, "w") as tf:
+        for n, data in sorted(members.items()):
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return name.rsplit(".", 1)[0]
+
+
+def test_corrupt_sample_inside_a_shard_is_skipped_warned_and_counted(tmp_path):
+    shards = _photo_shards(tmp_path)
+    bad_key = corrupt_a_sample(next(shards.glob("train-*.tar")))
+    dm = ContentDataModule(str(shards), image_size=32, resize=40, batch_size=2, steps_per_epoch=6, num_workers=0)
+    dm.setup("fit")
+    with pytest.warns(UserWarning, match=f"skipping corrupt sample '{bad_key}'.*OSError"):
+        batches = list(dm.train_dataloader())
+    assert len(batches) == 6  # the stream goes on past the bad sample
+    assert sum(b.skipped for b in batches) >= 2  # 6 batches × 2 = 12 samples from 5 photos: seen ≥ twice
+    assert all(bad_key not in b.keys for b in batches)
+    assert all(b.images.shape == (2, 3, 32, 32) for b in batches)
+
+
+def test_resumed_epochs_draw_a_new_but_reproducible_stream(tmp_path):
+    shards = _photo_shards(tmp_path)
+    dm = ContentDataModule(str(shards), image_size=32, resize=40, batch_size=1, steps_per_epoch=5, num_workers=0)
+    dm.setup("fit")
+
+    def keys(epoch):
+        return [b.keys[0] for b in dm._train_loader(epoch)]
+
+    assert keys(0) == keys(0)  # reproducible
+    assert keys(0) != keys(3)  # a run resumed at epoch 3 does not replay epoch 0's order

@@ -1,9 +1,13 @@
 """Real short training runs through the real CLI (`python -m pipeline fit`), real VGG weights."""
 from __future__ import annotations
 
+import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +20,14 @@ TINY = ["--config", str(ROOT / "pipeline/configs/cpu.yaml"), "--data.image_size=
         "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
 
 
+def fit_cmd(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> list[str]:
+    return [sys.executable, "-m", "pipeline", "fit", *TINY, f"--model.style_image={style}",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", f"--trainer.logger.init_args.name={name}",
+            f"--data.data_dir={tmp_path / 'shards'}", *extra]
+
+
 def fit(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipeline", "fit", *TINY, f"--model.style_image={style}",
-           f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", f"--trainer.logger.init_args.name={name}",
-           f"--data.data_dir={tmp_path / 'shards'}", *extra]
+    cmd = fit_cmd(tmp_path, style, *extra, name=name)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert res.returncode == 0, f"{' '.join(cmd)}\n--- stderr ---\n{res.stderr[-4000:]}"
     return res
@@ -45,7 +53,7 @@ def val_loss_before_after(ckpt_path: Path, shard_dir: Path) -> tuple[float, floa
     hp = torch.load(ckpt_path, weights_only=True)["hyper_parameters"]
     dm = ContentDataModule(str(shard_dir), image_size=64, val_size=64, batch_size=2, num_workers=0)
     dm.setup("fit")
-    batch = torch.cat(list(dm.val_dataloader()))
+    batch = torch.cat([b.images for b in dm.val_dataloader()])
     torch.manual_seed(0)
     fresh = StyleTransferModule(**{k: v for k, v in hp.items() if not k.startswith("_")}).eval()
     trained = StyleTransferModule.load_from_checkpoint(ckpt_path, weights_only=True).eval()
@@ -107,3 +115,49 @@ def test_non_finite_loss_stops_with_a_clear_message_and_no_nan_checkpoint(shards
     for ckpt in (shards / "runs" / "nan").rglob("*.ckpt"):
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
+
+
+def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(shards, style_image, vgg_weights,
+                                                                               tmp_path):
+    """kill -9 a real run; `CKPT=last.ckpt` resumes at the saved step with the Adam and cosine-LR
+    state; a corrupt sample inside a shard is skipped and counted in TensorBoard meanwhile."""
+    from test_shards import corrupt_a_sample
+    shutil.copytree(shards / "shards", tmp_path / "shards")
+    corrupt_a_sample(sorted((tmp_path / "shards").glob("train-*.tar"))[0])
+    common = ["--data.steps_per_epoch=4", "--model.lr_schedule=cosine", "--model.image_every_n_steps=0"]
+    ckpt_path = tmp_path / "runs" / "kill" / "checkpoints" / "last.ckpt"
+    log = open(tmp_path / "killed.log", "wb")  # a file, not a pipe: a full pipe would block the run
+    proc = subprocess.Popen(fit_cmd(tmp_path, style_image, "--trainer.max_steps=400", *common, name="kill"), cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ckpt_path.exists() and torch.load(ckpt_path, weights_only=True)["global_step"] >= 8:
+                break  # (atomic writes: the file is always whole, never half-written)
+            time.sleep(0.2)
+        assert proc.poll() is None, "training ended early:\n" + (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.7)  # land the kill somewhere inside the next epoch
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    killed = torch.load(ckpt_path, weights_only=True)
+    step, epoch = killed["global_step"], killed["epoch"]
+    assert step >= 8 and step % 4 == 0
+    assert killed["lr_schedulers"][0]["last_epoch"] == step and killed["lr_schedulers"][0]["T_max"] == 400
+
+    fit(tmp_path, style_image, f"--trainer.max_steps={step + 8}", *common, f"--ckpt_path={ckpt_path}", name="kill")
+    resumed = torch.load(ckpt_path, weights_only=True)
+    assert resumed["global_step"] == step + 8 and resumed["epoch"] > epoch  # the data stream went on
+    assert resumed["optimizer_states"][0]["state"][0]["step"].item() == step + 8  # Adam moments carried over
+    sched = resumed["lr_schedulers"][0]
+    assert sched["last_epoch"] == step + 8 and sched["T_max"] == 400  # the original cosine, not a fresh one
+    run = tmp_path / "runs" / "kill"
+    lrs = dict(scalars(run, "lr-Adam"))
+    expected = 1e-3 * (1 + math.cos(math.pi * step / 400)) / 2  # the LR in force at the first resumed step
+    assert abs(lrs[step] - expected) < 1e-8, (lrs[step], expected)
+    assert min(s for s, _ in scalars(run, "train/total") if s > step) == step + 1
+    skipped = scalars(run, "data/skipped_samples")
+    assert skipped and skipped[-1][1] >= 1, "the corrupt sample was not counted in TensorBoard"
