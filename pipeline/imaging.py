@@ -11,6 +11,7 @@ RGB is composited over white.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 FORMAT_ALIASES = {"jpg": "jpeg"}
@@ -84,7 +85,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = _open_header(data)
             w, h = im.size  # header only: nothing decoded yet
             if w * h > max_pixels:
                 raise BadImageRequest(f"image is {w}×{h} = {w * h / 1e6:.1f} MP, over the {max_pixels / 1e6:.1f} MP limit", 413)
@@ -99,8 +100,26 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImageRequest(f"image refused as a decompression bomb: {e}", 413) from None
+    except UnidentifiedImageError:  # its message is an object repr; say what we looked for instead
+        raise BadImageRequest("cannot decode the image: the body is not a JPEG, PNG, WebP, BMP, GIF or TIFF file "
+                              "(or its header is invalid, e.g. 0×0 pixels)") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken input
         raise BadImageRequest(f"cannot decode the image ({type(e).__name__}: {e}); send JPEG, PNG, WebP or BMP") from None
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Image.open (reads the header only) with PIL's fixed 89 MP bomb check off: our own,
+    configurable `max_pixels` cap decides, right after, still before any pixel is decoded.
+    (PIL's limit is a module global; the lock keeps the switch away from concurrent decodes.)"""
+    with _PIL_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_tensors(im: Image.Image) -> DecodedImage:

@@ -107,11 +107,11 @@ CASES = [
     ("empty body", b"", OCTET, 400, "empty"),
     ("text as text/plain", b"hello, this is text", {"Content-Type": "text/plain"}, 415, "text"),
     ("text as octet-stream", b"hello, this is text", OCTET, 400, "cannot decode"),
-    ("random bytes", np.random.default_rng(0).bytes(5000), OCTET, 400, "cannot decode"),
-    ("pdf", PDF, {"Content-Type": "application/pdf"}, 400, "cannot decode"),
+    ("random bytes", np.random.default_rng(0).bytes(5000), OCTET, 400, "not a JPEG, PNG"),
+    ("pdf", PDF, {"Content-Type": "application/pdf"}, 400, "not a JPEG, PNG"),
     ("truncated jpeg", JPEG[: len(JPEG) // 2], {"Content-Type": "image/jpeg"}, 400, "cannot decode"),
     ("truncated png", PNG[: len(PNG) // 2], {"Content-Type": "image/png"}, 400, "cannot decode"),
-    ("0x0 png", png_with_size(0, 0), {"Content-Type": "image/png"}, 400, "no pixels"),
+    ("0x0 png", png_with_size(0, 0), {"Content-Type": "image/png"}, 400, "header is invalid"),
     ("1x1 png", encode_pil(rng_image(1, 1)), {"Content-Type": "image/png"}, 200, (1, 1, "RGB")),
     ("16-bit png", png16(), {"Content-Type": "image/png"}, 200, (35, 27, "RGB")),
     ("cmyk jpeg", encode_pil(rng_image(29, 31), "JPEG", mode="CMYK"), {"Content-Type": "image/jpeg"}, 200, (31, 29, "RGB")),
@@ -120,7 +120,7 @@ CASES = [
     ("exif-rotated jpeg", exif_rotated_jpeg(), {"Content-Type": "image/jpeg"}, 200, (24, 40, "RGB")),
     ("animated gif: first frame", animated("GIF"), {"Content-Type": "image/gif"}, 200, (22, 30, "RGB")),
     ("animated webp: first frame", animated("WEBP"), {"Content-Type": "image/webp"}, 200, (22, 30, "RGB")),
-    ("decompression bomb", bomb_png(), {"Content-Type": "image/png"}, 413, "108.0 MP"),
+    ("decompression bomb", bomb_png(), {"Content-Type": "image/png"}, 413, "12000×9000 = 108.0 MP, over the 50.0 MP"),
     ("format=tiff", JPEG, {"Content-Type": "image/jpeg", "X-Format": "tiff"}, 400, "tiff"),
     ("max_side=-1", JPEG, {"Content-Type": "image/jpeg", "X-Max-Side": "-1"}, 400, "max_side"),
     ("quality=abc", JPEG, {"Content-Type": "image/jpeg", "X-Format": "jpeg", "X-Quality": "abc"}, 400, "quality"),
@@ -205,7 +205,8 @@ def test_security_defaults_on_the_live_server(server):
                if "=" in line and not line.startswith("#"))
     ports = [server.inference, server.management, server.metrics,
              int(cfg["grpc_inference_port"]), int(cfg["grpc_management_port"])]
-    loopback = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
+    # 127.0.0.1, ::1, and ::ffff:127.0.0.1 (Java binds IPv4 loopback through an IPv6 socket)
+    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
     for port in ports:
         addrs = listening_addresses(port)
         assert addrs and addrs <= loopback, f"port {port} listens on {addrs}, not only loopback"
@@ -223,9 +224,10 @@ def test_security_defaults_on_the_live_server(server):
     # Model API off: registering or deleting a model is refused even with the management key.
     status, _, body = server.request("POST", "/models?url=https://example.com/evil.mar", port=server.management,
                                      token="management")
-    assert 400 <= status < 500 and b"model api" in body.lower().replace(b"_", b" "), (status, body)
-    status, _, _ = server.request("DELETE", "/models/demo", port=server.management, token="management")
-    assert 400 <= status < 500
+    assert status == 405, (status, body)  # TorchServe's answer while enable_model_api=false
+    status, _, body = server.request("DELETE", "/models/demo", port=server.management, token="management")
+    assert status == 405, (status, body)
+    assert server.workers("demo")  # still registered
     assert_serves(server)
 
 
