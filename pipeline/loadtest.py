@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import io
 import json
+import os
 import platform
 import statistics
 import sys
@@ -114,8 +115,18 @@ def run_load(server: LocalTorchServe, model: str, clients: int, requests: int, m
         "first_errors": errors[:10], "wall_s": round(wall, 2), "requests_per_s": round(len(lat) / wall, 2),
         "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
         "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
-        "sizes_hw": SIZES, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "sizes_hw": SIZES, "machine": machine(),
     }
+
+
+def machine() -> str:
+    """CPU model and core count, e.g. 'AMD EPYC 9R14, 2 cores'."""
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def check(status: int, body: bytes, size: tuple[int, int]) -> str | None:
