@@ -12,7 +12,7 @@ OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
 TB_PORT ?= 6006
 BENCH_ARGS ?=
 
-.PHONY: help install test shards train tensorboard export archive serve stop loadtest
+.PHONY: help install test shards train tensorboard export archive serve stop loadtest eval ablation
 
 help:
 	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] | train STYLE=img [DATA=dir] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
@@ -62,6 +62,21 @@ REQUESTS ?= 200
 loadtest:
 	$(PY) -m pipeline loadtest $(if $(NAME),--model "$(NAME)") --clients $(CLIENTS) --requests $(REQUESTS) \
 		--out benchmarks/loadtest-results.json
+
+# Quality of a model on a folder of photos: reports/eval-NAME/{metrics.json,report.html}.
+CONTENT ?=
+eval:
+	@test -n "$(NAME)" -a -n "$(CONTENT)" || { echo "usage: make eval NAME=<run> CONTENT=<photo folder> [ARGS='--limit 8 --gatys 2']"; exit 2; }
+	$(PY) -m pipeline evaluate --model "runs/$(NAME)/checkpoints/last.ckpt" --content "$(CONTENT)" \
+		--out "reports/eval-$(NAME)" $(ARGS)
+
+# The paper's ablation for one style: 5 variants trained with the same budget, evaluated, reported
+# in reports/ablation-<style>/. Finished runs are reused. STEPS is the per-variant budget.
+STEPS ?= 800
+ablation:
+	@test -n "$(STYLE)" || { echo "usage: make ablation STYLE=<style image> [DATA=<shards>] [CONTENT=<val photos>] [STEPS=800] [PRESET=cpu]"; exit 2; }
+	$(PY) -m pipeline ablation --style "$(STYLE)" --preset $(PRESET) --steps $(STEPS) \
+		$(if $(DATA),--data "$(DATA)") $(if $(CONTENT),--content "$(CONTENT)") $(ARGS)
 
 # Stops the server this directory started (TorchServe's own pid file), never by process name.
 stop:

@@ -9,6 +9,9 @@
   stylize                    stylize files or folders offline (same pixels as the server)
   figure                     a content | stylized figure from a model and a photo
   loadtest                   concurrent clients against a private loopback TorchServe
+  evaluate                   losses, time, contrast PSNR and border index of a model on photos
+  gatys                      the slow baseline: Gatys et al. optimization with the same loss
+  ablation                   the paper's comparisons (norm × generator, padding) trained and evaluated
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ TOOLS = {
     "stylize": "pipeline.stylize",
     "figure": "pipeline.figures",
     "loadtest": "pipeline.loadtest",
+    "evaluate": "pipeline.evaluate",
+    "gatys": "pipeline.gatys",
+    "ablation": "pipeline.ablation",
 }
 
 

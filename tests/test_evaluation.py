@@ -1,0 +1,107 @@
+"""Metric functions against known answers; smoke runs of evaluate and gatys on tiny inputs with
+the real VGG weights."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.evaluate import evaluate, list_photos
+from pipeline.gatys import build_loss, main as gatys_main, optimize
+from pipeline.generators import build_generator
+from pipeline.metrics import border_artifact_index, edge_energy_ratio, laplacian_energy, psnr
+from pipeline.module import load_style
+
+
+def test_psnr_known_values():
+    a = torch.zeros(1, 3, 8, 8)
+    assert psnr(a, a + 0.1) == pytest.approx(20.0)  # MSE 0.01 → 10·log10(1/0.01)
+    assert psnr(a, a + 0.01) == pytest.approx(40.0)
+    assert psnr(a, a) == math.inf
+    with pytest.raises(ValueError, match="shapes differ"):
+        psnr(a, torch.zeros(1, 3, 8, 9))
+
+
+def test_laplacian_energy_known_values():
+    assert laplacian_energy(torch.full((3, 9, 9), 0.7)).abs().max() == 0  # flat
+    yy, xx = torch.meshgrid(torch.arange(9.0, dtype=torch.float64), torch.arange(9.0, dtype=torch.float64), indexing="ij")
+    assert laplacian_energy(torch.stack([0.1 * xx + 0.05 * yy] * 3)).abs().max() < 1e-12  # linear ramp
+    impulse = torch.zeros(3, 7, 7)
+    impulse[:, 3, 3] = 1.0
+    e = laplacian_energy(impulse)  # (5, 5); the impulse sits at (2, 2)
+    assert e[2, 2] == 4 and e[1, 2] == e[2, 1] == e[3, 2] == e[2, 3] == 1 and e.sum() == 8
+
+
+def checkerboard(n: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    return ((xx + yy) % 2).float().expand(3, n, n)
+
+
+def test_edge_energy_ratio_and_border_index():
+    board = checkerboard(50)
+    assert edge_energy_ratio(board, band=8) == pytest.approx(1.0)  # |Laplacian| = 4 everywhere
+    framed = board.clone()
+    framed[:, 6:-6, 6:-6] = 0.5  # texture only in a 6-px frame: all of its Laplacian falls in the 8-px band
+    assert edge_energy_ratio(framed, band=8) > 10
+    assert border_artifact_index(framed, framed, band=8) == pytest.approx(1.0)
+    assert border_artifact_index(framed, board, band=8) > 10
+    with pytest.raises(ValueError, match="too small"):
+        edge_energy_ratio(torch.zeros(3, 20, 20), band=16)
+
+
+@pytest.fixture(scope="module")
+def loss(style_image, vgg_weights):
+    return build_loss(load_style(style_image, 64))
+
+
+def test_gatys_lowers_the_loss_and_records_checkpoints(loss, tmp_path, style_image, capsys):
+    torch.manual_seed(0)
+    content = torch.rand(1, 3, 40, 48)
+    records = optimize(loss, content, [1, 6])
+    assert [r["iters"] for r in records] == [1, 6]
+    assert records[1]["total"] < records[0]["total"] and records[1]["seconds"] >= records[0]["seconds"] > 0
+    assert records[1]["image"].shape == content.shape and 0 <= records[1]["image"].min() <= records[1]["image"].max() <= 1
+    with pytest.raises(ValueError):
+        optimize(loss, content, [0])
+    photo = tmp_path / "p.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(photo)
+    assert gatys_main(["--style", str(style_image), "--content", str(photo), "--iters", "1,2", "--size", "32",
+                       "--style-size", "64", "--out", str(tmp_path / "g.png")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["iters"] for r in lines] == [1, 2] and Image.open(tmp_path / "g.png").size == (40, 32)
+
+
+def test_evaluate_writes_metrics_and_report(loss, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray((rng.random((50 + 7 * i, 64, 3)) * 255).astype(np.uint8)).save(photos / f"img{i}.png")
+    (photos / "notes.txt").write_text("ignored")
+    torch.manual_seed(0)
+    instance = build_generator("residual", norm="instance").eval()
+    result = evaluate(instance, loss, list_photos(photos), size=48, out=tmp_path / "out", gatys=1, gatys_iters=[1, 2])
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["mean"] == pytest.approx(result["mean"]) and len(saved["images"]) == 2
+    row = saved["images"][0]
+    assert {"style", "content", "tv", "total", "seconds", "contrast_psnr_db", "border_index"} <= row.keys()
+    assert row["height"] == 48 and row["contrast_psnr_db"] > 40  # instance norm: contrast does not matter
+    assert [g["iters"] for g in row["gatys"]] == [1, 2] and "gatys" not in saved["images"][1]
+    assert saved["gatys_mean"][0]["iters"] == 1 and saved["gatys_mean"][0]["speed_ratio_gatys_over_model"] > 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<img") == 2 * 2 + 2 and "img0-gatys2.jpg" in page
+    assert all((tmp_path / "out" / "images" / f"img0-{s}.jpg").exists() for s in ("content", "model", "gatys1"))
+    batch = build_generator("residual", norm="batch").eval()  # the paper's baseline is not contrast invariant
+    with torch.no_grad():
+        for m in batch.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    bn = evaluate(batch, loss, list_photos(photos), size=48, out=tmp_path / "bn")
+    assert bn["mean"]["contrast_psnr_db"] < row["contrast_psnr_db"] - 10
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list_photos(tmp_path / "out" / "images" / "..")  # a folder with only json/html
