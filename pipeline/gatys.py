@@ -43,7 +43,9 @@ def optimize(loss: PerceptualLoss, content: torch.Tensor, checkpoints: list[int]
     for p in loss.parameters():
         p.requires_grad_(False)
     x = content.detach().clone().requires_grad_(True)
-    if optimizer == "lbfgs":  # one iteration per step() so the checkpoints are exact iteration counts
+    if optimizer == "lbfgs":
+        # step() runs up to max_iter iterations; it is called once per checkpoint interval with
+        # the remaining count (the L-BFGS history carries over between calls).
         opt = torch.optim.LBFGS([x], lr=lr or 1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe")
     else:
         opt = torch.optim.Adam([x], lr=lr or 0.02)
@@ -54,15 +56,21 @@ def optimize(loss: PerceptualLoss, content: torch.Tensor, checkpoints: list[int]
         total.backward()
         return total
 
-    records, start, wanted = [], time.perf_counter(), sorted(set(checkpoints))
-    for it in range(1, wanted[-1] + 1):
-        opt.step(closure)
-        if it in wanted:
-            elapsed = time.perf_counter() - start
-            with torch.no_grad():
-                image = x.detach().clamp(0, 1)
-                terms = {k: float(v) for k, v in loss(image, content).items()}
-            records.append({"iters": it, "seconds": round(elapsed, 3), **terms, "image": image})
+    records, start, done = [], time.perf_counter(), 0
+    for target in sorted(set(checkpoints)):
+        if optimizer == "lbfgs":
+            opt.param_groups[0]["max_iter"] = target - done
+            opt.param_groups[0]["max_eval"] = max((target - done) * 5 // 4, target - done + 1)  # torch default ratio
+            opt.step(closure)
+        else:
+            for _ in range(target - done):
+                opt.step(closure)
+        done = target
+        elapsed = time.perf_counter() - start
+        with torch.no_grad():
+            image = x.detach().clamp(0, 1)
+            terms = {k: float(v) for k, v in loss(image, content).items()}
+        records.append({"iters": target, "seconds": round(elapsed, 3), **terms, "image": image})
     return records
 
 

@@ -105,3 +105,29 @@ def test_evaluate_writes_metrics_and_report(loss, tmp_path):
     assert bn["mean"]["contrast_psnr_db"] < row["contrast_psnr_db"] - 10
     with pytest.raises(FileNotFoundError, match="no images"):
         list_photos(tmp_path / "out" / "images" / "..")  # a folder with only json/html
+
+
+def test_ablation_reuses_finished_runs_and_writes_the_report(tmp_path, style_image, vgg_weights, capsys):
+    """The report half of `make ablation` on five tiny, already 'trained' runs (reused, not retrained)."""
+    from pipeline.ablation import VARIANTS, main as ablation_main, run_name
+    from test_serving_helpers import make_checkpoint
+
+    for i, v in enumerate(VARIANTS):
+        make_checkpoint(tmp_path / "runs" / run_name(style_image, v), seed=i, global_step=3, arch=v.arch,
+                        norm=v.norm, padding=v.padding, style_size=64)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray((np.random.default_rng(2).random((60, 70, 3)) * 255).astype(np.uint8)).save(photos / "a.png")
+    out = tmp_path / "report"
+    assert ablation_main(["--style", str(style_image), "--steps", "3", "--runs", str(tmp_path / "runs"),
+                          "--content", str(photos), "--out", str(out), "--eval-size", "48", "--limit", "1",
+                          "--gatys-iters", "1,2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing (step 3)") == 5 and "]: training" not in printed
+    report = json.loads((out / "metrics.json").read_text())
+    assert [r["key"] for r in report["variants"]] == [v.key for v in VARIANTS]
+    assert [g["iters"] for g in report["gatys"]] == [1, 2]
+    table = (out / "table.md").read_text()
+    assert table.count("\n| residual") == 3 and table.count("\n| multiscale") == 2 and "Gatys" in table
+    for fig in ("fig3_padding", "fig5_norms", "fig6_resolution"):
+        assert (out / f"{fig}.jpg").exists() and fig in report["figures"]
