@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import LightningCLI
 
-from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.datamodule import ContentDataModule
 from pipeline.module import StyleTransferModule
 
@@ -12,6 +11,4 @@ def run_cli(args: list[str] | None = None) -> LightningCLI:
     """Run LightningCLI with the style module and content data module fixed (no class_path needed)."""
     return LightningCLI(StyleTransferModule, ContentDataModule, args=args,
                         save_config_kwargs={"overwrite": True},  # a resumed run rewrites its resolved config
-                        seed_everything_default=0,
-                        # checkpoints survive a SIGKILL mid-write (see pipeline/checkpoint_io.py)
-                        trainer_defaults={"plugins": [AtomicCheckpointIO()]})
+                        seed_everything_default=0)
