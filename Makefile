@@ -12,11 +12,11 @@ OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
 TB_PORT ?= 6006
 BENCH_ARGS ?=
 
-.PHONY: help install test shards train tensorboard export archive serve stop loadtest eval ablation
+.PHONY: help install test shards train tensorboard export archive serve stop loadtest eval ablation bench
 
 help:
 	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] | train STYLE=img [DATA=dir] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
-	@echo "make tensorboard | export NAME=run | archive [NAME=run] | serve | stop"
+	@echo "make tensorboard | export NAME=run | archive [NAME=run] | serve | stop | bench [BENCH_ARGS=--quick]"
 
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
 install:
@@ -82,3 +82,8 @@ ablation:
 stop:
 	.venv/bin/torchserve --stop
 
+# Reference vs our paths side by side (inference, training, TorchServe, tiled 4K): prints a table and
+# writes benchmarks/results-<machine>.json. ~10 min on 2 cores; BENCH_ARGS=--quick for ~3 min. Run it
+# on an otherwise idle machine (see docs/benchmarks.md).
+bench:
+	$(PY) -m benchmarks.bench $(BENCH_ARGS)

@@ -33,10 +33,11 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 try:
-    from pipeline.inference import BadImageRequest, finish, prepare, run_batch, server_limits, size_groups
+    from pipeline.inference import BadImageRequest, finish, memory_cap_bytes, prepare, run_batch, server_limits, size_groups
     from pipeline.model_io import load_model
 except ImportError:  # modules bundled flat next to this file
-    from inference import BadImageRequest, finish, prepare, run_batch, server_limits, size_groups  # type: ignore[no-redef]
+    from inference import (BadImageRequest, finish, memory_cap_bytes, prepare, run_batch,  # type: ignore[no-redef]
+                           server_limits, size_groups)
     from model_io import load_model  # type: ignore[no-redef]
 
 logger = logging.getLogger(__name__)
@@ -128,12 +129,16 @@ class StylizeHandler(BaseHandler):
         self.model_pt_path = os.path.join(model_dir, serialized)
         self.model, self.metadata = load_model(self.model_pt_path, self.device)
         yaml_config = getattr(context, "model_yaml_config", None) or {}
-        self.max_side, self.max_pixels = server_limits(yaml_config.get("handler") or {})
+        handler_config = yaml_config.get("handler") or {}
+        self.max_side, self.max_pixels = server_limits(handler_config)
+        # over this many MB of activations an image is stylized in tiles (whole-image norm statistics)
+        self.max_memory_mb = memory_cap_bytes(config=handler_config) // 2**20
         with torch.inference_mode():  # warm-up: fail at load, not on the first request
             for _ in range(2):
                 self.model(torch.rand(1, 3, 32, 32, device=self.device))
-        logger.info("instyle model %s loaded (style %s, step %s); max_side=%d max_pixels=%d", serialized,
-                    self.metadata.get("style_image"), self.metadata.get("global_step"), self.max_side, self.max_pixels)
+        logger.info("instyle model %s loaded (style %s, step %s); max_side=%d max_pixels=%d max_memory_mb=%d",
+                    serialized, self.metadata.get("style_image"), self.metadata.get("global_step"), self.max_side,
+                    self.max_pixels, self.max_memory_mb)
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
@@ -158,7 +163,7 @@ class StylizeHandler(BaseHandler):
         for group in size_groups(images):
             start = time.perf_counter()
             try:
-                outputs = run_batch(self.model, [images[i] for i in group], self.device)
+                outputs = run_batch(self.model, [images[i] for i in group], self.device, self.max_memory_mb)
             except (MemoryError, RuntimeError) as e:
                 logger.exception("inference failed for a group of %d image(s) of %s", len(group), images[group[0]].size)
                 too_big = isinstance(e, MemoryError) or "memory" in str(e).lower()

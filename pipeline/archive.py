@@ -2,7 +2,7 @@
 
 runs/NAME/export/{generator.pt|generator.pt2, metadata.json} → model_store/NAME.mar with
 - the handler `handlers/stylize_handler.py`;
-- a `pipeline/` folder with the pure modules the handler needs (imaging, inference, model_io),
+- a `pipeline/` folder with the pure modules the handler needs (imaging, inference, tiling, model_io),
   so the worker's Python needs torch, Pillow and numpy but not this project;
 - `metadata.json`, and `model-config.yaml` (batching, timeout, the handler's limits).
 Without --name every run with an export is archived. An existing .mar is replaced atomically.
@@ -24,23 +24,24 @@ from model_archiver.model_archiver_error import ModelArchiverError
 from model_archiver.model_packaging import package_model
 from model_archiver.model_packaging_utils import ModelExportUtils
 
-from pipeline.inference import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from pipeline.inference import DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "handlers" / "stylize_handler.py"
-BUNDLED_MODULES = ("imaging.py", "inference.py", "model_io.py")
+BUNDLED_MODULES = ("imaging.py", "inference.py", "tiling.py", "model_io.py")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts as a model name
 
 
 def model_config(batch_size: int, max_batch_delay_ms: int, response_timeout_s: int, max_side: int,
-                 max_pixels: int) -> str:
+                 max_pixels: int, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> str:
     """model-config.yaml: TorchServe batching keys plus the handler's own section (read by the handler)."""
     return (f"batchSize: {batch_size}\n"
             f"maxBatchDelay: {max_batch_delay_ms}\n"
             f"responseTimeout: {response_timeout_s}\n"
             "handler:\n"
             f"  max_side: {max_side}\n"
-            f"  max_pixels: {max_pixels}\n")
+            f"  max_pixels: {max_pixels}\n"
+            f"  max_memory_mb: {max_memory_mb}\n")
 
 
 def stage_extra_files(dest: Path, metadata: dict[str, Any]) -> None:
@@ -58,12 +59,14 @@ def stage_extra_files(dest: Path, metadata: dict[str, Any]) -> None:
 def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: str | None = None,
                 serialized: str = "pt", batch_size: int = 1, max_batch_delay_ms: int = 50,
                 response_timeout_s: int = 300, max_side: int = DEFAULT_MAX_SIDE,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+                max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> Path:
     """Archive `run_dir/export/` as `store/<name>.mar` (name defaults to the run folder's name)."""
     run_dir = Path(run_dir)
     name = name or run_dir.resolve().name
     if not NAME_RE.match(name):
         raise ValueError(f"model name {name!r} is not allowed by TorchServe (letters, digits, _ - . only)")
+    if max_memory_mb < 1:
+        raise ValueError(f"max_memory_mb must be ≥ 1, got {max_memory_mb}")
     if serialized not in ("pt", "pt2"):
         raise ValueError(f"serialized must be pt or pt2, got {serialized!r}")
     export = run_dir / "export"
@@ -79,7 +82,8 @@ def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: st
         extra = tmp_path / "extra"
         stage_extra_files(extra, metadata)
         config_file = tmp_path / "model-config.yaml"
-        config_file.write_text(model_config(batch_size, max_batch_delay_ms, response_timeout_s, max_side, max_pixels))
+        config_file.write_text(model_config(batch_size, max_batch_delay_ms, response_timeout_s, max_side, max_pixels,
+                                             max_memory_mb))
         out_dir = tmp_path / "out"
         out_dir.mkdir()
         config = ModelArchiverConfig(
@@ -112,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"(default {DEFAULT_MAX_SIDE})")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels "
                         f"before decoding (default {DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--max-memory", type=int, default=DEFAULT_MAX_MEMORY_MB, metavar="MB",
+                        help="activation memory per model call; larger images are stylized in tiles with "
+                             f"whole-image instance-norm statistics (default {DEFAULT_MAX_MEMORY_MB})")
     args = parser.parse_args(argv)
     run_dirs = [args.runs / args.name] if args.name else exported_runs(args.runs, args.serialized)
     if not run_dirs:
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mar = archive_run(run_dir, args.store, serialized=args.serialized, batch_size=args.batch_size,
                               max_batch_delay_ms=args.max_batch_delay, response_timeout_s=args.response_timeout,
-                              max_side=args.max_side, max_pixels=args.max_pixels)
+                              max_side=args.max_side, max_pixels=args.max_pixels, max_memory_mb=args.max_memory)
         except (FileNotFoundError, ValueError, OSError, ModelArchiverError) as e:
             print(f"archive failed for {run_dir}: {e}", file=sys.stderr)
             failed += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import io
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from pipeline.model_io import (METADATA_NAME, checkpoint_metadata, generator_from_checkpoint, load_model, quiet_jit,
+from pipeline.model_io import (METADATA_NAME, WEIGHTS_NAME, checkpoint_metadata, generator_from_checkpoint, load_model, quiet_jit,
                                read_checkpoint)
 
 FORMATS = ("pt", "pt2")
@@ -73,10 +74,15 @@ def build_metadata(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> dict
 
 
 def export_torchscript(generator: nn.Module, path: Path, metadata_json: str) -> None:
-    """Script (not trace: tracing would bake in the example's pad/crop sizes) and freeze."""
+    """Script (not trace: tracing would bake in the example's pad/crop sizes) and freeze.
+
+    The state dict goes along as an extra file: freezing turns the weights into graph constants,
+    and tiled inference of very large images (pipeline.inference.stylize_tiled) needs them."""
+    weights = io.BytesIO()
+    torch.save(generator.state_dict(), weights)
     with quiet_jit():
         scripted = torch.jit.freeze(torch.jit.script(generator.eval()))
-        torch.jit.save(scripted, str(path), _extra_files={METADATA_NAME: metadata_json})
+        torch.jit.save(scripted, str(path), _extra_files={METADATA_NAME: metadata_json, WEIGHTS_NAME: weights.getvalue()})
 
 
 def export_program(generator: nn.Module, path: Path, metadata_json: str) -> None:

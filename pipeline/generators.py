@@ -46,8 +46,14 @@ class ResidualGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # min_size 16: after two stride-2 convs the 3×3 reflection pad still has ≥ 4 px to reflect.
         xp, h, w = pad_to_multiple(x, 4, 16)
+        # Inference runs channels-last (NHWC): oneDNN's convolutions then work without reordering
+        # every activation to and from their blocked layout, and pad, norm (layers.InstanceNorm2d),
+        # ReLU and upsampling keep the layout. Same values; the output is handed back as NCHW.
+        # Training stays NCHW: there the native instance-norm backward beats the channels-last one.
+        if not torch.is_grad_enabled():
+            xp = xp.contiguous(memory_format=torch.channels_last)
         y = torch.sigmoid(self.out(self.up(self.res(self.down(xp)))))
-        return crop_to(y, h, w)
+        return crop_to(y, h, w).contiguous()
 
 
 class MultiScaleGenerator(nn.Module):

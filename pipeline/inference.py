@@ -2,7 +2,7 @@
 
 bytes + options → `prepare` → `size_groups` / `run_batch` (model) → `finish` → bytes. The handler and
 `python -m pipeline stylize` call exactly these functions, so their pixels are the same.
-Bundled into the .mar together with `imaging.py`; imports nothing else from the project.
+Bundled into the .mar together with `imaging.py` and `tiling.py`; imports nothing else from the project.
 """
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ import torch
 
 try:  # the project package (dev, tests, CLI) or the copy bundled in the .mar's pipeline/ folder
     from pipeline.imaging import DEFAULT_MAX_PIXELS, BadImageRequest, DecodedImage, Options, decode, encode, limit_side, parse_options
-except ImportError:  # this file copied flat next to imaging.py
+    from pipeline.tiling import (DEFAULT_MAX_MEMORY_MB, ENV_MAX_MEMORY, generator_weights, memory_cap_bytes, stylize_tiled,
+                                 tile_for_cap, untiled_bytes)
+except ImportError:  # these files copied flat next to each other
     from imaging import DEFAULT_MAX_PIXELS, BadImageRequest, DecodedImage, Options, decode, encode, limit_side, parse_options  # type: ignore[no-redef]
+    from tiling import (DEFAULT_MAX_MEMORY_MB, ENV_MAX_MEMORY, generator_weights, memory_cap_bytes,  # type: ignore[no-redef]
+                        stylize_tiled, tile_for_cap, untiled_bytes)
 
 DEFAULT_MAX_SIDE = 4096  # longest side the model ever sees (4K); larger inputs are downscaled
 ENV_MAX_SIDE = "INSTYLE_MAX_SIDE"
@@ -63,11 +67,26 @@ def size_groups(images: Sequence[DecodedImage]) -> list[list[int]]:
 
 
 def run_batch(model: Callable[[torch.Tensor], torch.Tensor], images: Sequence[DecodedImage],
-              device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """Stylize same-size images as one batch; returns (3, H, W) float CPU tensors in input order."""
+              device: torch.device | str = "cpu", max_memory_mb: int | None = None) -> list[torch.Tensor]:
+    """Stylize same-size images; returns (3, H, W) float CPU tensors in input order.
+
+    Within the memory cap (`max_memory_mb`, else $INSTYLE_MAX_MEMORY_MB, else 2048 MB of
+    activations) the images run as one batch; a batch over the cap runs image by image, and an
+    image over the cap on its own runs tiled (`stylize_tiled`: same result, bounded memory)
+    when the model's weights are known (see `generator_weights`)."""
+    cap = memory_cap_bytes(max_memory_mb)
+    h, w = images[0].size
     with torch.inference_mode():
-        batch = torch.stack([img.rgb for img in images]).to(device)
-        return list(model(batch).float().cpu())
+        if untiled_bytes(h, w, len(images)) <= cap:
+            batch = torch.stack([img.rgb for img in images]).to(device)
+            return list(model(batch).float().cpu())
+        weights = generator_weights(model) if untiled_bytes(h, w, 1) > cap else None
+        outputs = []
+        for img in images:
+            x = img.rgb[None].to(device)
+            y = stylize_tiled(weights, x, tile_for_cap(cap)) if weights is not None else model(x)
+            outputs.append(y[0].float().cpu())
+        return outputs
 
 
 def finish(stylized: torch.Tensor, image: DecodedImage, options: Options) -> tuple[bytes, str]:
@@ -75,4 +94,5 @@ def finish(stylized: torch.Tensor, image: DecodedImage, options: Options) -> tup
     return encode(stylized, image.alpha, options.format, options.quality)
 
 
-__all__ = ["BadImageRequest", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_PIXELS", "server_limits", "prepare", "size_groups", "run_batch", "finish"]
+__all__ = ["BadImageRequest", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_MEMORY_MB", "ENV_MAX_MEMORY", "server_limits",
+           "prepare", "size_groups", "run_batch", "finish", "stylize_tiled", "generator_weights", "memory_cap_bytes"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.model_io import reuse_freed_memory
 from pipeline.vgg import VGGFeatures
 
 STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
@@ -19,7 +20,11 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     """Gram matrix per image: G[b] = F F^T / (C·H·W) for F of shape (C, H·W), in fp32."""
     b, c, h, w = features.shape
     with torch.autocast(device_type=features.device.type, enabled=False):
-        f = features.float().reshape(b, c, h * w)
+        f = features.float()
+        if f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous():
+            f = f.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view of channels-last data, no copy
+            return torch.bmm(f.transpose(1, 2), f) / (c * h * w)
+        f = f.reshape(b, c, h * w)
         return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
 
 
@@ -63,6 +68,7 @@ class PerceptualLoss(nn.Module):
         self.content_layer, self.style_layers = content_layer, tuple(style_layers)
         self.weights = {"style": style_weight, "content": content_weight, "tv": tv_weight}
         self.style_layer_weights = style_layer_weights
+        reuse_freed_memory()  # a training step allocates ~2 GB afresh otherwise (see pipeline.model_io)
         self.vgg = VGGFeatures(sorted(set(self.style_layers) | {content_layer}, key=lambda n: n[4:]),
                                flavour=vgg_flavour, weights_path=vgg_weights)
         self.set_style(style_image)
@@ -83,8 +89,8 @@ class PerceptualLoss(nn.Module):
     def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return the weighted terms and their sum: {'style', 'content', 'tv', 'total'}."""
         out_feats = self.vgg(output)
-        with torch.no_grad():
-            content_target = self.vgg(content)[self.content_layer]
+        with torch.no_grad():  # the content target needs the VGG only up to the content layer
+            content_target = self.vgg(content, [self.content_layer])[self.content_layer]
         grams = {name: gram(out_feats[name]) for name in self.style_layers}
         terms = {
             "style": self.weights["style"] * style_loss(grams, self.targets(), self.style_layer_weights),

@@ -3,15 +3,23 @@
 - `.ckpt`: a Lightning training checkpoint. Loaded with `weights_only=True` (no pickled code
   runs); the generator is rebuilt from `hyper_parameters` and only the `generator.*` weights
   are used, so no VGG weights or style image are needed.
-- `.pt`: TorchScript written by `pipeline.export` (metadata embedded as `metadata.json`).
+- `.pt`: TorchScript written by `pipeline.export` (metadata embedded as `metadata.json`, the
+  generator's weights as `generator_state.pt`: the frozen graph has them only as constants).
 - `.pt2`: a `torch.export` program written by `pipeline.export` (same embedded metadata).
+
+`.pt` and `.pt2` models get the generator's state dict as `model.instyle_weights`, which lets
+`pipeline.inference` stylize images too large for memory in tiles.
 
 This module is bundled into the TorchServe archive, so it imports only torch and the standard
 library at module level; `pipeline.generators` is imported lazily for `.ckpt` only.
 """
 from __future__ import annotations
 
+import ctypes
+import io
 import json
+import os
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +29,7 @@ import torch
 from torch import nn
 
 METADATA_NAME = "metadata.json"
+WEIGHTS_NAME = "generator_state.pt"  # the generator's state dict inside a .pt, for tiled inference
 GENERATOR_PREFIX = "generator."
 
 
@@ -34,6 +43,30 @@ def quiet_jit() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
         yield
+
+
+ENV_REUSE_MEMORY = "INSTYLE_REUSE_FREED_MEMORY"
+
+
+def reuse_freed_memory(keep_mb: int = 4096) -> bool:
+    """Let glibc keep freed memory for reuse instead of unmapping it: big CPU tensors then come
+    from the heap (M_MMAP_MAX=0) and up to `keep_mb` of free heap stays mapped (M_TRIM_THRESHOLD).
+
+    Why: glibc serves every allocation over 32 MB with a fresh mmap and unmaps it on free, so
+    each call of the generator (and each training step) page-faults its whole working set in
+    again — a 1080p forward touches a few GB of new pages. On the 2-core VM of docs/benchmarks.md
+    that was 40 % of a 1080p forward and of a training step. The cost: the process keeps its
+    peak memory mapped after a large image. Process-wide and idempotent; Linux/glibc only (a
+    no-op elsewhere); $INSTYLE_REUSE_FREED_MEMORY=0 turns it off. Returns whether it applied.
+    """
+    if os.environ.get(ENV_REUSE_MEMORY, "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, keep_mb * 2**20))
 
 
 def generator_kwargs(hparams: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -105,11 +138,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
+    reuse_freed_memory()
     suffix = path.suffix.lower()
     if suffix == ".pt":
-        extra = {METADATA_NAME: ""}
+        extra = {METADATA_NAME: "", WEIGHTS_NAME: ""}
         with quiet_jit():
             model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        if extra[WEIGHTS_NAME]:  # exports since the tiling change carry the weights next to the frozen graph
+            model.instyle_weights = torch.load(io.BytesIO(extra[WEIGHTS_NAME]), map_location=device, weights_only=True)
         return model.eval(), _parse_metadata(extra[METADATA_NAME], path)
     if suffix == ".pt2":
         extra = {METADATA_NAME: ""}
@@ -121,6 +157,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             m.training = False
         if torch.device(device).type != "cpu":
             model = model.to(device)
+        model.instyle_weights = dict(model.state_dict())  # for tiled inference (pipeline.inference)
         return model, _parse_metadata(extra[METADATA_NAME], path)
     if suffix == ".ckpt":
         ckpt = read_checkpoint(path)

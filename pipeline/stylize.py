@@ -1,7 +1,7 @@
 """Offline stylization with the server's exact pre/post-processing.
 
     python -m pipeline stylize --model runs/NAME/export/generator.pt [--format png|jpeg|webp]
-        [--quality Q] [--max-side N] INPUT OUTPUT
+        [--quality Q] [--max-side N] [--max-memory MB] INPUT OUTPUT
 
 INPUT a file → OUTPUT a file (format from --format, else from OUTPUT's suffix, else png).
 INPUT a folder → every image in it (by suffix, not recursive) → OUTPUT folder as STEM.EXT;
@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from pipeline.imaging import FORMAT_ALIASES, FORMATS, BadImageRequest
-from pipeline.inference import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, finish, prepare, run_batch
+from pipeline.inference import (DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ENV_MAX_MEMORY, finish,
+                                prepare, run_batch)
 from pipeline.model_io import load_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -27,10 +28,12 @@ SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 
 def stylize_bytes(model: Any, data: bytes, params: dict[str, str], max_side: int = DEFAULT_MAX_SIDE,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, device: str | torch.device = "cpu") -> tuple[bytes, str]:
-    """One image's bytes → (stylized bytes, content type), exactly as the server answers."""
+                  max_pixels: int = DEFAULT_MAX_PIXELS, device: str | torch.device = "cpu",
+                  max_memory_mb: int | None = None) -> tuple[bytes, str]:
+    """One image's bytes → (stylized bytes, content type), exactly as the server answers.
+    Images whose activations would exceed `max_memory_mb` are stylized in tiles (same pixels)."""
     image, options = prepare(data, params, max_side, max_pixels)
-    (stylized,) = run_batch(model, [image], device)
+    (stylized,) = run_batch(model, [image], device, max_memory_mb)
     return finish(stylized, image, options)
 
 
@@ -54,7 +57,8 @@ def _params(fmt: str, args: argparse.Namespace) -> dict[str, str]:
 
 def _one(model: Any, src: Path, dst: Path, fmt: str, args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    data, _ = stylize_bytes(model, src.read_bytes(), _params(fmt, args), args.server_max_side)
+    data, _ = stylize_bytes(model, src.read_bytes(), _params(fmt, args), args.server_max_side,
+                            max_memory_mb=args.max_memory)
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(data)
     print(f"{src} → {dst} ({time.perf_counter() - start:.2f} s)")
@@ -112,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-side", type=int, default=None, help="downscale so the longer side is ≤ N")
     parser.add_argument("--server-max-side", type=int, default=DEFAULT_MAX_SIDE,
                         help=f"cap on --max-side, as the server's (default {DEFAULT_MAX_SIDE})")
+    parser.add_argument("--max-memory", type=int, default=None, metavar="MB",
+                        help=f"activation memory per image; larger images are stylized in tiles with whole-image "
+                             f"instance-norm statistics (default ${ENV_MAX_MEMORY} or {DEFAULT_MAX_MEMORY_MB})")
     parser.add_argument("input", type=Path, help="image file or folder of images")
     parser.add_argument("output", type=Path, help="output file or folder")
     return parser

@@ -45,7 +45,7 @@ class VGGFeatures(nn.Module):
             from torchvision.models import VGG16_Weights  # downloads once into the torch hub cache
             features = vgg16(weights=VGG16_Weights.IMAGENET1K_V1).features[:23]
             mean, std = torch.tensor(_TV_MEAN), torch.tensor(_TV_STD)
-        self.features = features[: last + 1].eval()
+        self.features = features[: last + 1].eval().to(memory_format=torch.channels_last)
         for p in self.features.parameters():
             p.requires_grad_(False)
         # (x - mean) / std with x in [0, 1]; for caffe std = 1/255 turns 0..1 into 0..255 minus mean.
@@ -58,11 +58,21 @@ class VGGFeatures(nn.Module):
         self.features.eval()  # VGG stays frozen (it has no norm layers, but be explicit)
         return self
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = (x - self.mean) / self.std
+    def forward(self, x: torch.Tensor, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """{name: activation} for `layers` (default: all the layers given at construction); the
+        network only runs as deep as the deepest one asked for (the content target needs relu2_2,
+        a third of the cost of relu4_3).
+
+        Runs channels-last (NHWC): oneDNN's convolutions and their backward then work without
+        reordering every activation to and from their blocked layout. Same values."""
+        wanted = self._taps if layers is None else {LAYERS[n]: n for n in layers}
+        last = max(wanted)
+        h = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         out: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(self.features):
             h = layer(h)
-            if i in self._taps:
-                out[self._taps[i]] = h
+            if i in wanted:
+                out[wanted[i]] = h
+            if i >= last:
+                break
         return out

@@ -96,6 +96,29 @@ def test_env_overrides_model_config(export_dir, monkeypatch):
     assert "MP limit" in _error(res, 413)
 
 
+def test_memory_cap_from_model_config_tiles_with_the_same_pixels(export_dir, served, monkeypatch):
+    """handler.max_memory_mb (model-config.yaml) makes the handler stylize in tiles: same pixels."""
+    from pipeline import inference
+
+    calls = []
+    real = inference.stylize_tiled
+    monkeypatch.setattr(inference, "stylize_tiled", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    capped, capped_ctx = load_handler(export_dir, yaml_config={"handler": {"max_memory_mb": 1}})
+    assert capped.max_memory_mb == 1 and served[0].max_memory_mb == inference.DEFAULT_MAX_MEMORY_MB
+    body = encode_pil(rng_image(120, 170, seed=11))
+    (tiled,) = run_handler(capped, capped_ctx, [ts_request(body)])
+    assert calls == [(1, 3, 120, 170)]
+    (whole,) = run_handler(served[0], served[1], [ts_request(body)])
+    assert len(calls) == 1  # the default cap: one untiled call
+    diff = np.abs(np.asarray(_ok(tiled)).astype(int) - np.asarray(_ok(whole)).astype(int)).max()
+    assert diff <= 1  # 8-bit rounding of values equal to ~1e-6
+
+
+def test_bad_memory_cap_fails_at_load(export_dir):
+    with pytest.raises(ValueError, match="max_memory_mb"):
+        load_handler(export_dir, yaml_config={"handler": {"max_memory_mb": "lots"}})
+
+
 class ShapeSpy(torch.nn.Module):
     """Wraps the served model and records the batch shapes it is called with."""
 

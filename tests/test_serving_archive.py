@@ -23,7 +23,7 @@ def run(tmp_path_factory):
 
 
 def test_archive_contents(run, tmp_path):
-    mar = archive_run(run, tmp_path / "store", batch_size=4, max_batch_delay_ms=20, max_side=2048)
+    mar = archive_run(run, tmp_path / "store", batch_size=4, max_batch_delay_ms=20, max_side=2048, max_memory_mb=512)
     assert mar == tmp_path / "store" / "demo.mar"
     with zipfile.ZipFile(mar) as z:
         names = set(z.namelist())
@@ -31,9 +31,10 @@ def test_archive_contents(run, tmp_path):
         config = z.read("model-config.yaml").decode()
         init = z.read("pipeline/__init__.py").decode()
     assert {"stylize_handler.py", "generator.pt", "metadata.json", "model-config.yaml", "pipeline/__init__.py",
-            "pipeline/imaging.py", "pipeline/inference.py", "pipeline/model_io.py"} <= names
+            "pipeline/imaging.py", "pipeline/inference.py", "pipeline/tiling.py", "pipeline/model_io.py"} <= names
     assert manifest["model"]["serializedFile"] == "generator.pt" and manifest["model"]["handler"] == "stylize_handler.py"
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "max_side: 2048" in config
+    assert "max_memory_mb: 512" in config
     assert "import" not in init  # the stub must not pull in training dependencies
     assert not list((tmp_path / "store").glob(".demo.*"))  # no staging left behind
 

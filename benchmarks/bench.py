@@ -1,0 +1,158 @@
+"""`make bench` (= `python -m benchmarks.bench`): the reference and the project's paths side by side.
+
+    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling] [--variants ...] [--out FILE]
+
+Inference (256², 512², 1920×1080; batch 1 and 4), training (128² and 256², batch 4), serving
+(TorchServe, 512², concurrency 1/4/8, with and without batching) and tiled 4K inference, each
+case in a fresh process. Prints a table with ratios to the reference and writes
+benchmarks/results-<machine>.json. Not a test: numbers depend on the machine and on whatever
+else runs on it, so run it on an otherwise idle machine. See docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import ROOT, machine_info, machine_slug, make_run, run_worker
+from benchmarks.report import print_report, targets
+
+# size: (warm-up calls, timed calls at batch 1, timed calls at batch 4)
+REPEATS = {"256": (2, 10, 5), "512": (1, 5, 3), "1080p": (1, 2, 1)}
+QUICK_REPEATS = {"256": (1, 3, 2), "512": (1, 2, 1)}
+TRAIN_STEPS = {128: (1, 4), 256: (1, 3)}  # (warm-up, timed) steps
+QUICK_TRAIN_STEPS = {128: (1, 2)}
+SECTIONS = ("infer", "train", "serve", "tiling")
+DEFAULT_VARIANTS = ("reference", "eager", "torchscript", "export")
+
+
+def style_path(work: Path) -> Path:
+    """The shared painting when present, else a generated image (speed does not depend on it)."""
+    shared = ROOT.parent / "shared" / "assets" / "styles" / "starry_night.jpg"
+    if shared.exists():
+        return shared
+    from PIL import Image
+
+    from benchmarks.common import photo
+
+    path = work / "style.png"
+    arr = (photo(1, 256, 256, seed=7)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def worker_env(variant: str) -> dict[str, str]:
+    """The reference runs as plain PyTorch, without the allocator setting that our paths make
+    (pipeline.model_io.reuse_freed_memory, see docs/benchmarks.md)."""
+    return {"INSTYLE_REUSE_FREED_MEMORY": "0"} if variant == "reference" else {}
+
+
+def bench_inference(run: Path, work: Path, variants: list[str], quick: bool, log) -> tuple[list[dict], dict]:
+    rows, diffs = [], {}
+    outputs = work / "outputs"
+    for size, (warm, reps, reps_b) in (QUICK_REPEATS if quick else REPEATS).items():
+        for variant in variants:
+            log(f"infer {variant:12s} {size}")
+            res = run_worker("benchmarks.infer", ["--variant", variant, "--size", size, "--run", str(run),
+                                                  "--warmup", str(warm), "--repeats", str(reps),
+                                                  "--repeats-batched", str(reps_b), "--save", str(outputs)],
+                             env=worker_env(variant))
+            rows.append(res)
+        ref_file = outputs / f"reference-{size}.pt"
+        for variant in variants:
+            out_file = outputs / f"{variant}-{size}.pt"
+            if variant != "reference" and ref_file.exists() and out_file.exists():
+                ref, out = torch.load(ref_file), torch.load(out_file)
+                diffs[f"{variant}@{size}"] = (out - ref).abs().max().item() if out.shape == ref.shape else float("inf")
+    return rows, diffs
+
+
+def bench_training(run: Path, work: Path, quick: bool, log) -> list[dict]:
+    rows, style = [], style_path(work)
+    for size, (warm, steps) in (QUICK_TRAIN_STEPS if quick else TRAIN_STEPS).items():
+        for variant in ("reference", "ours"):
+            log(f"train {variant:10s} {size}")
+            rows.append(run_worker("benchmarks.train_step", ["--variant", variant, "--size", str(size), "--run", str(run),
+                                                             "--style", str(style), "--warmup", str(warm),
+                                                             "--steps", str(steps)], env=worker_env(variant)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="256² and 512² only, fewer repeats, short training")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="inference variants (benchmarks.infer)")
+    p.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results-<machine>.json)")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = p.parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(sorted(unknown))}")
+    variants = [v for v in args.variants.split(",") if v]
+    if "reference" not in variants:
+        variants.insert(0, "reference")
+    info = machine_info()
+    out = args.out or ROOT / "benchmarks" / f"results-{machine_slug(info)}.json"
+    started = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    results: dict[str, Any] = {
+        "machine": info, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "quick": args.quick,
+    }
+    with tempfile.TemporaryDirectory(prefix="instyle-bench-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        log("exporting the benchmark generator (.pt, .pt2)")
+        run = make_run(work / "runs" / "bench")
+        if "infer" in sections:
+            results["inference"], results["same_output_max_abs_diff"] = bench_inference(run, work, variants, args.quick, log)
+        if "train" in sections:
+            results["training"] = bench_training(run, work, args.quick, log)
+        if "serve" in sections:
+            from benchmarks.serving import bench_serving
+
+            log("serving (TorchServe)")
+            conc = (1, 4) if args.quick else (1, 4, 8)
+            try:
+                results["serving"] = bench_serving(run, work / "serve", conc, per_client=2 if args.quick else 3)
+            except Exception as e:  # noqa: BLE001 - a missing Java must not lose the other sections
+                results["serving"] = {"error": f"{type(e).__name__}: {e}"}
+            if "inference" not in results or not any(r.get("variant") == "torchscript" and r.get("size") == "512"
+                                                     for r in results["inference"]):
+                results["serving_model_only"] = run_worker("benchmarks.infer", [
+                    "--variant", "torchscript", "--size", "512", "--run", str(run), "--batches", "1", "--repeats", "5"])
+        if "tiling" in sections:
+            log("tiled inference")
+            results["tiling"] = {
+                "exact": run_worker("benchmarks.tiling", ["--run", str(run), "--check", "--size",
+                                                          "512x768" if args.quick else "1080x1920"]),
+                "4k": run_worker("benchmarks.tiling", ["--run", str(run), "--size",
+                                                       "1080x1920" if args.quick else "2160x3840"]),
+                "4k_untiled": None if args.quick else run_worker(
+                    "benchmarks.tiling", ["--run", str(run), "--size", "2160x3840", "--untiled"]),
+            }
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["targets"] = targets(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_report(results)
+    print(f"\nwritten {out} ({results['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

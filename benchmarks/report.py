@@ -1,0 +1,140 @@
+"""The benchmark's table (printed, and pasted into docs/benchmarks.md) and its target checks."""
+from __future__ import annotations
+
+from typing import Any
+
+SAME_OUTPUT_TOL = 1e-4  # max abs difference of [0, 1] images, ours vs reference, same weights
+SAME_LOSS_RTOL = 1e-4  # relative difference of the first step's loss terms
+TARGET_TIME = {"1080p": 0.6, "512": 0.7, "256": 0.85}  # ours / reference latency, batch 1
+SHIPPED = "torchscript"  # what the TorchServe handler and the CLI load by default
+
+
+def _infer_index(results: dict[str, Any]) -> dict[tuple[str, str, str], dict]:
+    """(variant, size, batch) → measurement."""
+    index = {}
+    for row in results.get("inference", []):
+        for batch, m in row.get("batches", {}).items():
+            index[(row["variant"], row["size"], batch)] = m
+    return index
+
+
+def _train_index(results: dict[str, Any]) -> dict[tuple[str, int], dict]:
+    return {(r["variant"], r["size"]): r for r in results.get("training", []) if "error" not in r}
+
+
+def _loss_rel_diff(a: dict[str, float], b: dict[str, float]) -> float:
+    return max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in b)
+
+
+def table(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    idx = _infer_index(results)
+    if idx:
+        lines += ["| size | batch | path | ms / batch | images/s | GFLOP/s | peak RSS MB | time × ref | max abs diff vs ref |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        diffs = results.get("same_output_max_abs_diff", {})
+        for (variant, size, batch), m in idx.items():
+            ref = idx.get(("reference", size, batch))
+            ratio = f"{m['median_s'] / ref['median_s']:.2f}" if ref else "–"
+            diff = diffs.get(f"{variant}@{size}")
+            lines.append(f"| {size} | {batch} | {variant} | {m['median_s'] * 1000:.0f} | {m['images_per_s']:.2f} | "
+                         f"{m['gflops']:.0f} | {m['peak_rss_mb']:.0f} | {ratio} | "
+                         f"{'–' if diff is None or variant == 'reference' else f'{diff:.1e}'} |")
+    for row in results.get("inference", []) + results.get("training", []):
+        if "error" in row:
+            lines.append(f"\nERROR: {row['error'][:500]}")
+    tidx = _train_index(results)
+    if tidx:
+        lines += ["", "| training | batch | path | s / step | images/s | × ref images/s | first-step loss | rel. diff vs ref |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (variant, size), r in sorted(tidx.items(), key=lambda kv: (kv[0][1], kv[0][0] != "reference")):
+            ref = tidx.get(("reference", size))
+            ratio = f"{r['images_per_s'] / ref['images_per_s']:.2f}" if ref else "–"
+            rel = f"{_loss_rel_diff(r['losses'][0], ref['losses'][0]):.1e}" if ref and variant != "reference" else "–"
+            lines.append(f"| {size}² | {r['batch']} | {variant} | {r['median_step_s']:.2f} | {r['images_per_s']:.2f} | "
+                         f"{ratio} | {r['losses'][0]['total']:.4f} | {rel} |")
+    serving = results.get("serving")
+    if serving:
+        if "error" in serving:
+            lines.append(f"\nserving ERROR: {serving['error'][:500]}")
+        else:
+            model_only = _model_only(results)
+            lines += ["", f"| serving 512² | concurrency | requests/s | p50 ms | p99 ms | errors | % of model-only "
+                          f"({model_only:.2f} images/s) |" if model_only else "| serving | concurrency | requests/s | "
+                          "p50 ms | p99 ms | errors | % of model-only |", "|---|---|---|---|---|---|---|"]
+            for r in serving["rows"]:
+                pct = f"{100 * r['requests_per_s'] / model_only:.0f} %" if model_only else "–"
+                lines.append(f"| {r['model']} | {r['concurrency']} | {r['requests_per_s']:.2f} | "
+                             f"{(r['p50_s'] or 0) * 1000:.0f} | {(r['p99_s'] or 0) * 1000:.0f} | {r['errors']} | {pct} |")
+    tiling = results.get("tiling")
+    if tiling:
+        lines += ["", "| tiled inference | size | seconds | peak RSS MB | max abs diff tiled vs untiled |",
+                  "|---|---|---|---|---|"]
+        for key, r in tiling.items():
+            if not r:
+                continue
+            if "error" in r:
+                lines.append(f"| {key} | ERROR {r['error'][:300]} | | | |")
+                continue
+            diff = r.get("max_abs_diff")
+            lines.append(f"| {key} | {r['size']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+                         f"{'–' if diff is None else f'{diff:.1e}'} |")
+    return "\n".join(lines)
+
+
+def _model_only(results: dict[str, Any]) -> float | None:
+    m = _infer_index(results).get((SHIPPED, "512", "1"))
+    if m is None and results.get("serving_model_only", {}).get("batches"):
+        m = results["serving_model_only"]["batches"]["1"]
+    return m["images_per_s"] if m else None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue as {target, value, met}; only those this run measured."""
+    out = []
+    idx = _infer_index(results)
+    for size, limit in TARGET_TIME.items():
+        ours, ref = idx.get((SHIPPED, size, "1")), idx.get(("reference", size, "1"))
+        if ours and ref:
+            ratio = ours["median_s"] / ref["median_s"]
+            out.append({"target": f"inference {size} batch 1: {SHIPPED} time ≤ {limit} × reference",
+                        "value": round(ratio, 3), "met": ratio <= limit})
+    diffs = results.get("same_output_max_abs_diff", {})
+    if diffs:
+        worst = max(diffs.values())
+        out.append({"target": f"outputs equal the reference (max abs diff ≤ {SAME_OUTPUT_TOL})", "value": worst,
+                    "met": worst <= SAME_OUTPUT_TOL})
+    m = idx.get((SHIPPED, "1080p", "1"))
+    if m:
+        out.append({"target": "peak RSS of a 1080p request < 3 GB (MB)", "value": round(m["peak_rss_mb"]),
+                    "met": m["peak_rss_mb"] < 3 * 1024})
+    tidx = _train_index(results)
+    ours, ref = tidx.get(("ours", 256)), tidx.get(("reference", 256))
+    if ours and ref:
+        ratio = ours["images_per_s"] / ref["images_per_s"]
+        out.append({"target": "training 256² batch 4: ≥ 1.25 × reference images/s", "value": round(ratio, 3),
+                    "met": ratio >= 1.25})
+    for size in (128, 256):
+        ours, ref = tidx.get(("ours", size)), tidx.get(("reference", size))
+        if ours and ref:
+            rel = _loss_rel_diff(ours["losses"][0], ref["losses"][0])
+            out.append({"target": f"training {size}²: same loss values (first step, rel. ≤ {SAME_LOSS_RTOL})",
+                        "value": rel, "met": rel <= SAME_LOSS_RTOL})
+    serving, model_only = results.get("serving") or {}, _model_only(results)
+    for r in serving.get("rows", []):
+        if r["model"] == "plain" and r["concurrency"] == 4 and model_only:
+            frac = r["requests_per_s"] / model_only
+            out.append({"target": "serving at concurrency 4 ≥ 85 % of model-only throughput, zero errors",
+                        "value": round(frac, 3), "met": frac >= 0.85 and r["errors"] == 0})
+    return out
+
+
+def print_report(results: dict[str, Any]) -> None:
+    info = results["machine"]
+    print(f"\nmachine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['memory_gb']} GB, "
+          f"GPU: {info['gpu'] or 'none'}, torch {info['torch']} ({info['torch_threads']} threads)")
+    print(table(results))
+    if results.get("targets"):
+        print("\ntargets:")
+        for t in results["targets"]:
+            print(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']}")

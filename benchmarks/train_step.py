@@ -1,0 +1,86 @@
+"""Training worker: optimizer steps of the reference or of the project's training step, own process.
+
+    python -m benchmarks.train_step --variant ours --size 256 --run RUN --style STYLE.jpg [--steps 3]
+
+`ours` is exactly what `StyleTransferModule.training_step` computes (generator → PerceptualLoss
+with the project's VGGFeatures → backward → Adam), without the Lightning loop around it (logging
+and the progress bar cost milliseconds against seconds per step). `reference` is
+`benchmarks.reference.ReferenceTrainer`. Both start from the run's generator weights, see the
+same batches and use the cpu preset's loss weights, so their loss values can be compared.
+Prints one JSON line: the loss terms of every step (warm-up included), step times, images/s, peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from benchmarks.common import peak_rss_mb, photo
+
+WEIGHTS = {"style_weight": 2e-5, "content_weight": 1e-5, "tv_weight": 1.0, "lr": 1e-3}  # pipeline/configs/cpu.yaml
+STYLE_SIZE = 256
+
+
+def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
+    from benchmarks.reference import ReferenceNet, ReferenceTrainer, RefVGG, load_from_generator
+    from pipeline.model_io import load_model
+    from pipeline.module import load_style
+
+    generator, _ = load_model(run / "checkpoints" / "last.ckpt")
+    net = load_from_generator(ReferenceNet(), generator)
+    trainer = ReferenceTrainer(net, RefVGG(), load_style(style_path, STYLE_SIZE), **WEIGHTS)
+    return trainer.step
+
+
+def ours_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
+    from pipeline.model_io import load_model
+    from pipeline.module import StyleTransferModule
+
+    module = StyleTransferModule(style_image=str(style_path), style_size=STYLE_SIZE, **WEIGHTS)
+    module.generator.load_state_dict(load_model(run / "checkpoints" / "last.ckpt")[0].state_dict())
+    module.train()
+    opt = module.configure_optimizers()  # lr_schedule "none": a plain Adam, as in training
+
+    def step(batch: torch.Tensor) -> dict[str, float]:
+        opt.zero_grad(set_to_none=True)
+        terms = module._terms(batch)  # what training_step logs and returns
+        terms["total"].backward()
+        opt.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step")
+    p.add_argument("--variant", choices=("reference", "ours"), required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--style", type=Path, required=True)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3)
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    step = (reference_step if args.variant == "reference" else ours_step)(args.run, args.style)
+    losses, times = [], []
+    for i in range(args.warmup + args.steps):
+        batch = photo(args.batch, args.size, args.size, seed=100 + i)
+        start = time.perf_counter()
+        losses.append(step(batch))
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    print(json.dumps({"variant": args.variant, "size": args.size, "batch": args.batch, "losses": losses,
+                      "step_s": times, "median_step_s": median, "images_per_s": args.batch / median,
+                      "peak_rss_mb": peak_rss_mb()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The benchmark's yardstick (benchmarks/reference.py) is the public 1.68 M-parameter residual
+network and computes the same function as the project's generator with the same weights: the
+ratios in docs/benchmarks.md compare like with like."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.common import generator_gflop
+from benchmarks.reference import ReferenceNet, load_from_generator
+from pipeline.generators import ResidualGenerator
+from pipeline.model_io import load_model
+from test_serving_helpers import shared_export
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    generator = ResidualGenerator().eval()
+    with torch.no_grad():  # move the norm affines off 1/0 so they matter
+        for p in generator.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return generator, load_from_generator(ReferenceNet(), generator).eval()
+
+
+def test_reference_has_the_public_parameter_count(pair):
+    n = sum(p.numel() for p in pair[1].parameters())
+    assert n == 1_679_235  # 1.68 M
+    assert abs(generator_gflop(256, 256) - 20.2) < 0.1  # the issue's 20.2 GFLOP per 256² image
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 96), (2, 3, 48, 48)])
+def test_reference_and_ours_compute_the_same_function(pair, shape):
+    generator, reference = pair
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        diff = (generator(x) - reference(x)).abs().max().item()
+    assert diff < 1e-5, f"max abs diff {diff:.3g}"
+
+
+def test_exported_file_equals_reference(tmp_path_factory):
+    """What serving loads (the TorchScript export) against the reference with the same weights."""
+    run = shared_export(tmp_path_factory)
+    eager, _ = load_model(run / "checkpoints" / "last.ckpt")
+    scripted, _ = load_model(run / "export" / "generator.pt")
+    reference = load_from_generator(ReferenceNet(), eager).eval()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        diff = (scripted(x) - reference(x)).abs().max().item()
+    assert diff < 1e-4, f"max abs diff {diff:.3g}"
+
+
+def test_mismatched_generator_is_refused():
+    with pytest.raises(ValueError):
+        load_from_generator(ReferenceNet(), ResidualGenerator(width=16))

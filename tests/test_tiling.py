@@ -1,0 +1,117 @@
+"""Tiled inference (pipeline.inference.stylize_tiled): whole-image instance-norm statistics, so the
+tiled result equals the untiled one (no seams, no colour shift between tiles), for eager, .pt and
+.pt2 models, through run_batch's memory cap, the CLI's --max-memory and the handler's environment."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import inference
+from pipeline.generators import ResidualGenerator
+from pipeline.imaging import DecodedImage
+from pipeline.inference import generator_weights, run_batch, stylize_tiled
+from pipeline.model_io import load_model
+from pipeline.stylize import main as stylize_main
+from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(0)
+    g = ResidualGenerator().eval()
+    with torch.no_grad():  # move the norm affines off 1/0 so every statistic matters
+        for p in g.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return g
+
+
+@pytest.mark.parametrize("size, tile", [((96, 96), 32), ((77, 130), 32), ((150, 61), 64), ((5, 9), 16), ((64, 64), 4096)])
+def test_tiled_equals_untiled(generator, size, tile):
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(size[0]))
+    with torch.inference_mode():
+        ref = generator(x)
+        out = stylize_tiled(generator_weights(generator), x, tile)
+    assert out.shape == ref.shape
+    diff = (out - ref).abs().max().item()
+    assert diff < TOL, f"{size} in {tile}-px tiles: max abs diff {diff:.3g}"
+
+
+def test_per_tile_statistics_would_show_seams(generator):
+    """The naive alternative, each half run on its own (its own norm statistics), is visibly off;
+    with whole-image statistics the same split is exact."""
+    x = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(7))
+    x[..., 64:] = x[..., 64:] * 0.5 + 0.5  # halves of different brightness and contrast
+    with torch.inference_mode():
+        ref = generator(x)
+        naive = torch.cat([generator(x[..., :64]), generator(x[..., 64:])], dim=-1)
+        ours = stylize_tiled(generator_weights(generator), x, 64)
+    assert (naive - ref).abs().max().item() > 0.05
+    assert (ours - ref).abs().max().item() < TOL
+
+
+def test_batch_is_tiled_image_by_image(generator):
+    x = torch.rand(2, 3, 48, 80, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        diff = (stylize_tiled(generator_weights(generator), x, 32) - generator(x)).abs().max().item()
+    assert diff < TOL
+
+
+@pytest.mark.parametrize("kind", ["pt", "pt2"])
+def test_exported_models_carry_their_weights(tmp_path_factory, kind):
+    run = shared_export(tmp_path_factory)
+    model, _ = load_model(run / "export" / f"generator.{kind}")
+    weights = generator_weights(model)
+    assert weights is not None
+    x = torch.rand(1, 3, 70, 90, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        diff = (stylize_tiled(weights, x, 32) - model(x)).abs().max().item()
+    assert diff < TOL
+
+
+@pytest.mark.parametrize("kwargs", [{"padding": "zero"}, {"norm": "batch"}, {"upsample": "transposed"}, {"norm": "none"}])
+def test_other_generators_are_not_tiled(kwargs):
+    assert generator_weights(ResidualGenerator(**kwargs)) is None
+
+
+def test_run_batch_tiles_over_the_memory_cap(generator, monkeypatch):
+    calls = []
+    real = inference.stylize_tiled
+    monkeypatch.setattr(inference, "stylize_tiled", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    images = [DecodedImage(rgb=torch.rand(3, 120, 200, generator=torch.Generator().manual_seed(i)), alpha=None)
+              for i in range(2)]
+    with torch.inference_mode():
+        ref = generator(torch.stack([img.rgb for img in images]))
+    assert not calls and len(run_batch(generator, images, max_memory_mb=64)) == 2 and not calls  # fits: one batch
+    out = run_batch(generator, images, max_memory_mb=1)  # 1 MB: every image over the cap → tiles
+    assert len(calls) == 2
+    assert max((o - r).abs().max().item() for o, r in zip(out, ref)) < TOL
+    monkeypatch.setenv(inference.ENV_MAX_MEMORY, "1")  # what the TorchServe handler reads
+    calls.clear()
+    run_batch(generator, images[:1])
+    assert len(calls) == 1
+
+
+def test_memory_cap_validation(monkeypatch):
+    assert inference.memory_cap_bytes(10) == 10 * 2**20
+    monkeypatch.setenv(inference.ENV_MAX_MEMORY, "lots")
+    with pytest.raises(ValueError, match="INSTYLE_MAX_MEMORY_MB"):
+        inference.memory_cap_bytes()
+    with pytest.raises(ValueError):
+        inference.memory_cap_bytes(0)
+
+
+def test_cli_max_memory_gives_the_same_pixels(tmp_path_factory, tmp_path):
+    run = shared_export(tmp_path_factory)
+    src = tmp_path / "in.png"
+    src.write_bytes(encode_pil(rng_image(130, 170, seed=5)))
+    model = str(run / "export" / "generator.pt")
+    assert stylize_main(["--model", model, str(src), str(tmp_path / "whole.png")]) == 0
+    assert stylize_main(["--model", model, "--max-memory", "1", str(src), str(tmp_path / "tiled.png")]) == 0
+    whole = np.asarray(decode_pil((tmp_path / "whole.png").read_bytes())).astype(int)
+    tiled = np.asarray(decode_pil((tmp_path / "tiled.png").read_bytes())).astype(int)
+    assert whole.shape == tiled.shape == (130, 170, 3)
+    assert np.abs(whole - tiled).max() <= 1  # 8-bit rounding of values equal to ~1e-6
