@@ -14,6 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from pipeline.fast_ops import space_to_depth_conv, upsample_conv
 from pipeline.layers import ConvLayer, ConvNormAct, Norm, Padding, ResidualBlock, check_choice, crop_to, make_norm, pad_to_multiple
 
 Upsample = Literal["nearest", "transposed"]
@@ -22,6 +23,8 @@ Upsample = Literal["nearest", "transposed"]
 class ResidualGenerator(nn.Module):
     """9×9 conv 32 → stride-2 convs 64, 128 → residual blocks of 128 → two ×2 upsampling stages 64, 32
     → 9×9 conv to RGB, then a sigmoid so the output is an image in [0, 1]."""
+
+    __constants__ = ["fast_decoder"]  # TorchScript: the branch not taken is not even compiled
 
     def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", upsample: Upsample = "nearest",
                  n_residual: int = 5, width: int = 32):
@@ -36,6 +39,9 @@ class ResidualGenerator(nn.Module):
         self.res = nn.Sequential(*[ResidualBlock(w3, norm=norm, padding=padding) for _ in range(n_residual)])
         self.up = nn.Sequential(self._up(w3, w2, norm, padding, upsample), self._up(w2, w1, norm, padding, upsample))
         self.out = ConvLayer(w1, 3, 9, 1, padding)
+        # Inference decoder with the same arithmetic regrouped (pipeline.fast_ops); the layouts it
+        # reads (Upsample → ConvNormAct(ReflectionPad, Conv)) exist only for these choices.
+        self.fast_decoder = padding == "reflect" and upsample == "nearest"
 
     @staticmethod
     def _up(cin: int, cout: int, norm: Norm, padding: Padding, upsample: Upsample) -> nn.Sequential:
@@ -52,8 +58,22 @@ class ResidualGenerator(nn.Module):
         # Training stays NCHW: there the native instance-norm backward beats the channels-last one.
         if not torch.is_grad_enabled():
             xp = xp.contiguous(memory_format=torch.channels_last)
-        y = torch.sigmoid(self.out(self.up(self.res(self.down(xp)))))
-        return crop_to(y, h, w).contiguous()
+            y = self.res(self.down(xp))
+            if self.fast_decoder:
+                y = self._decode_fast(y)
+            else:
+                y = self.out(self.up(y))
+        else:
+            y = self.out(self.up(self.res(self.down(xp))))
+        return crop_to(torch.sigmoid(y), h, w).contiguous()
+
+    def _decode_fast(self, y: torch.Tensor) -> torch.Tensor:
+        """self.out(self.up(y)) for nearest upsampling and reflection padding, via pipeline.fast_ops."""
+        for stage in self.up:  # Sequential(Upsample, ConvNormAct(ConvLayer(pad, conv), norm, act))
+            unit = stage[1]
+            conv = unit[0][1]
+            y = unit[2](unit[1](upsample_conv(y, conv.weight, conv.bias)))
+        return space_to_depth_conv(self.out[0](y), self.out[1].weight, self.out[1].bias)
 
 
 class MultiScaleGenerator(nn.Module):
