@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["serving"] = bench_serving(run, work / "serve", conc, per_client=2 if args.quick else 3)
             except Exception as e:  # noqa: BLE001 - a missing Java must not lose the other sections
                 results["serving"] = {"error": f"{type(e).__name__}: {e}"}
-            if "inference" not in results or not any(r.get("variant") == "torchscript" and r.get("size") == "512"
+            if "inference" not in results or not any(r.get("variant") == "export" and r.get("size") == "512"
                                                      for r in results["inference"]):
                 results["serving_model_only"] = run_worker("benchmarks.infer", [
-                    "--variant", "torchscript", "--size", "512", "--run", str(run), "--batches", "1", "--repeats", "5"])
+                    "--variant", "export", "--size", "512", "--run", str(run), "--batches", "1", "--repeats", "5"])
         if "tiling" in sections:
             log("tiled inference")
             results["tiling"] = {

@@ -6,7 +6,7 @@ from typing import Any
 SAME_OUTPUT_TOL = 1e-4  # max abs difference of [0, 1] images, ours vs reference, same weights
 SAME_LOSS_RTOL = 1e-4  # relative difference of the first step's loss terms
 TARGET_TIME = {"1080p": 0.6, "512": 0.7, "256": 0.85}  # ours / reference latency, batch 1
-SHIPPED = "torchscript"  # what the TorchServe handler and the CLI load by default
+SHIPPED = "export"  # the .pt2 that `make archive` serves by default
 
 
 def _infer_index(results: dict[str, Any]) -> dict[tuple[str, str, str], dict]:
@@ -66,6 +66,11 @@ def table(results: dict[str, Any]) -> str:
                 pct = f"{100 * r['requests_per_s'] / model_only:.0f} %" if model_only else "–"
                 lines.append(f"| {r['model']} | {r['concurrency']} | {r['requests_per_s']:.2f} | "
                              f"{(r['p50_s'] or 0) * 1000:.0f} | {(r['p99_s'] or 0) * 1000:.0f} | {r['errors']} | {pct} |")
+            big = serving.get("request_1080p")
+            if big:
+                peaks = ", ".join(f"{v:.0f}" for v in big["worker_peak_rss_mb"].values() if v is not None)
+                lines.append(f"\n1080p JPEG request through TorchServe: HTTP {big['status']}, {big['seconds']:.1f} s, "
+                             f"worker peak RSS {peaks} MB")
     tiling = results.get("tiling")
     if tiling:
         lines += ["", "| tiled inference | size | seconds | peak RSS MB | max abs diff tiled vs untiled |",
@@ -104,9 +109,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         worst = max(diffs.values())
         out.append({"target": f"outputs equal the reference (max abs diff ≤ {SAME_OUTPUT_TOL})", "value": worst,
                     "met": worst <= SAME_OUTPUT_TOL})
+    big = (results.get("serving") or {}).get("request_1080p")
+    if big and big.get("status") == 200:  # the real thing: the TorchServe worker serving a 1080p JPEG
+        peak = max(v for v in big["worker_peak_rss_mb"].values() if v is not None)
+        out.append({"target": "peak RSS of the TorchServe worker serving a 1080p request < 3 GB (MB)",
+                    "value": round(peak), "met": peak < 3 * 1024})
     m = idx.get((SHIPPED, "1080p", "1"))
     if m:
-        out.append({"target": "peak RSS of a 1080p request < 3 GB (MB)", "value": round(m["peak_rss_mb"]),
+        out.append({"target": "peak RSS of a 1080p model call in a bare process < 3 GB (MB)", "value": round(m["peak_rss_mb"]),
                     "met": m["peak_rss_mb"] < 3 * 1024})
     tidx = _train_index(results)
     ours, ref = tidx.get(("ours", 256)), tidx.get(("reference", 256))

@@ -3,7 +3,7 @@
 Two archives of the same export share one server: `plain` (batchSize 1, the default) and
 `batched` (batchSize 4, maxBatchDelay 100 ms). For each, at concurrency 1, 4 and 8, clients
 send the same photo as fast as they get answers; requests/s, p50/p99 latency and errors are
-reported, and requests/s is compared with the model-only images/s of the same TorchScript file.
+reported, and requests/s is compared with the model-only images/s of the same .pt2 file.
 """
 from __future__ import annotations
 
@@ -23,12 +23,37 @@ MODELS = {"plain": {"batch_size": 1}, "batched": {"batch_size": 4, "max_batch_de
 SIZE = 512
 
 
-def request_body(size: int = SIZE) -> bytes:
-    """A 512² photo-like JPEG, as a client would upload it."""
-    arr = (photo(1, size, size)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+def request_body(size: int = SIZE, width: int | None = None) -> bytes:
+    """A photo-like JPEG (512² by default), as a client would upload it."""
+    arr = (photo(1, size, width or size)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=92)
     return buf.getvalue()
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    """Peak resident set size of a process (VmHWM in /proc/PID/status), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def request_1080p(server: Any, model: str) -> dict[str, Any]:
+    """One 1920×1080 JPEG request: seconds, and the worker's peak RSS before and after it
+    (the worker has only served 512² images before, so the growth is the 1080p request's)."""
+    pids = [w["pid"] for w in server.workers(model) if w.get("pid")]
+    before = {pid: vm_hwm_mb(pid) for pid in pids}
+    start = time.perf_counter()
+    status, ctype, data = server.request("POST", f"/predictions/{model}", request_body(1080, 1920),
+                                         {"Content-Type": "image/jpeg"})
+    seconds = time.perf_counter() - start
+    size = Image.open(io.BytesIO(data)).size if status == 200 else None
+    return {"model": model, "status": status, "content_type": ctype, "size": size, "seconds": seconds,
+            "worker_peak_rss_mb_before": before, "worker_peak_rss_mb": {pid: vm_hwm_mb(pid) for pid in pids}}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -88,4 +113,5 @@ def bench_serving(run: Path, work: Path, concurrencies: tuple[int, ...] = (1, 4,
                 server.request("POST", f"/predictions/{name}", body, {"Content-Type": "image/jpeg"})
             for conc in concurrencies:
                 rows.append(load(server, name, body, conc, max(min_requests, conc * per_client)))
-    return {"ready_s": ready_s, "request_bytes": len(body), "rows": rows}
+        big = request_1080p(server, "plain")
+    return {"ready_s": ready_s, "request_bytes": len(body), "rows": rows, "request_1080p": big}

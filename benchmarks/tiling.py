@@ -2,7 +2,7 @@
 
     python -m benchmarks.tiling --run RUN --size 2160x3840 [--untiled | --check] [--max-memory MB]
 
-Default: `pipeline.inference.run_batch` with the TorchScript export and the default memory cap,
+Default: `pipeline.inference.run_batch` with the served .pt2 export and the default memory cap,
 as the TorchServe handler and `python -m pipeline stylize` run it (over the cap: tiled).
 `--untiled` forces one whole-image call; `--check` runs both and reports the max abs difference
 (so it needs memory for the untiled call). Prints one JSON line with seconds and peak RSS.
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.model_io import load_model
 
     h, w = (int(v) for v in args.size.lower().split("x"))
-    model, _ = load_model(args.run / "export" / "generator.pt")
+    model, _ = load_model(args.run / "export" / "generator.pt2")
     image = DecodedImage(rgb=photo(1, h, w)[0], alpha=None)
     cap = memory_cap_bytes(args.max_memory)
     result = {"size": f"{w}x{h}", "memory_cap_mb": cap // 2**20, "tile": tile_for_cap(cap),

@@ -57,7 +57,7 @@ def stage_extra_files(dest: Path, metadata: dict[str, Any]) -> None:
 
 
 def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: str | None = None,
-                serialized: str = "pt", batch_size: int = 1, max_batch_delay_ms: int = 50,
+                serialized: str = "pt2", batch_size: int = 1, max_batch_delay_ms: int = 50,
                 response_timeout_s: int = 300, max_side: int = DEFAULT_MAX_SIDE,
                 max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> Path:
     """Archive `run_dir/export/` as `store/<name>.mar` (name defaults to the run folder's name)."""
@@ -96,7 +96,7 @@ def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: st
     return final
 
 
-def exported_runs(runs: Path, serialized: str = "pt") -> list[Path]:
+def exported_runs(runs: Path, serialized: str = "pt2") -> list[Path]:
     """Run folders that have an export ready to archive."""
     return sorted(p.parent.parent for p in runs.glob(f"*/export/generator.{serialized}") if (p.parent / "metadata.json").is_file())
 
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="run name (runs/NAME); default: every run with an export")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder (default: runs)")
     parser.add_argument("--store", type=Path, default=Path("model_store"), help="output folder (default: model_store)")
-    parser.add_argument("--serialized", choices=("pt", "pt2"), default="pt", help="model file to serve (default: pt)")
+    parser.add_argument("--serialized", choices=("pt", "pt2"), default="pt2",
+                        help="model file to serve: pt2 (torch.export, the default: the fastest and leanest in docs/benchmarks.md) or pt (TorchScript)")
     parser.add_argument("--batch-size", type=int, default=1, help="TorchServe batchSize (default 1)")
     parser.add_argument("--max-batch-delay", type=int, default=50, help="TorchServe maxBatchDelay in ms (default 50)")
     parser.add_argument("--response-timeout", type=int, default=300, help="seconds per batch before TorchServe "

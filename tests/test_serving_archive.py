@@ -30,23 +30,23 @@ def test_archive_contents(run, tmp_path):
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
         config = z.read("model-config.yaml").decode()
         init = z.read("pipeline/__init__.py").decode()
-    assert {"stylize_handler.py", "generator.pt", "metadata.json", "model-config.yaml", "pipeline/__init__.py",
+    assert {"stylize_handler.py", "generator.pt2", "metadata.json", "model-config.yaml", "pipeline/__init__.py",
             "pipeline/imaging.py", "pipeline/inference.py", "pipeline/tiling.py", "pipeline/model_io.py"} <= names
-    assert manifest["model"]["serializedFile"] == "generator.pt" and manifest["model"]["handler"] == "stylize_handler.py"
+    assert manifest["model"]["serializedFile"] == "generator.pt2" and manifest["model"]["handler"] == "stylize_handler.py"
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "max_side: 2048" in config
     assert "max_memory_mb: 512" in config
     assert "import" not in init  # the stub must not pull in training dependencies
     assert not list((tmp_path / "store").glob(".demo.*"))  # no staging left behind
 
 
-def test_rearchive_replaces_and_pt2_option(run, tmp_path):
+def test_rearchive_replaces_and_pt_option(run, tmp_path):
     store = tmp_path / "store"
     first = archive_run(run, store).stat().st_mtime_ns
-    mar = archive_run(run, store, serialized="pt2")
+    mar = archive_run(run, store, serialized="pt")
     assert mar.stat().st_mtime_ns >= first
     with zipfile.ZipFile(mar) as z:
-        assert json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "generator.pt2"
-        assert "generator.pt" not in z.namelist()
+        assert json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"] == "generator.pt"
+        assert "generator.pt2" not in z.namelist()
 
 
 def test_cli_archives_every_exported_run(run, tmp_path, capsys):

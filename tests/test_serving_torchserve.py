@@ -37,7 +37,7 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
     cfg = (tmp_path / "config.properties").read_text()
     assert "disable_token_authorization=false" in cfg and "enable_model_api=false" in cfg
 
-    model, _ = load_model(run / "export" / "generator.pt")  # the offline CLI's path, same file as served
+    model, _ = load_model(run / "export" / "generator.pt2")  # the offline CLI's path, same file as served
 
     def offline(data: bytes, **params: str) -> bytes:
         return stylize_bytes(model, data, {k: v for k, v in params.items()})[0]
