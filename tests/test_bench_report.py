@@ -1,0 +1,58 @@
+"""benchmarks/report.py: the target checks read the right rows and compare the right way, and the
+table renders every section (on synthetic results, so the logic is tested apart from any timing)."""
+from __future__ import annotations
+
+from benchmarks.report import table, targets
+from pipeline.model_io import ENV_REUSE_MEMORY, reuse_freed_memory
+
+
+def _infer(variant: str, size: str, seconds: float, rss: float = 1000.0) -> dict:
+    return {"variant": variant, "size": size,
+            "batches": {"1": {"median_s": seconds, "images_per_s": 1 / seconds, "gflops": 100.0, "peak_rss_mb": rss}}}
+
+
+def _results(ours_1080p: float, worker_rss: float, serve_rps: float, errors: int = 0) -> dict:
+    return {
+        "inference": [_infer("reference", "256", 0.2), _infer("export", "256", 0.16),
+                      _infer("reference", "512", 1.0), _infer("export", "512", 0.5),
+                      _infer("reference", "1080p", 10.0), _infer("export", "1080p", ours_1080p, rss=2500)],
+        "same_output_max_abs_diff": {"export@256": 1e-6, "export@512": 2e-6},
+        "training": [{"variant": "reference", "size": 256, "batch": 4, "images_per_s": 0.8, "median_step_s": 5.0,
+                      "losses": [{"style": 1.0, "content": 2.0, "tv": 0.1, "total": 3.1}]},
+                     {"variant": "ours", "size": 256, "batch": 4, "images_per_s": 1.1, "median_step_s": 3.6,
+                      "losses": [{"style": 1.0, "content": 2.0, "tv": 0.1, "total": 3.1000001}]}],
+        "serving": {"rows": [{"model": "plain", "concurrency": 4, "requests_per_s": serve_rps, "errors": errors,
+                              "p50_s": 2.0, "p99_s": 2.1}],
+                    "request_1080p": {"status": 200, "seconds": 5.0, "worker_peak_rss_mb": {"1": worker_rss}}},
+    }
+
+
+def _by_name(checks: list[dict]) -> dict[str, bool]:
+    return {c["target"].split(":")[0]: c["met"] for c in checks}
+
+
+def test_all_targets_met():
+    checks = targets(_results(ours_1080p=5.5, worker_rss=2000, serve_rps=1.8))
+    assert len(checks) == 9 and all(c["met"] for c in checks), checks
+
+
+def test_each_target_can_miss():
+    met = _by_name(targets(_results(ours_1080p=6.5, worker_rss=3500, serve_rps=1.6)))
+    assert met["inference 1080p batch 1"] is False  # 0.65 > 0.6
+    assert met["inference 512 batch 1"] is True
+    assert met["peak RSS of the TorchServe worker serving a 1080p request < 3 GB (MB)"] is False
+    assert met["serving at concurrency 4 ≥ 85 % of model-only throughput, zero errors"] is False  # 1.6 / 2.0 = 80 %
+    errors = _by_name(targets(_results(ours_1080p=5.5, worker_rss=2000, serve_rps=1.9, errors=1)))
+    assert errors["serving at concurrency 4 ≥ 85 % of model-only throughput, zero errors"] is False
+
+
+def test_table_renders_every_section():
+    text = table(_results(ours_1080p=5.5, worker_rss=2000, serve_rps=1.8))
+    assert "| 1080p | 1 | export | 5500 |" in text and "| 256² | 4 | ours |" in text
+    assert "| plain | 4 | 1.80 |" in text and "worker peak RSS 2000 MB" in text
+
+
+def test_allocator_setting_applies_once_and_can_be_turned_off(monkeypatch):
+    assert reuse_freed_memory() is True  # Linux/glibc, as CI
+    monkeypatch.setenv(ENV_REUSE_MEMORY, "0")
+    assert reuse_freed_memory() is False
