@@ -34,7 +34,6 @@ DEFAULT_MAX_MEMORY_MB = 2048  # activations of one call; above it an image is st
 
 IN_EPS = 1e-5  # nn.InstanceNorm2d's default, what the generator uses
 UNTILED_BYTES_PER_PIXEL = 800  # peak activation bytes per input pixel of one untiled call (measured)
-TILED_BYTES_PER_PIXEL = 130  # buffers of the tiled path per input pixel (3 × 32 B at ¼ res + in/out)
 TILE_SCRATCH_BYTES_PER_PIXEL = 1200  # per pixel of one output tile, halo and all intermediates included
 
 
