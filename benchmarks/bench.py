@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             results["tiling"] = {
                 "exact": run_worker("benchmarks.tiling", ["--run", str(run), "--check", "--size",
                                                           "512x768" if args.quick else "1080x1920"]),
-                "4k": run_worker("benchmarks.tiling", ["--run", str(run), "--size",
+                "large_tiled": run_worker("benchmarks.tiling", ["--run", str(run), "--size",
                                                        "1080x1920" if args.quick else "2160x3840"]),
-                "4k_untiled": None if args.quick else run_worker(
+                "large_untiled": None if args.quick else run_worker(
                     "benchmarks.tiling", ["--run", str(run), "--size", "2160x3840", "--untiled"]),
             }
     results["elapsed_s"] = round(time.monotonic() - started, 1)
