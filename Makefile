@@ -33,8 +33,8 @@ shards:
 
 train:
 	@test -n "$(STYLE)" || { echo "usage: make train STYLE=<style image> [DATA=<shard dir>] [NAME=<run>] [PRESET=cpu|gpu|paper] [CKPT=<ckpt>] [ARGS='...']"; exit 2; }
-	@test -f "pipeline/configs/$(PRESET).yaml" || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
-	$(PY) -m pipeline fit --config pipeline/configs/$(PRESET).yaml \
+	@test -f "pipeline/train/configs/$(PRESET).yaml" || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
+	$(PY) -m pipeline fit --config pipeline/train/configs/$(PRESET).yaml \
 		--model.style_image="$(STYLE)" --trainer.logger.init_args.name="$(NAME)" \
 		$(if $(DATA),--data.data_dir="$(DATA)") $(if $(CKPT),--ckpt_path="$(CKPT)") $(ARGS)
 

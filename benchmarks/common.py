@@ -93,8 +93,8 @@ def current_rss_mb() -> float:
 def make_run(run_dir: Path, seed: int = 0) -> Path:
     """A run folder with a checkpoint of a seeded generator (norm affines moved off 1/0 so they
     matter) and its export (.pt, .pt2): the same weights for every case and for the reference."""
-    from pipeline.export import export_run
-    from pipeline.generators import build_generator
+    from pipeline.export.exporter import export_run
+    from pipeline.model.generators import build_generator
 
     torch.manual_seed(seed)
     generator = build_generator("residual", norm="instance", padding="reflect", upsample="nearest")

@@ -8,7 +8,7 @@ writes the last batch-1 output (the fixed input) to DIR so the caller can compar
 reference's. Variants:
 
   reference    benchmarks.reference.ReferenceNet, eager NCHW fp32 under no_grad (the yardstick)
-  eager        the project's ResidualGenerator from the checkpoint (pipeline.model_io.load_model)
+  eager        the project's ResidualGenerator from the checkpoint (pipeline.serve.model_io.load_model)
   torchscript  runs/NAME/export/generator.pt as the TorchServe handler and the CLI load it
   export       runs/NAME/export/generator.pt2 (torch.export program) as loaded by load_model
   compile      torch.compile (inductor) of the eager generator (compile time reported apart)
@@ -32,7 +32,7 @@ VARIANTS = ("reference", "eager", "torchscript", "export", "compile")
 
 def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], Any]]:
     """(model, grad-mode context factory) of a variant, all with the run's weights."""
-    from pipeline.model_io import load_model
+    from pipeline.serve.model_io import load_model
 
     ckpt = run / "checkpoints" / "last.ckpt"
     if variant == "reference":
@@ -73,6 +73,9 @@ def summarize(times: list[float], batch: int, h: int, w: int) -> dict[str, float
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.serve.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.infer")
     p.add_argument("--variant", choices=VARIANTS, required=True)
     p.add_argument("--size", choices=sorted(SIZES), required=True)

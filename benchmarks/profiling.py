@@ -19,6 +19,9 @@ from benchmarks.common import SIZES, make_run, photo
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.serve.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.profiling")
     p.add_argument("what", choices=("infer", "train"))
     p.add_argument("--variant", default="reference")

@@ -13,7 +13,7 @@ Two deliberate deviations from the most common public script, so that the refere
   relu2_2, total variation, the same weights. As in the public script, the VGG runs to relu4_3 on
   both the output and the content batch.
 
-`load_from_generator` copies a `pipeline.generators.ResidualGenerator`'s weights in, so outputs
+`load_from_generator` copies a `pipeline.model.generators.ResidualGenerator`'s weights in, so outputs
 and losses of both can be compared one to one (tests/test_bench_reference.py).
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ class RefVGG(nn.Module):
 
     def __init__(self, weights: str | Path | None = None):
         super().__init__()
-        from pipeline import vgg_weights  # the same verified Oxford weights as training
+        from pipeline.loss import vgg_weights  # the same verified Oxford weights as training
 
         wrapper = nn.Module()
         wrapper.features = vgg16().features[:23]

@@ -94,8 +94,8 @@ def load(server: Any, model: str, body: bytes, concurrency: int, total: int) -> 
 def bench_serving(run: Path, work: Path, concurrencies: tuple[int, ...] = (1, 4, 8), per_client: int = 3,
                   min_requests: int = 8) -> dict[str, Any]:
     """Archive, start, wait, measure, stop. Returns the rows plus server start-up facts."""
-    from pipeline.archive import archive_run
-    from pipeline.torchserve_local import LocalTorchServe
+    from pipeline.export.archive import archive_run
+    from pipeline.ops.torchserve_local import LocalTorchServe
 
     store = work / "model_store"
     for name, opts in MODELS.items():

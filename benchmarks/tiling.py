@@ -2,7 +2,7 @@
 
     python -m benchmarks.tiling --run RUN --size 2160x3840 [--untiled | --check] [--max-memory MB]
 
-Default: `pipeline.inference.run_batch` with the served .pt2 export and the default memory cap,
+Default: `pipeline.serve.inference.run_batch` with the served .pt2 export and the default memory cap,
 as the TorchServe handler and `python -m pipeline stylize` run it (over the cap: tiled).
 `--untiled` forces one whole-image call; `--check` runs both and reports the max abs difference
 (so it needs memory for the untiled call). Prints one JSON line with seconds and peak RSS.
@@ -20,6 +20,9 @@ from benchmarks.common import peak_rss_mb, photo
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.serve.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.tiling")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--size", default="2160x3840", help="HxW")
@@ -28,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--untiled", action="store_true")
     mode.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
-    from pipeline.imaging import DecodedImage
-    from pipeline.inference import generator_weights, memory_cap_bytes, run_batch, stylize_tiled, tile_for_cap, untiled_bytes
-    from pipeline.model_io import load_model
+    from pipeline.serve.imaging import DecodedImage
+    from pipeline.serve.inference import run_batch
+    from pipeline.serve.tiling import generator_weights, memory_cap_bytes, stylize_tiled, tile_for_cap, untiled_bytes
+    from pipeline.serve.model_io import load_model
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     model, _ = load_model(args.run / "export" / "generator.pt2")

@@ -21,15 +21,17 @@ from typing import Callable
 import torch
 
 from benchmarks.common import peak_rss_mb, photo
+from pipeline.loss.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
 
-WEIGHTS = {"style_weight": 2e-5, "content_weight": 1e-5, "tv_weight": 1.0, "lr": 1e-3}  # pipeline/configs/cpu.yaml
+# The training defaults (the loss weights are defined once, in pipeline/loss/losses.py; lr 1e-3 as every preset).
+WEIGHTS = {"style_weight": STYLE_WEIGHT, "content_weight": CONTENT_WEIGHT, "tv_weight": TV_WEIGHT, "lr": 1e-3}
 STYLE_SIZE = 256
 
 
 def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
     from benchmarks.reference import ReferenceNet, ReferenceTrainer, RefVGG, load_from_generator
-    from pipeline.model_io import load_model
-    from pipeline.module import load_style
+    from pipeline.serve.model_io import load_model
+    from pipeline.serve.imaging import load_style
 
     generator, _ = load_model(run / "checkpoints" / "last.ckpt")
     net = load_from_generator(ReferenceNet(), generator)
@@ -38,8 +40,8 @@ def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict
 
 
 def ours_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
-    from pipeline.model_io import load_model
-    from pipeline.module import StyleTransferModule
+    from pipeline.serve.model_io import load_model
+    from pipeline.train.module import StyleTransferModule
 
     module = StyleTransferModule(style_image=str(style_path), style_size=STYLE_SIZE, **WEIGHTS)
     module.generator.load_state_dict(load_model(run / "checkpoints" / "last.ckpt")[0].state_dict())
@@ -57,6 +59,9 @@ def ours_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.serve.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step")
     p.add_argument("--variant", choices=("reference", "ours"), required=True)
     p.add_argument("--size", type=int, required=True)

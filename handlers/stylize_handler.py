@@ -15,10 +15,9 @@ rest of the batch and the worker carry on.
 Server limits: `handler: {max_side: 4096, max_pixels: 50000000}` in the archive's
 model-config.yaml, overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS.
 
-Imports: inside the .mar the archive's own `pipeline/` folder (imaging, inference, model_io)
-sits in the model directory, which TorchServe puts first on the worker's PYTHONPATH, so the
-worker needs no project install and uses exactly the code that was archived. Copied flat
-(no `pipeline/` folder) the same modules are found by their bare names.
+Imports: the archive carries the whole serving package (`pipeline/serve/`, see
+`pipeline.export.archive`) in the model directory, which TorchServe puts first on the worker's
+PYTHONPATH, so the worker needs no project install and runs exactly the code that was archived.
 """
 from __future__ import annotations
 
@@ -32,13 +31,10 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-try:
-    from pipeline.inference import BadImageRequest, finish, memory_cap_bytes, prepare, run_batch, server_limits, size_groups
-    from pipeline.model_io import load_model
-except ImportError:  # modules bundled flat next to this file
-    from inference import (BadImageRequest, finish, memory_cap_bytes, prepare, run_batch,  # type: ignore[no-redef]
-                           server_limits, size_groups)
-    from model_io import load_model  # type: ignore[no-redef]
+from pipeline.serve.inference import BadImageRequest, finish, prepare, run_batch, server_limits, size_groups
+from pipeline.serve.memory import reuse_freed_memory
+from pipeline.serve.model_io import load_model
+from pipeline.serve.tiling import memory_cap_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +105,12 @@ def _text(key: str, value: Any) -> str:
     return str(value)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Out of memory, told by the exception's type: host RAM (`MemoryError`) or an accelerator's
+    (`torch.OutOfMemoryError`), never by the wording of a message."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError))
+
+
 def error_body(status: int, message: str) -> bytes:
     return json.dumps({"error": message, "status": status}).encode("utf-8")
 
@@ -118,6 +120,7 @@ class StylizeHandler(BaseHandler):
 
     def initialize(self, context: Any) -> None:
         """Load the model named by the manifest's serializedFile, its metadata and the limits."""
+        reuse_freed_memory()  # the worker process's entry point: allocator tuning (pipeline.serve.memory)
         props = context.system_properties
         self.manifest = context.manifest
         gpu = props.get("gpu_id")
@@ -125,7 +128,8 @@ class StylizeHandler(BaseHandler):
         model_dir = props.get("model_dir")
         serialized = self.manifest["model"].get("serializedFile")
         if not serialized:
-            raise RuntimeError("the archive has no serialized model (archive with --serialized-file generator.pt)")
+            raise RuntimeError("the archive has no serialized model: re-archive the run with `make archive NAME=<run>` "
+                               "(python -m pipeline archive), which packs runs/<run>/export/generator.pt2")
         self.model_pt_path = os.path.join(model_dir, serialized)
         self.model, self.metadata = load_model(self.model_pt_path, self.device)
         yaml_config = getattr(context, "model_yaml_config", None) or {}
@@ -164,9 +168,9 @@ class StylizeHandler(BaseHandler):
             start = time.perf_counter()
             try:
                 outputs = run_batch(self.model, [images[i] for i in group], self.device, self.max_memory_mb)
-            except (MemoryError, RuntimeError) as e:
+            except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
                 logger.exception("inference failed for a group of %d image(s) of %s", len(group), images[group[0]].size)
-                too_big = isinstance(e, MemoryError) or "memory" in str(e).lower()
+                too_big = is_out_of_memory(e)
                 status, message = (507, "image too large for this server's memory; send a smaller max_side") if too_big \
                     else (500, f"inference failed: {type(e).__name__}")
                 for i in group:

@@ -1,6 +1,6 @@
 """`python -m pipeline <command>`: LightningCLI verbs (fit, validate, ...) plus the project's tools.
 
-  fit|validate|test|predict  LightningCLI (training), e.g. `fit --config pipeline/configs/cpu.yaml`
+  fit|validate|test|predict  LightningCLI (training), e.g. `fit --config pipeline/train/configs/cpu.yaml`
   shards                     write content photos as WebDataset shards
   sample-data                build the scikit-image sample shards
   vgg-weights                fetch, convert and verify the VGG-16 weights
@@ -20,16 +20,16 @@ import sys
 from pathlib import Path
 
 TOOLS = {
-    "shards": "pipeline.shards",
-    "vgg-weights": "pipeline.vgg_weights",
-    "export": "pipeline.export",
-    "archive": "pipeline.archive",
-    "stylize": "pipeline.stylize",
-    "figure": "pipeline.figures",
-    "loadtest": "pipeline.loadtest",
-    "evaluate": "pipeline.evaluate",
-    "gatys": "pipeline.gatys",
-    "ablation": "pipeline.ablation",
+    "shards": "pipeline.data.shards",
+    "vgg-weights": "pipeline.loss.vgg_weights",
+    "export": "pipeline.export.exporter",
+    "archive": "pipeline.export.archive",
+    "stylize": "pipeline.serve.stylize",
+    "figure": "pipeline.quality.figures",
+    "loadtest": "pipeline.ops.loadtest",
+    "evaluate": "pipeline.quality.evaluate",
+    "gatys": "pipeline.quality.gatys",
+    "ablation": "pipeline.quality.ablation",
 }
 
 
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         # Tools return an int (or None for success); keep it so `make` sees failures.
         return int(importlib.import_module(TOOLS[cmd]).main(rest) or 0)
     if cmd == "sample-data":
-        from pipeline.sample_data import ensure_sample_shards
+        from pipeline.data.sample_data import ensure_sample_shards
         ensure_sample_shards(Path(rest[0]) if rest else Path("data/shards/skimage"))
         return 0
-    from pipeline.cli import run_cli
+    from pipeline.train.cli import run_cli
     run_cli(argv)
     return 0
 

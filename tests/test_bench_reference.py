@@ -8,8 +8,8 @@ import torch
 
 from benchmarks.common import generator_gflop
 from benchmarks.reference import ReferenceNet, load_from_generator
-from pipeline.generators import ResidualGenerator
-from pipeline.model_io import load_model
+from pipeline.model.generators import ResidualGenerator
+from pipeline.serve.model_io import load_model
 from test_serving_helpers import shared_export
 
 

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from pipeline.checkpoint_io import AtomicCheckpointIO
+from pipeline.train.checkpoint_io import AtomicCheckpointIO
 
 
 def test_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temp(tmp_path):
@@ -26,4 +26,4 @@ def test_presets_enable_atomic_checkpoints():
     from pathlib import Path
     for preset in ("cpu", "gpu", "paper"):
         text = (Path(__file__).resolve().parents[1] / "pipeline" / "configs" / f"{preset}.yaml").read_text()
-        assert "pipeline.checkpoint_io.AtomicCheckpointIO" in text, preset
+        assert "pipeline.train.checkpoint_io.AtomicCheckpointIO" in text, preset

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.evaluate import evaluate, list_photos
-from pipeline.gatys import build_loss, main as gatys_main, optimize
-from pipeline.generators import build_generator
-from pipeline.metrics import border_artifact_index, edge_energy_ratio, laplacian_energy, psnr
-from pipeline.module import load_style
+from pipeline.quality.evaluate import evaluate, list_photos
+from pipeline.quality.gatys import build_loss, main as gatys_main, optimize
+from pipeline.model.generators import build_generator
+from pipeline.quality.metrics import border_artifact_index, edge_energy_ratio, laplacian_energy, psnr
+from pipeline.serve.imaging import load_style
 
 
 def test_psnr_known_values():
@@ -109,7 +109,7 @@ def test_evaluate_writes_metrics_and_report(loss, tmp_path):
 
 def test_ablation_reuses_finished_runs_and_writes_the_report(tmp_path, style_image, vgg_weights, capsys):
     """The report half of `make ablation` on five tiny, already 'trained' runs (reused, not retrained)."""
-    from pipeline.ablation import VARIANTS, main as ablation_main, run_name
+    from pipeline.quality.ablation import VARIANTS, main as ablation_main, run_name
     from test_serving_helpers import make_checkpoint
 
     for i, v in enumerate(VARIANTS):

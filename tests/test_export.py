@@ -1,4 +1,4 @@
-"""pipeline.export / pipeline.model_io: exported TorchScript and torch.export programs behave like
+"""pipeline.export.exporter / pipeline.serve.model_io: exported TorchScript and torch.export programs behave like
 the eager generator for any size, in any batch, and keep the instance-norm contrast invariance."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.export import export_run, main as export_main
-from pipeline.model_io import load_model
+from pipeline.export.exporter import export_run, main as export_main
+from pipeline.serve.model_io import load_model
 from test_serving_helpers import make_checkpoint, shared_export
 
 TOL = 1e-5

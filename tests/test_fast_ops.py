@@ -1,4 +1,4 @@
-"""pipeline.fast_ops: the regrouped decoder layers compute the plain layers' sums (float rounding
+"""pipeline.model.fast_ops: the regrouped decoder layers compute the plain layers' sums (float rounding
 only), and the generator uses them only where they apply (inference, reflect + nearest)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.fast_ops import space_to_depth_conv, upsample_conv
-from pipeline.generators import ResidualGenerator
+from pipeline.model.fast_ops import space_to_depth_conv, upsample_conv
+from pipeline.model.generators import ResidualGenerator
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from pipeline.generators import MultiScaleGenerator, ResidualGenerator, build_generator
+from pipeline.model.generators import MultiScaleGenerator, ResidualGenerator, build_generator
 
 SIZES = [(37, 53), (64, 96), (101, 77), (1, 1), (5, 300), (16, 16)]
 

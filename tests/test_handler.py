@@ -10,7 +10,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.stylize_handler import split_request
-from pipeline.imaging import BadImageRequest
+from pipeline.serve.imaging import BadImageRequest
 from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 
@@ -98,13 +98,13 @@ def test_env_overrides_model_config(export_dir, monkeypatch):
 
 def test_memory_cap_from_model_config_tiles_with_the_same_pixels(export_dir, served, monkeypatch):
     """handler.max_memory_mb (model-config.yaml) makes the handler stylize in tiles: same pixels."""
-    from pipeline import inference
+    from pipeline.serve import inference, tiling
 
     calls = []
     real = inference.stylize_tiled
     monkeypatch.setattr(inference, "stylize_tiled", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
     capped, capped_ctx = load_handler(export_dir, yaml_config={"handler": {"max_memory_mb": 1}})
-    assert capped.max_memory_mb == 1 and served[0].max_memory_mb == inference.DEFAULT_MAX_MEMORY_MB
+    assert capped.max_memory_mb == 1 and served[0].max_memory_mb == tiling.DEFAULT_MAX_MEMORY_MB
     body = encode_pil(rng_image(120, 170, seed=11))
     (tiled,) = run_handler(capped, capped_ctx, [ts_request(body)])
     assert calls == [(1, 3, 120, 170)]

@@ -1,4 +1,4 @@
-"""pipeline.imaging: request options, decoding every common image flavour, encoding, errors."""
+"""pipeline.serve.imaging: request options, decoding every common image flavour, encoding, errors."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.imaging import BadImageRequest, DecodedImage, decode, encode, limit_side, parse_options, to_uint8
+from pipeline.serve.imaging import BadImageRequest, DecodedImage, decode, encode, limit_side, parse_options, to_uint8
 from test_serving_helpers import decode_pil, encode_pil, rng_image
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.losses import PerceptualLoss, content_loss, gram, style_loss, tv_loss
+from pipeline.loss.losses import PerceptualLoss, content_loss, gram, style_loss, tv_loss
 
 
 def test_gram_by_hand():

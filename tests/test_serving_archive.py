@@ -1,4 +1,4 @@
-"""pipeline.archive: the .mar holds what the worker needs, runs without the project installed,
+"""pipeline.export.archive: the .mar holds what the worker needs, runs without the project installed,
 and re-archiving replaces it."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from pipeline.archive import archive_run, main as archive_main
+from pipeline.export.archive import archive_run, main as archive_main
 from test_serving_helpers import encode_pil, rng_image, shared_export
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def test_archive_contents(run, tmp_path):
         config = z.read("model-config.yaml").decode()
         init = z.read("pipeline/__init__.py").decode()
     assert {"stylize_handler.py", "generator.pt2", "metadata.json", "model-config.yaml", "pipeline/__init__.py",
-            "pipeline/imaging.py", "pipeline/inference.py", "pipeline/tiling.py", "pipeline/model_io.py"} <= names
+            "pipeline/serve/imaging.py", "pipeline/serve/inference.py", "pipeline/serve/tiling.py", "pipeline/serve/model_io.py"} <= names
     assert manifest["model"]["serializedFile"] == "generator.pt2" and manifest["model"]["handler"] == "stylize_handler.py"
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "max_side: 2048" in config
     assert "max_memory_mb: 512" in config
@@ -58,7 +58,7 @@ def test_cli_archives_every_exported_run(run, tmp_path, capsys):
     assert archive_main(["--runs", str(runs), "--store", str(store)]) == 0
     assert sorted(p.name for p in store.glob("*.mar")) == ["one.mar", "two.mar"]
     assert archive_main(["--runs", str(runs), "--store", str(store), "--name", "not_exported"]) == 1
-    assert "pipeline.export" in capsys.readouterr().err
+    assert "pipeline.export.exporter" in capsys.readouterr().err
     assert archive_main(["--runs", str(tmp_path / "empty"), "--store", str(store)]) == 1
 
 
@@ -88,7 +88,7 @@ def test_handler_runs_from_the_extracted_archive_without_the_project(run, tmp_pa
         import stylize_handler, pipeline
         assert pipeline.__file__.startswith({str(model_dir)!r}), pipeline.__file__
         try:
-            import pipeline.generators
+            import pipeline.model.generators
             raise SystemExit("training code leaked into the worker")
         except ImportError:
             pass

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.export import export_run
-from pipeline.generators import build_generator
+from pipeline.export.exporter import export_run
+from pipeline.model.generators import build_generator
 
 HPARAMS = dict(style_image="styles/mosaic.jpg", style_size=512, arch="residual", norm="instance", padding="reflect",
                upsample="nearest", content_layer="relu2_2", style_weight=3e-4, content_weight=1e-5, tv_weight=1.0,
-               vgg_flavour="caffe", vgg_weights=None, lr=1e-3, lr_schedule="none", image_every_n_steps=100,
+               vgg_flavour="caffe", vgg_weights=None, lr=1e-3, lr_schedule="none",
                max_nonfinite=10)
 
 

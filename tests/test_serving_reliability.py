@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.archive import archive_run
-from pipeline.loadtest import run_load
-from pipeline.torchserve_local import TORCHSERVE, LocalTorchServe
+from pipeline.export.archive import archive_run
+from pipeline.ops.loadtest import run_load
+from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe
 from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
 
 pytestmark = [pytest.mark.slow,

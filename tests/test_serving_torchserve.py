@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from pipeline.archive import archive_run
-from pipeline.model_io import load_model
-from pipeline.stylize import stylize_bytes
-from pipeline.torchserve_local import TORCHSERVE, LocalTorchServe, multipart
+from pipeline.export.archive import archive_run
+from pipeline.serve.model_io import load_model
+from pipeline.serve.stylize import stylize_bytes
+from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe, multipart
 from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
 
 pytestmark = [pytest.mark.slow,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.datamodule import ContentDataModule
-from pipeline.sample_data import skimage_photo
-from pipeline.shards import build_shards, main as shards_main
+from pipeline.data.datamodule import ContentDataModule
+from pipeline.data.sample_data import skimage_photo
+from pipeline.data.shards import build_shards, main as shards_main
 
 
 def make_photos(folder, n=6):

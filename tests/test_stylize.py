@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.stylize import main as stylize_main
+from pipeline.serve.stylize import main as stylize_main
 from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_usage_errors(run, tmp_path, capsys):
 def test_module_entry_point(run, tmp_path):
     src = tmp_path / "i.png"
     src.write_bytes(encode_pil(rng_image(12, 13)))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.stylize", "--model", str(run / "export" / "generator.pt"),
+    proc = subprocess.run([sys.executable, "-m", "pipeline.serve.stylize", "--model", str(run / "export" / "generator.pt"),
                            str(src), str(tmp_path / "o.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert decode_pil((tmp_path / "o.png").read_bytes()).size == (13, 12)

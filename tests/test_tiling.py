@@ -1,4 +1,4 @@
-"""Tiled inference (pipeline.inference.stylize_tiled): whole-image instance-norm statistics, so the
+"""Tiled inference (pipeline.serve.tiling.stylize_tiled): whole-image instance-norm statistics, so the
 tiled result equals the untiled one (no seams, no colour shift between tiles), for eager, .pt and
 .pt2 models, through run_batch's memory cap, the CLI's --max-memory and the handler's environment."""
 from __future__ import annotations
@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import inference
-from pipeline.generators import ResidualGenerator
-from pipeline.imaging import DecodedImage
-from pipeline.inference import generator_weights, run_batch, stylize_tiled
-from pipeline.model_io import load_model
-from pipeline.stylize import main as stylize_main
+from pipeline.serve import inference, tiling
+from pipeline.model.generators import ResidualGenerator
+from pipeline.serve.imaging import DecodedImage
+from pipeline.serve.inference import run_batch
+from pipeline.serve.tiling import generator_weights, stylize_tiled
+from pipeline.serve.model_io import load_model
+from pipeline.serve.stylize import main as stylize_main
 from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
 
 TOL = 1e-5
@@ -89,19 +90,19 @@ def test_run_batch_tiles_over_the_memory_cap(generator, monkeypatch):
     out = run_batch(generator, images, max_memory_mb=1)  # 1 MB: every image over the cap → tiles
     assert len(calls) == 2
     assert max((o - r).abs().max().item() for o, r in zip(out, ref)) < TOL
-    monkeypatch.setenv(inference.ENV_MAX_MEMORY, "1")  # what the TorchServe handler reads
+    monkeypatch.setenv(tiling.ENV_MAX_MEMORY, "1")  # what the TorchServe handler reads
     calls.clear()
     run_batch(generator, images[:1])
     assert len(calls) == 1
 
 
 def test_memory_cap_validation(monkeypatch):
-    assert inference.memory_cap_bytes(10) == 10 * 2**20
-    monkeypatch.setenv(inference.ENV_MAX_MEMORY, "lots")
+    assert tiling.memory_cap_bytes(10) == 10 * 2**20
+    monkeypatch.setenv(tiling.ENV_MAX_MEMORY, "lots")
     with pytest.raises(ValueError, match="INSTYLE_MAX_MEMORY_MB"):
-        inference.memory_cap_bytes()
+        tiling.memory_cap_bytes()
     with pytest.raises(ValueError):
-        inference.memory_cap_bytes(0)
+        tiling.memory_cap_bytes(0)
 
 
 def test_cli_max_memory_gives_the_same_pixels(tmp_path_factory, tmp_path):

@@ -15,7 +15,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", str(ROOT / "pipeline/configs/cpu.yaml"), "--data.image_size=64", "--data.resize=80",
+TINY = ["--config", str(ROOT / "pipeline/train/configs/cpu.yaml"), "--data.image_size=64", "--data.resize=80",
         "--data.val_size=64", "--data.batch_size=2", "--data.num_workers=0", "--model.style_size=128",
         "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
 
@@ -35,7 +35,7 @@ def fit(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> subproc
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from pipeline.sample_data import build_sample_shards
+    from pipeline.data.sample_data import build_sample_shards
     root = tmp_path_factory.mktemp("train")
     build_sample_shards(root / "shards", max_side=128)
     return root
@@ -48,8 +48,8 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 def val_loss_before_after(ckpt_path: Path, shard_dir: Path) -> tuple[float, float]:
     """Loss on the fixed validation photos of a freshly initialized vs the trained generator."""
-    from pipeline.datamodule import ContentDataModule
-    from pipeline.module import StyleTransferModule
+    from pipeline.data.datamodule import ContentDataModule
+    from pipeline.train.module import StyleTransferModule
     hp = torch.load(ckpt_path, weights_only=True)["hyper_parameters"]
     dm = ContentDataModule(str(shard_dir), image_size=64, val_size=64, batch_size=2, num_workers=0)
     dm.setup("fit")
@@ -64,7 +64,7 @@ def val_loss_before_after(ckpt_path: Path, shard_dir: Path) -> tuple[float, floa
 
 
 def test_short_run_learns_logs_and_resumes(shards, style_image, vgg_weights):
-    fit(shards, style_image, "--trainer.max_steps=24", "--data.steps_per_epoch=8", "--model.image_every_n_steps=10")
+    fit(shards, style_image, "--trainer.max_steps=24", "--data.steps_per_epoch=8", "--trainer.callbacks.every_n_steps=10")
     run = shards / "runs" / "tiny"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 24
@@ -124,7 +124,7 @@ def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(
     from test_shards import corrupt_a_sample
     shutil.copytree(shards / "shards", tmp_path / "shards")
     corrupt_a_sample(sorted((tmp_path / "shards").glob("train-*.tar"))[0])
-    common = ["--data.steps_per_epoch=4", "--model.lr_schedule=cosine", "--model.image_every_n_steps=0"]
+    common = ["--data.steps_per_epoch=4", "--model.lr_schedule=cosine", "--trainer.callbacks.every_n_steps=0"]
     ckpt_path = tmp_path / "runs" / "kill" / "checkpoints" / "last.ckpt"
     log = open(tmp_path / "killed.log", "wb")  # a file, not a pipe: a full pipe would block the run
     proc = subprocess.Popen(fit_cmd(tmp_path, style_image, "--trainer.max_steps=400", *common, name="kill"), cwd=ROOT,

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import vgg_weights as vw
-from pipeline.vgg import VGGFeatures
+from pipeline.loss import vgg_weights as vw
+from pipeline.loss.vgg import VGGFeatures
 
 SHARED_COPY = Path(__file__).resolve().parents[2] / "shared/assets/weights/vgg16_imagenet_caffe_relu4_3.pth"
 

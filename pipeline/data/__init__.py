@@ -1,0 +1,1 @@
+"""Data stage: content photos → WebDataset shards (`shards`, `sample_data`) → training batches (`datamodule`)."""

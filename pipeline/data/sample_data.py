@@ -1,0 +1,54 @@
+"""The embedded default content set: public-domain / CC0 photos that scikit-image ships.
+
+`make train` without DATA builds these shards once (data/shards/skimage), so training runs on
+a fresh machine with nothing downloaded. Real users point `make shards` at their own photos.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.data.shards import ShardStats, write_split
+
+TRAIN = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "moon",
+         "coins", "brick", "grass", "gravel", "clock")
+VAL = ("chelsea", "coffee")
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array of a scikit-image sample photo (greyscale ones are replicated)."""
+    import skimage.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skimage warns about optional pooch for *other* images
+        img = np.asarray(getattr(skimage.data, name)())
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return img[..., :3].astype(np.uint8)
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_sample_shards(out: Path, max_side: int = 512, progress: bool = False) -> dict[str, ShardStats]:
+    """Write train-*.tar / val-*.tar from the scikit-image photos into `out`."""
+    def items(names: tuple[str, ...]) -> list[tuple[str, bytes]]:
+        return [(n, png_bytes(skimage_photo(n))) for n in names]
+
+    return {"train": write_split(items(TRAIN), out, "train", max_side=max_side, min_shards=4, max_per_shard=100, progress=progress),
+            "val": write_split(items(VAL), out, "val", max_side=max_side, min_shards=1, max_per_shard=100, progress=progress)}
+
+
+def ensure_sample_shards(out: Path) -> Path:
+    """Build the sample shards if `out` has none yet; return `out`."""
+    if not any(out.glob("train-*.tar")) or not any(out.glob("val-*.tar")):
+        for split, s in build_sample_shards(out).items():
+            print(f"sample content set ({split}): {s.summary(split)}")
+    return out

@@ -1,0 +1,1 @@
+"""Export stage: a run's checkpoint → verified TorchScript / torch.export files → a TorchServe `.mar`."""

@@ -1,0 +1,165 @@
+"""Export a trained generator for serving: `python -m pipeline.export.exporter --run runs/NAME [--ckpt FILE]`.
+
+Writes into `runs/NAME/export/`:
+- `generator.pt`  TorchScript (scripted, frozen), what the TorchServe handler loads by default;
+- `generator.pt2` `torch.export` program with dynamic batch, H and W;
+- `metadata.json` style, hyper-parameters, versions, git sha, export time, checkpoint step.
+Both model files also embed the same metadata as the extra file `metadata.json`.
+
+Every file is checked against the eager generator on an odd-sized image before it is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from pipeline.model.checkpoint import checkpoint_metadata, generator_from_checkpoint, read_checkpoint
+from pipeline.serve.model_io import METADATA_NAME, WEIGHTS_NAME, load_model, quiet_jit
+
+FORMATS = ("pt", "pt2")
+EXAMPLE_SHAPE = (2, 3, 64, 96)  # batch 2 so torch.export does not specialize the batch size to 1
+CHECK_SHAPE = (1, 3, 37, 53)  # odd, non-square: exercises the pad/crop path
+CHECK_TOL = 1e-4
+
+
+def project_version() -> str | None:
+    """pipeline.__version__ if defined, else the installed distribution's version."""
+    import pipeline
+
+    version = getattr(pipeline, "__version__", None)
+    if version:
+        return str(version)
+    try:
+        return importlib.metadata.version("instyle")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_state() -> dict[str, Any]:
+    """Commit and dirtiness of the code doing the export; empty values when git is unavailable."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        return {"git_sha": sha, "git_dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_sha": None, "git_dirty": None}
+
+
+def build_metadata(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> dict[str, Any]:
+    """Everything needed to tell later which model a served file is."""
+    meta = checkpoint_metadata(ckpt, ckpt_path)
+    meta.update({
+        "run": run_dir.resolve().name,
+        "project_version": project_version(),
+        **git_state(),
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "input": {"layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [0.0, 1.0]},
+    })
+    return meta
+
+
+def export_torchscript(generator: nn.Module, path: Path, metadata_json: str) -> None:
+    """Script (not trace: tracing would bake in the example's pad/crop sizes) and freeze.
+
+    The state dict goes along as an extra file: freezing turns the weights into graph constants,
+    and tiled inference of very large images (pipeline.serve.inference.stylize_tiled) needs them."""
+    weights = io.BytesIO()
+    torch.save(generator.state_dict(), weights)
+    with quiet_jit():
+        scripted = torch.jit.freeze(torch.jit.script(generator.eval()))
+        torch.jit.save(scripted, str(path), _extra_files={METADATA_NAME: metadata_json, WEIGHTS_NAME: weights.getvalue()})
+
+
+def export_program(generator: nn.Module, path: Path, metadata_json: str) -> None:
+    """torch.export with dynamic batch, H and W (any size ≥ 1)."""
+    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)}
+    example = torch.rand(*EXAMPLE_SHAPE)
+    with torch.no_grad():
+        program = torch.export.export(generator.eval(), (example,), dynamic_shapes=(dims,))
+    torch.export.save(program, str(path), extra_files={METADATA_NAME: metadata_json})
+
+
+def check_matches(path: Path, generator: nn.Module) -> float:
+    """Reload an exported file and return its max abs difference from eager; raise if too large."""
+    model, _ = load_model(path)
+    x = torch.rand(*CHECK_SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        diff = (model(x) - generator(x)).abs().max().item()
+    if not diff <= CHECK_TOL:
+        raise RuntimeError(f"{path}: exported model differs from eager by {diff:.3g} (> {CHECK_TOL})")
+    return diff
+
+
+def export_run(run_dir: str | Path, ckpt: str | Path | None = None, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+    """Export a run's checkpoint (default `checkpoints/last.ckpt`) into `run_dir/export/`.
+
+    Returns {"pt": ..., "pt2": ..., "metadata": ...} for the files written. Files are written
+    under a temporary name and renamed once verified, so a failed export never leaves a
+    half-written model where the archiver would pick it up.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = Path(ckpt) if ckpt is not None else run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
+    checkpoint = read_checkpoint(ckpt_path)
+    generator = generator_from_checkpoint(checkpoint)
+    metadata = build_metadata(checkpoint, ckpt_path, run_dir)
+    metadata["formats"] = list(formats)
+    metadata_json = json.dumps(metadata, indent=2, sort_keys=True)
+    out = run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {"pt": export_torchscript, "pt2": export_program}
+    written: dict[str, Path] = {}
+    for fmt in formats:
+        final = out / f"generator.{fmt}"
+        tmp = out / f".generator.tmp.{fmt}"  # keeps the suffix: load_model dispatches on it
+        try:
+            writers[fmt](generator, tmp, metadata_json)
+            check_matches(tmp, generator)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written[fmt] = final
+    (out / "metadata.json").write_text(metadata_json + "\n")
+    written["metadata"] = out / "metadata.json"
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.export.exporter", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, type=Path, help="run directory, e.g. runs/NAME")
+    parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint (default: RUN/checkpoints/last.ckpt)")
+    parser.add_argument("--format", dest="formats", nargs="+", choices=FORMATS, default=list(FORMATS),
+                        help="what to write (default: both)")
+    args = parser.parse_args(argv)
+    try:
+        written = export_run(args.run, args.ckpt, args.formats)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 1
+    for kind, path in written.items():
+        print(f"{kind:8s} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

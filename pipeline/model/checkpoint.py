@@ -1,0 +1,78 @@
+"""A generator rebuilt from a Lightning training checkpoint, read as plain data.
+
+The checkpoint is loaded with `weights_only=True` (no pickled code runs); the generator is rebuilt
+from `hyper_parameters` and only the `generator.*` weights are used, so neither the VGG weights nor
+the style image are needed. Imports only torch and the model stage.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.model.generators import build_generator
+
+GENERATOR_PREFIX = "generator."
+
+
+def generator_kwargs(hparams: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(arch, constructor kwargs) of the generator a training run used."""
+    arch = hparams.get("arch", "residual")
+    kwargs: dict[str, Any] = {"norm": hparams.get("norm", "instance"), "padding": hparams.get("padding", "reflect")}
+    if arch == "residual":  # `upsample` exists only for the residual generator
+        kwargs["upsample"] = hparams.get("upsample", "nearest")
+    return arch, kwargs
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint as plain data; refuses anything that needs unpickling code."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
+        raise ValueError(f"{path}: not a loadable checkpoint with weights_only=True ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{path}: not a training checkpoint (needs 'state_dict' and 'hyper_parameters')")
+    return ckpt
+
+
+def generator_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the generator from a checkpoint dict and load its weights (strict), in eval mode."""
+    arch, kwargs = generator_kwargs(dict(ckpt["hyper_parameters"]))
+    generator = build_generator(arch, **kwargs)
+    state = {k[len(GENERATOR_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(GENERATOR_PREFIX)}
+    if not state:
+        raise ValueError("checkpoint has no 'generator.*' weights")
+    generator.load_state_dict(state, strict=True)
+    return generator.eval()
+
+
+def checkpoint_metadata(ckpt: dict[str, Any], source: str | Path | None = None) -> dict[str, Any]:
+    """The metadata describing a checkpoint's generator (what `export` embeds, minus export facts)."""
+    hp = dict(ckpt["hyper_parameters"])
+    arch, kwargs = generator_kwargs(hp)
+    style = hp.get("style_image")
+    return {
+        "style_image": Path(str(style)).name if style else None,
+        "arch": arch,
+        "generator_kwargs": kwargs,
+        "vgg_flavour": hp.get("vgg_flavour"),
+        "global_step": ckpt.get("global_step"),
+        "lightning_version": ckpt.get("pytorch-lightning_version"),
+        "checkpoint": str(source) if source is not None else None,
+        "hyper_parameters": _jsonable(hp),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Hyper-parameters as JSON-safe values (paths and other objects become strings)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -1,0 +1,141 @@
+"""The paper's two feed-forward generators, float RGB in [0, 1] in and out, any H×W.
+
+- `ResidualGenerator`: Johnson et al.'s network (the paper's preferred one).
+- `MultiScaleGenerator`: Ulyanov et al.'s texture-network pyramid, which also takes noise z.
+
+Both pad the input to the size their strides need and crop the output back, so
+output H×W always equals input H×W.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from pipeline.model.fast_ops import space_to_depth_conv, upsample_conv
+from pipeline.model.layers import ConvLayer, ConvNormAct, Norm, Padding, ResidualBlock, check_choice, crop_to, make_norm, pad_to_multiple
+
+Upsample = Literal["nearest", "transposed"]
+
+
+class ResidualGenerator(nn.Module):
+    """9×9 conv 32 → stride-2 convs 64, 128 → residual blocks of 128 → two ×2 upsampling stages 64, 32
+    → 9×9 conv to RGB, then a sigmoid so the output is an image in [0, 1]."""
+
+    __constants__ = ["fast_decoder"]  # TorchScript: the branch not taken is not even compiled
+
+    def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", upsample: Upsample = "nearest",
+                 n_residual: int = 5, width: int = 32):
+        super().__init__()
+        check_choice("upsample", upsample, ("nearest", "transposed"))
+        w1, w2, w3 = width, width * 2, width * 4
+        self.down = nn.Sequential(
+            ConvNormAct(3, w1, 9, 1, norm=norm, padding=padding),
+            ConvNormAct(w1, w2, 3, 2, norm=norm, padding=padding),
+            ConvNormAct(w2, w3, 3, 2, norm=norm, padding=padding),
+        )
+        self.res = nn.Sequential(*[ResidualBlock(w3, norm=norm, padding=padding) for _ in range(n_residual)])
+        self.up = nn.Sequential(self._up(w3, w2, norm, padding, upsample), self._up(w2, w1, norm, padding, upsample))
+        self.out = ConvLayer(w1, 3, 9, 1, padding)
+        # Inference decoder with the same arithmetic regrouped (pipeline.model.fast_ops); the layouts it
+        # reads (Upsample → ConvNormAct(ReflectionPad, Conv)) exist only for these choices.
+        self.fast_decoder = padding == "reflect" and upsample == "nearest"
+
+    @staticmethod
+    def _up(cin: int, cout: int, norm: Norm, padding: Padding, upsample: Upsample) -> nn.Sequential:
+        if upsample == "nearest":  # resize-convolution: no checkerboard artifacts
+            return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(cin, cout, 3, 1, norm=norm, padding=padding))
+        return nn.Sequential(nn.ConvTranspose2d(cin, cout, 3, 2, padding=1, output_padding=1), make_norm(norm, cout), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # min_size 16: after two stride-2 convs the 3×3 reflection pad still has ≥ 4 px to reflect.
+        xp, h, w = pad_to_multiple(x, 4, 16)
+        # Inference runs channels-last (NHWC): oneDNN's convolutions then work without reordering
+        # every activation to and from their blocked layout, and pad, norm (layers.InstanceNorm2d),
+        # ReLU and upsampling keep the layout. Same values; the output is handed back as NCHW.
+        # Training stays NCHW: there the native instance-norm backward beats the channels-last one.
+        if not torch.is_grad_enabled():
+            xp = xp.contiguous(memory_format=torch.channels_last)
+            y = self.res(self.down(xp))
+            if self.fast_decoder:
+                y = self._decode_fast(y)
+            else:
+                y = self.out(self.up(y))
+        else:
+            y = self.out(self.up(self.res(self.down(xp))))
+        return crop_to(torch.sigmoid(y), h, w).contiguous()
+
+    def _decode_fast(self, y: torch.Tensor) -> torch.Tensor:
+        """self.out(self.up(y)) for nearest upsampling and reflection padding, via pipeline.model.fast_ops."""
+        for stage in self.up:  # Sequential(Upsample, ConvNormAct(ConvLayer(pad, conv), norm, act))
+            unit = stage[1]
+            conv = unit[0][1]
+            y = unit[2](unit[1](upsample_conv(y, conv.weight, conv.bias)))
+        return space_to_depth_conv(self.out[0](y), self.out[1].weight, self.out[1].bias)
+
+
+class MultiScaleGenerator(nn.Module):
+    """Ulyanov et al.'s multi-scale generator g(x, z).
+
+    The image is seen at `scales` resolutions (1, 1/2, ... 1/2^(K-1)); at each one a noise
+    map z_k is concatenated and passed through a conv block (3×3, 3×3, 1×1). Starting from
+    the coarsest, each result is upsampled ×2, normalized and concatenated with the next
+    finer branch (also normalized), then mixed by another conv block. A 1×1 conv gives RGB.
+
+    Noise: during training z is uniform in [-0.5, 0.5); in eval mode it defaults to zero (its
+    mean), so serving is deterministic. Pass `z` explicitly (a list, finest first) for variety.
+    """
+
+    def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", scales: int = 5,
+                 branch_channels: int = 8, noise_channels: int = 3):
+        super().__init__()
+        if scales < 1:
+            raise ValueError(f"scales must be ≥ 1, got {scales}")
+        self.scales, self.noise_channels = scales, noise_channels
+        c = branch_channels
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(ConvNormAct(cin, cout, 3, norm=norm, padding=padding, act="leaky"),
+                                 ConvNormAct(cout, cout, 3, norm=norm, padding=padding, act="leaky"),
+                                 ConvNormAct(cout, cout, 1, norm=norm, padding=padding, act="leaky"))
+
+        self.branches = nn.ModuleList([block(3 + noise_channels, c) for _ in range(scales)])
+        # Join i (coarse → fine) merges the running result ((i+1)·c channels) with a c-channel branch.
+        self.join_norm_coarse = nn.ModuleList([make_norm(norm, c * (i + 1)) for i in range(scales - 1)])
+        self.join_norm_fine = nn.ModuleList([make_norm(norm, c) for _ in range(scales - 1)])
+        self.joins = nn.ModuleList([block(c * (i + 2), c * (i + 2)) for i in range(scales - 1)])
+        self.out = nn.Conv2d(c * scales, 3, 1)
+
+    def forward(self, x: torch.Tensor, z: list[torch.Tensor] | None = None) -> torch.Tensor:
+        multiple = 1 << (self.scales - 1)  # int (2 ** n is a float under TorchScript)
+        xp, h, w = pad_to_multiple(x, multiple, 2 * multiple)  # coarsest level ≥ 2 px for its 3×3 reflection
+        pyramid = [xp]
+        for _ in range(self.scales - 1):
+            pyramid.append(F.avg_pool2d(pyramid[-1], 2))
+        feats = []
+        feats: list[torch.Tensor] = []
+        # Iterate the ModuleLists directly (TorchScript cannot index them with a loop variable).
+        for k, branch in enumerate(self.branches):
+            img = pyramid[k]
+            noise = z[k] if z is not None else self._noise(img)
+            feats.append(branch(torch.cat([img, noise], dim=1)))
+        y = feats[-1]  # coarsest
+        for i, (norm_coarse, norm_fine, join) in enumerate(zip(self.join_norm_coarse, self.join_norm_fine, self.joins)):
+            fine = feats[self.scales - 2 - i]
+            y = F.interpolate(y, scale_factor=2.0, mode="nearest")
+            y = join(torch.cat([norm_coarse(y), norm_fine(fine)], dim=1))
+        return crop_to(torch.sigmoid(self.out(y)), h, w)
+
+    def _noise(self, img: torch.Tensor) -> torch.Tensor:
+        shape = (img.shape[0], self.noise_channels, img.shape[2], img.shape[3])
+        if self.training:
+            return torch.rand(shape, device=img.device, dtype=img.dtype) - 0.5
+        return torch.zeros(shape, device=img.device, dtype=img.dtype)
+
+
+def build_generator(arch: str = "residual", **kwargs) -> nn.Module:
+    """Build a generator by name: `residual` (Johnson) or `multiscale` (Ulyanov)."""
+    check_choice("arch", arch, ("residual", "multiscale"))
+    return ResidualGenerator(**kwargs) if arch == "residual" else MultiScaleGenerator(**kwargs)

@@ -1,0 +1,182 @@
+"""`make loadtest`: N concurrent clients × M requests of mixed sizes against one model served by a
+private TorchServe on loopback (the repo's config.properties, free ports), every response checked.
+
+A response counts as good only if it is HTTP 200, a PNG that decodes, of the request's size, and
+byte-identical to the first response for the same input (the model is deterministic, so a
+mixed-up or truncated response is caught). Bounded: at most N×M requests and `--max-seconds`.
+
+    python -m pipeline.ops.loadtest --model starry_night --clients 8 --requests 200
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.ops.torchserve_local import LocalTorchServe
+
+SIZES = [(64, 64), (96, 128), (200, 256), (256, 384)]  # (h, w): a mix of thumbnails and small photos
+VARIANTS = 4  # distinct images per size, so a response swapped between clients is detected
+
+
+def make_inputs(seed: int = 0) -> list[tuple[bytes, tuple[int, int]]]:
+    """JPEG request bodies of mixed sizes, with their (width, height)."""
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for h, w in SIZES:
+        for _ in range(VARIANTS):
+            yy, xx = np.mgrid[0:h, 0:w]
+            base = np.stack([xx / w, yy / h, (xx + yy) / (h + w)], -1) * 200 + rng.normal(0, 20, (h, w, 3))
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+            inputs.append((buf.getvalue(), (w, h)))
+    return inputs
+
+
+class Client:
+    """One keep-alive connection; `post` returns (status, body, seconds)."""
+
+    def __init__(self, port: int, token: str):
+        self.port, self.token, self.conn = port, token, None
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes, float]:
+        start = time.perf_counter()
+        for attempt in (0, 1):  # one reconnect if the server closed an idle keep-alive connection
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+                self.conn.request("POST", path, body=body, headers={
+                    "Content-Type": "image/jpeg", "Authorization": f"Bearer {self.token}"})
+                resp = self.conn.getresponse()
+                return resp.status, resp.read(), time.perf_counter() - start
+            except (ConnectionError, http.client.HTTPException):
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def run_load(server: LocalTorchServe, model: str, clients: int, requests: int, max_seconds: float) -> dict:
+    inputs = make_inputs()
+    reference: dict[int, str] = {}
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + max_seconds
+
+    def client_loop(cid: int) -> int:
+        client, done = Client(server.inference, server.keys["inference"]), 0
+        for i in range(requests):
+            if time.monotonic() > deadline:
+                break
+            k = (cid * 7 + i) % len(inputs)
+            body, size = inputs[k]
+            try:
+                status, out, seconds = client.post(f"/predictions/{model}", body)
+            except Exception as e:  # noqa: BLE001 - every failure is counted, none stops the run
+                with lock:
+                    errors.append(f"client {cid} request {i}: {type(e).__name__}: {e}")
+                continue
+            problem = check(status, out, size)
+            digest = hashlib.sha256(out).hexdigest()
+            with lock:
+                if problem is None and reference.setdefault(k, digest) != digest:
+                    problem = "response differs from the first response to the same image"
+                if problem:
+                    errors.append(f"client {cid} request {i}: {problem}")
+                else:
+                    latencies.append(seconds)
+            done += 1
+        return done
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answered = sum(pool.map(client_loop, range(clients)))
+    wall = time.perf_counter() - start
+    sent = clients * requests
+    lat = sorted(latencies)
+    return {
+        "model": model, "clients": clients, "requests_per_client": requests, "planned": sent,
+        "answered": answered, "good": len(lat), "errors": len(errors), "lost": sent - answered,
+        "first_errors": errors[:10], "wall_s": round(wall, 2), "requests_per_s": round(len(lat) / wall, 2),
+        "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
+        "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
+        "sizes_hw": SIZES, "machine": machine(),
+    }
+
+
+def machine() -> str:
+    """CPU model and core count, e.g. 'AMD EPYC 9R14, 2 cores'."""
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def check(status: int, body: bytes, size: tuple[int, int]) -> str | None:
+    """None if `body` is a good stylized PNG of `size`, else what is wrong."""
+    if status != 200:
+        return f"HTTP {status}: {body[:200]!r}"
+    try:
+        im = Image.open(io.BytesIO(body))
+        im.load()
+    except Exception as e:  # noqa: BLE001
+        return f"response is not a valid image: {e}"
+    if im.format != "PNG" or im.size != size:
+        return f"got {im.format} {im.size}, expected PNG {size}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.ops.loadtest", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model name: model_store/NAME.mar (default: the only .mar there)")
+    p.add_argument("--store", type=Path, default=Path("model_store"))
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--requests", type=int, default=200, help="requests per client")
+    p.add_argument("--max-seconds", type=float, default=1200, help="stop sending after this long (counted as lost)")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.clients < 1 or args.requests < 1:
+        p.error("--clients and --requests must be ≥ 1")
+    mars = sorted(args.store.glob("*.mar"))
+    names = [m.stem for m in mars]
+    model = args.model or (names[0] if len(names) == 1 else None)
+    if model not in names:
+        p.error(f"no model {args.model or ''} to load-test in {args.store}/ (found: {', '.join(names) or 'none'}); "
+                "build one with `make export NAME=<run>` and `make archive NAME=<run>`")
+    with tempfile.TemporaryDirectory(prefix="instyle-loadtest-") as tmp:
+        store = Path(tmp) / "store"
+        store.mkdir()
+        (store / f"{model}.mar").symlink_to((args.store / f"{model}.mar").resolve())
+        with LocalTorchServe(Path(tmp) / "server", store) as server:
+            ready = server.wait_ready([model])
+            print(f"TorchServe ready in {ready:.1f} s on 127.0.0.1:{server.inference}; "
+                  f"{args.clients} clients × {args.requests} requests...", flush=True)
+            result = run_load(server, model, args.clients, args.requests, args.max_seconds)
+    print(json.dumps({k: v for k, v in result.items() if k != "first_errors"}, indent=1))
+    for line in result["first_errors"]:
+        print("ERROR", line, file=sys.stderr)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["errors"] == 0 and result["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

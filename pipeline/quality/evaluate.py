@@ -1,0 +1,162 @@
+"""`python -m pipeline evaluate`: measured quality of a model on a folder of photos.
+
+For every photo (short side resized to `--size`): the style, content, TV and total loss of the
+stylized output with the model's own training loss (same VGG layers, weights and flavour; the
+weighted terms as training logs them), the model time per image, the contrast-invariance PSNR
+between g(x) and g(0.5·x + 0.25) (paper Fig. 2) and the border-artifact index (paper Fig. 3,
+see pipeline/quality/metrics.py). With `--gatys N` the first N photos also get the Gatys baseline at
+`--gatys-iters`, and loss / speed ratios. Writes `<out>/metrics.json` (per image and mean) and
+`<out>/report.html` (the image grid).
+
+    python -m pipeline evaluate --model runs/NAME/export/generator.pt --style style.jpg --content photos/ --out reports/NAME
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from pipeline.quality.gatys import build_loss, optimize
+from pipeline.serve.imaging import IMAGE_SUFFIXES, encode, load_image_file, load_style, resize_short
+from pipeline.loss.losses import PerceptualLoss
+from pipeline.quality.metrics import border_artifact_index, psnr
+
+CONTRAST = (0.5, 0.25)  # g(x) vs g(a·x + b): a low-contrast version of the same photo
+
+
+def list_photos(folder: Path, limit: int | None = None) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"content folder {folder} does not exist")
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not photos:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return photos[:limit] if limit else photos
+
+
+@torch.inference_mode()
+def timed(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    y = model(x)
+    return y.clamp(0, 1), time.perf_counter() - start
+
+
+def evaluate_image(model: Callable, loss: PerceptualLoss, x: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """Metrics of one (1, 3, H, W) photo; returns (metrics, stylized image)."""
+    y, seconds = timed(model, x)
+    a, b = CONTRAST
+    y_low, _ = timed(model, a * x + b)
+    with torch.no_grad():
+        terms = {k: float(v) for k, v in loss(y, x).items()}
+    return {**terms, "seconds": round(seconds, 4), "contrast_psnr_db": round(psnr(y, y_low), 2),
+            "border_index": round(border_artifact_index(y[0], x[0]), 4)}, y
+
+
+def mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {k: statistics.fmean(r[k] for r in rows) for k in keys}
+
+
+def evaluate(model: Callable, loss: PerceptualLoss, photos: list[Path], size: int, out: Path,
+             gatys: int = 0, gatys_iters: list[int] | None = None, label: str = "model") -> dict[str, Any]:
+    """Evaluate on `photos`, save images under out/images, return the metrics dict (also written)."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    with torch.inference_mode():  # warm-up so the first photo's time is not the allocator's
+        model(torch.rand(1, 3, 64, 64))
+    for i, path in enumerate(photos):
+        x = resize_short(load_image_file(path)[None], size)
+        metrics, y = evaluate_image(model, loss, x)
+        row: dict[str, Any] = {"image": path.name, "height": x.shape[2], "width": x.shape[3], **metrics}
+        save(out / "images" / f"{path.stem}-content.jpg", x)
+        save(out / "images" / f"{path.stem}-{label}.jpg", y)
+        if i < gatys:
+            row["gatys"] = []
+            for rec in optimize(loss, x, gatys_iters or [50, 100, 300]):
+                save(out / "images" / f"{path.stem}-gatys{rec['iters']}.jpg", rec.pop("image"))
+                rec["loss_ratio_model_over_gatys"] = round(row["total"] / rec["total"], 4)
+                rec["speed_ratio_gatys_over_model"] = round(rec["seconds"] / max(row["seconds"], 1e-9), 1)
+                row["gatys"].append(rec)
+        rows.append(row)
+        print(f"[evaluate] {path.name}: total {row['total']:.3f} style {row['style']:.3f} content "
+              f"{row['content']:.3f} {row['seconds'] * 1000:.0f} ms, contrast PSNR {row['contrast_psnr_db']} dB, "
+              f"border index {row['border_index']}", flush=True)
+    result = {"label": label, "size": size, "contrast": {"a": CONTRAST[0], "b": CONTRAST[1]}, "images": rows,
+              "mean": mean_metrics(rows), "gatys_mean": gatys_means(rows)}
+    (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "report.html").write_text(report_html(result))
+    return result
+
+
+def gatys_means(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per Gatys iteration count, the mean over the photos that have it."""
+    by_iter: dict[int, list[dict]] = {}
+    for row in rows:
+        for rec in row.get("gatys", []):
+            by_iter.setdefault(rec["iters"], []).append(rec)
+    return [{"iters": it, **{k: statistics.fmean(r[k] for r in recs) for k in recs[0] if k != "iters"}}
+            for it, recs in sorted(by_iter.items())]
+
+
+def save(path: Path, img: torch.Tensor) -> None:
+    path.write_bytes(encode(img[0] if img.dim() == 4 else img, None, "jpeg", 88)[0])
+
+
+def report_html(result: dict[str, Any]) -> str:
+    """A self-contained page: the mean metrics and, per photo, content | stylized (| Gatys)."""
+    label, esc = result["label"], html.escape
+    head = "".join(f"<th>{esc(k)}</th>" for k in result["mean"])
+    mean = "".join(f"<td>{v:.4g}</td>" for v in result["mean"].values())
+    rows = []
+    for r in result["images"]:
+        stem = Path(r["image"]).stem
+        cells = [f'<img src="images/{esc(stem)}-content.jpg" height="200">',
+                 f'<img src="images/{esc(stem)}-{esc(label)}.jpg" height="200">']
+        cells += [f'<img src="images/{esc(stem)}-gatys{g["iters"]}.jpg" height="200" title="Gatys {g["iters"]} it">'
+                  for g in r.get("gatys", [])]
+        text = (f"{esc(r['image'])}: total {r['total']:.3f}, style {r['style']:.3f}, content {r['content']:.3f}, "
+                f"{r['seconds'] * 1000:.0f} ms, contrast PSNR {r['contrast_psnr_db']} dB, border index {r['border_index']}")
+        rows.append(f"<p>{text}</p><p>{' '.join(cells)}</p>")
+    return (f"<!doctype html><meta charset='utf-8'><title>{esc(label)}</title><h1>{esc(label)}</h1>"
+            f"<p>resolution: short side {result['size']} px; contrast pair: g(x) vs g({result['contrast']['a']}·x + "
+            f"{result['contrast']['b']})</p><table border=1><tr>{head}</tr><tr>{mean}</tr></table>"
+            f"<p>content | stylized{' | Gatys (50, 100, 300 it)' if result['gatys_mean'] else ''}</p>" + "".join(rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.serve.model_io import load_model
+
+    p = argparse.ArgumentParser(prog="python -m pipeline evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True, help=".pt, .pt2 or .ckpt")
+    p.add_argument("--style", type=Path, default=None, help="style image (default: the model's training style)")
+    p.add_argument("--content", type=Path, required=True, help="folder of photos")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--size", type=int, default=256, help="short side the photos are resized to (px)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N photos only")
+    p.add_argument("--gatys", type=int, default=0, help="run the Gatys baseline on the first N photos")
+    p.add_argument("--gatys-iters", default="50,100,300")
+    args = p.parse_args(argv)
+    if not args.model.is_file():
+        p.error(f"model {args.model} does not exist")
+    model, meta = load_model(args.model)
+    hp = meta.get("hyper_parameters") or {}
+    style = args.style or (Path(hp["style_image"]) if hp.get("style_image") else None)
+    if style is None or not style.is_file():
+        p.error(f"style image {style} not found: pass --style")
+    loss = build_loss(load_style(style, hp.get("style_size", 256)), hp)
+    photos = list_photos(args.content, args.limit)
+    result = evaluate(model, loss, photos, args.size, args.out, args.gatys,
+                      [int(i) for i in args.gatys_iters.split(",")])
+    print(json.dumps(result["mean"], indent=1))
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

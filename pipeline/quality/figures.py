@@ -1,0 +1,60 @@
+"""Side-by-side figures (content | stylized) for the README and reports.
+
+`python -m pipeline figure --model runs/NAME/export/generator.pt --photo skimage:chelsea --out docs/images/x.jpg`
+`--photo` takes a file path or `skimage:<name>` (a public-domain photo scikit-image ships).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from pipeline.serve.imaging import DecodedImage, limit_side, load_image_file, to_uint8
+from pipeline.serve.model_io import load_model
+
+
+def load_photo(spec: str) -> torch.Tensor:
+    """(3, H, W) in [0, 1] from a path or `skimage:<name>`."""
+    if spec.startswith("skimage:"):
+        from pipeline.data.sample_data import skimage_photo
+        return torch.from_numpy(skimage_photo(spec.split(":", 1)[1])).permute(2, 0, 1).float() / 255.0
+    return load_image_file(Path(spec))
+
+
+def side_by_side(images: Sequence[torch.Tensor], gap: int = 4) -> Image.Image:
+    """Concatenate (3, H, W) images of equal height left to right, white gaps between."""
+    h = images[0].shape[1]
+    white = torch.ones(3, h, gap)
+    row = [images[0]]
+    for im in images[1:]:
+        row += [white, im]
+    return Image.fromarray(to_uint8(torch.cat(row, dim=2)))
+
+
+@torch.no_grad()
+def content_stylized(model_path: str | Path, photo: str, height: int = 256) -> Image.Image:
+    model, _ = load_model(model_path)
+    x = load_photo(photo)
+    scale = height / x.shape[1]
+    x = limit_side(DecodedImage(x, None), max(height, round(x.shape[2] * scale))).rgb
+    return side_by_side([x, model(x[None])[0].clamp(0, 1)])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pipeline figure", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help=".pt, .pt2 or .ckpt")
+    p.add_argument("--photo", default="skimage:chelsea", help="a file or skimage:<name>")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig = content_stylized(args.model, args.photo, args.height)
+    fig.save(args.out, quality=88) if args.out.suffix.lower() in (".jpg", ".jpeg") else fig.save(args.out)
+    print(f"wrote {args.out} ({fig.width}×{fig.height})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training stage: the LightningModule, its callbacks and checkpoint IO, the LightningCLI entry and the preset configs."""

@@ -1,0 +1,67 @@
+"""Training callbacks of our own: TensorBoard image grids, and the batch-size function Lightning's
+`ThroughputMonitor` needs for our batches. Which callbacks a run uses (checkpoints, monitors,
+grids) is policy, set in `pipeline/train/configs/base.yaml`, not in code."""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torchvision.utils import make_grid
+
+
+def batch_images(batch: Any) -> int:
+    """Images in a `ContentBatch` (what `ThroughputMonitor(batch_size_fn=...)` counts as samples)."""
+    return len(batch.images)
+
+
+class ImageGridLogger(L.Callback):
+    """The style image once, then `n_images` fixed validation photos beside their stylization every
+    `every_n_steps` (0: only at the start and the end), so a run can be watched converging."""
+
+    def __init__(self, every_n_steps: int = 100, n_images: int = 4):
+        self.every_n_steps, self.n_images = every_n_steps, n_images
+        self._fixed: torch.Tensor | None = None
+
+    def _writer(self, trainer: L.Trainer):
+        exp = getattr(trainer.logger, "experiment", None)
+        return exp if hasattr(exp, "add_image") else None
+
+    def _fixed_batch(self, trainer: L.Trainer) -> torch.Tensor | None:
+        if self._fixed is None and trainer.datamodule is not None:
+            images = []
+            for batch in trainer.datamodule.val_dataloader():
+                images.extend(batch.images)
+                if len(images) >= self.n_images:
+                    break
+            self._fixed = torch.stack(images[: self.n_images]) if images else None
+        return self._fixed
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = self._writer(trainer)
+        if writer is not None and trainer.is_global_zero:
+            writer.add_image("style", pl_module.style[0].float().cpu(), global_step=trainer.global_step)
+            self._log(trainer, pl_module)  # step-0 grid: what training starts from
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self._log(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module)
+
+    @torch.no_grad()
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = self._writer(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        fixed = self._fixed_batch(trainer)
+        if fixed is None:
+            return
+        was_training = pl_module.generator.training
+        pl_module.generator.eval()  # what the exported model will do: instance norm is live anyway
+        stylized = pl_module.generator(fixed.to(pl_module.device)).float().cpu()
+        pl_module.generator.train(was_training)
+        # One row per photo: content | stylized.
+        pairs = torch.stack([fixed.float(), stylized], dim=1).flatten(0, 1)
+        writer.add_image("content|stylized", make_grid(pairs, nrow=2, padding=2), global_step=trainer.global_step)
