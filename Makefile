@@ -29,7 +29,7 @@ test:
 
 shards:
 	@test -n "$(SRC)" || { echo "usage: make shards SRC=<folder of photos> [VAL_SRC=<folder>] [OUT=data/shards/<name>]"; exit 2; }
-	$(PY) -m pipeline shards --src "$(SRC)" --out "$(OUT)" $(if $(VAL_SRC),--val-src "$(VAL_SRC)")
+	$(PY) -m pipeline shards --src "$(SRC)" --out "$(OUT)" $(if $(VAL_SRC),--val_src "$(VAL_SRC)")
 
 train:
 	@test -n "$(STYLE)" || { echo "usage: make train STYLE=<style image> [DATA=<shard dir>] [NAME=<run>] [PRESET=cpu|gpu|paper] [CKPT=<ckpt>] [ARGS='...']"; exit 2; }
@@ -43,7 +43,7 @@ tensorboard:
 
 # runs/NAME/checkpoints/last.ckpt -> runs/NAME/export/{generator.pt, generator.pt2, metadata.json}
 export:
-	@test -n "$(NAME)" || { echo "usage: make export NAME=<run in runs/> [ARGS='--ckpt FILE --format pt']"; exit 2; }
+	@test -n "$(NAME)" || { echo "usage: make export NAME=<run in runs/> [ARGS='--ckpt FILE --formats [pt]']"; exit 2; }
 	$(PY) -m pipeline export --run "runs/$(NAME)" $(ARGS)
 
 # runs/NAME/export -> model_store/NAME.mar (replaced if present); no NAME: every exported run

@@ -70,7 +70,7 @@ def bench_inference(run: Path, work: Path, variants: list[str], quick: bool, log
         for variant in variants:
             out_file = outputs / f"{variant}-{size}.pt"
             if variant != "reference" and ref_file.exists() and out_file.exists():
-                ref, out = torch.load(ref_file), torch.load(out_file)
+                ref, out = torch.load(ref_file, weights_only=True), torch.load(out_file, weights_only=True)
                 diffs[f"{variant}@{size}"] = (out - ref).abs().max().item() if out.shape == ref.shape else float("inf")
     return rows, diffs
 

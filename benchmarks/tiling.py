@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from pipeline.serve.imaging import DecodedImage
     from pipeline.serve.inference import run_batch
-    from pipeline.serve.tiling import generator_weights, memory_cap_bytes, stylize_tiled, tile_for_cap, untiled_bytes
+    from pipeline.serve.limits import memory_cap_bytes
+    from pipeline.serve.tiling import generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
     from pipeline.serve.model_io import load_model
 
     h, w = (int(v) for v in args.size.lower().split("x"))

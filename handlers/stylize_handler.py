@@ -31,10 +31,11 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from pipeline.serve.inference import BadImageRequest, finish, prepare, run_batch, server_limits, size_groups
+from pipeline.serve.imaging import BadImageRequest
+from pipeline.serve.inference import finish, prepare, run_batch, size_groups
+from pipeline.serve.limits import memory_cap_bytes, server_limits
 from pipeline.serve.memory import reuse_freed_memory
 from pipeline.serve.model_io import load_model
-from pipeline.serve.tiling import memory_cap_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,8 @@ class StylizeHandler(BaseHandler):
         """Answer every request of the batch: image bytes, or a JSON error for that request only."""
         self.context = context
         metrics = context.metrics  # calls pass a fresh dimensions list: TorchServe's default is a shared mutable one
+        # how many requests TorchServe batched into this call (the archive's batchSize / maxBatchDelay)
+        metrics.add_metric("BatchSize", len(data), "count", 0, [], MetricTypes.GAUGE)
         results: list[bytes | None] = [None] * len(data)
         prepared = []  # (request index, image, options)
         for idx, row in enumerate(data):

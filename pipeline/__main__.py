@@ -1,54 +1,66 @@
-"""`python -m pipeline <command>`: LightningCLI verbs (fit, validate, ...) plus the project's tools.
+"""`python -m pipeline <command>`: LightningCLI's training verbs plus the project's tools.
 
-  fit|validate|test|predict  LightningCLI (training), e.g. `fit --config pipeline/train/configs/cpu.yaml`
-  shards                     write content photos as WebDataset shards
-  sample-data                build the scikit-image sample shards
-  vgg-weights                fetch, convert and verify the VGG-16 weights
-  export                     TorchScript + torch.export of a run's generator
-  archive                    .mar archive(s) for TorchServe
-  stylize                    stylize files or folders offline (same pixels as the server)
-  figure                     a content | stylized figure from a model and a photo
-  loadtest                   concurrent clients against a private loopback TorchServe
-  evaluate                   losses, time, contrast PSNR and border index of a model on photos
-  gatys                      the slow baseline: Gatys et al. optimization with the same loss
-  ablation                   the paper's comparisons (norm × generator, padding) trained and evaluated
+Every tool's options are the parameters of its module's `command()` function, read by
+jsonargparse from the signature and docstring, so `python -m pipeline <tool> --help` and the
+code cannot disagree. Options are spelled as in the signature (`--max_side`); lists as
+`--iters '[50,100]'`; every tool also takes `--config FILE` (YAML of its options).
 """
 from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
+from typing import Callable
 
+# command → the module whose `command()` implements it, in pipeline order
 TOOLS = {
     "shards": "pipeline.data.shards",
+    "sample-data": "pipeline.data.sample_data",
     "vgg-weights": "pipeline.loss.vgg_weights",
     "export": "pipeline.export.exporter",
     "archive": "pipeline.export.archive",
     "stylize": "pipeline.serve.stylize",
-    "figure": "pipeline.quality.figures",
-    "loadtest": "pipeline.ops.loadtest",
     "evaluate": "pipeline.quality.evaluate",
     "gatys": "pipeline.quality.gatys",
     "ablation": "pipeline.quality.ablation",
+    "figure": "pipeline.quality.figures",
+    "loadtest": "pipeline.ops.loadtest",
 }
+TRAINING = ("fit", "validate", "test", "predict")
+
+
+def tool(name: str) -> Callable[..., int]:
+    """The `command()` function of a tool."""
+    return importlib.import_module(TOOLS[name]).command
+
+
+def usage() -> str:
+    """The command list, each with the first line of its docstring."""
+    lines = [__doc__.split("\n")[0], "", "  fit|validate|test|predict  LightningCLI training, e.g. "
+             "`fit --config pipeline/train/configs/cpu.yaml --model.style_image=art.jpg`"]
+    for name in TOOLS:
+        lines.append(f"  {name:26s} {(tool(name).__doc__ or '').strip().splitlines()[0]}")
+    lines += ["", "`python -m pipeline <command> --help` gives a command's options."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a tool or to LightningCLI; returns the process exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
         return 0
-    cmd, rest = argv[0], argv[1:]
+    cmd, rest = args[0], args[1:]
     if cmd in TOOLS:
-        # Tools return an int (or None for success); keep it so `make` sees failures.
-        return int(importlib.import_module(TOOLS[cmd]).main(rest) or 0)
-    if cmd == "sample-data":
-        from pipeline.data.sample_data import ensure_sample_shards
-        ensure_sample_shards(Path(rest[0]) if rest else Path("data/shards/skimage"))
-        return 0
+        from jsonargparse import auto_cli
+
+        # Tools return an exit code (0 = success) so `make` sees failures.
+        return int(auto_cli(tool(cmd), args=rest, prog=f"python -m pipeline {cmd}") or 0)
+    if cmd not in TRAINING:
+        print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+        return 2
     from pipeline.train.cli import run_cli
-    run_cli(argv)
+
+    run_cli(args if argv is not None else None)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

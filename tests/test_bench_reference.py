@@ -27,7 +27,30 @@ def pair():
 def test_reference_has_the_public_parameter_count(pair):
     n = sum(p.numel() for p in pair[1].parameters())
     assert n == 1_679_235  # 1.68 M
-    assert abs(generator_gflop(256, 256) - 20.2) < 0.1  # the issue's 20.2 GFLOP per 256² image
+
+
+@pytest.mark.parametrize("h, w", [(256, 256), (128, 192)])
+def test_hand_flop_formula_matches_a_counted_forward(pair, h, w):
+    """`generator_gflop` (a hand formula, used for the benchmark's GFLOP/s) against two counts of a
+    real forward of the reference: torch's FlopCounterMode (FLOPs = 2 × multiply-adds) and a sum of
+    2·Cin·Cout·k²·Hout·Wout over the convolutions actually run, seen by forward hooks."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    reference, convs = pair[1], []
+    hooks = [m.register_forward_hook(lambda m, i, o: convs.append((m, o.shape)))
+             for m in reference.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            reference(torch.rand(1, 3, h, w))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(convs) == 3 + 2 * 5 + 2 + 1
+    by_hooks = sum(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * out[2] * out[3]
+                   for m, out in convs) / 1e9
+    counted = counter.get_total_flops() / 1e9
+    assert counted == pytest.approx(by_hooks, rel=1e-6)
+    assert generator_gflop(h, w) == pytest.approx(counted, rel=0.02)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 64, 96), (2, 3, 48, 48)])

@@ -1,12 +1,15 @@
 """Atomic checkpoint writes: a failed or interrupted save never damages the previous file."""
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
 import torch
+import yaml
 
 from pipeline.train.checkpoint_io import AtomicCheckpointIO
+from pipeline.train.cli import preset_path, presets, run_cli
 
 
 def test_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temp(tmp_path):
@@ -22,8 +25,27 @@ def test_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temp(tmp_path):
     assert torch.load(path, weights_only=True)["global_step"] == 3
 
 
-def test_presets_enable_atomic_checkpoints():
-    from pathlib import Path
-    for preset in ("cpu", "gpu", "paper"):
-        text = (Path(__file__).resolve().parents[1] / "pipeline" / "configs" / f"{preset}.yaml").read_text()
-        assert "pipeline.train.checkpoint_io.AtomicCheckpointIO" in text, preset
+@pytest.mark.parametrize("preset", presets())
+def test_every_preset_builds_a_trainer_with_atomic_checkpoints(preset, tmp_path, style_image, vgg_weights, monkeypatch):
+    """Each preset (base.yaml + overlay) through the real LightningCLI, instantiated, not run: the
+    trainer writes checkpoints atomically and has the base's callbacks; precision and data are the preset's."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+
+    from pipeline.train.callbacks import ImageGridLogger
+
+    monkeypatch.chdir(tmp_path)  # the logger's save_dir (runs/) is relative
+    monkeypatch.setattr(sys, "argv", ["pipeline"])  # LightningCLI warns about pytest's own arguments
+    expected = yaml.safe_load(preset_path(preset).read_text())
+    cli = run_cli(["--config", str(preset_path(preset)), "--trainer.accelerator=cpu", "--trainer.devices=1",
+                   f"--model.style_image={style_image}", f"--data.data_dir={tmp_path}"], run=False)
+    trainer = cli.trainer
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert any(c.filename == "last" and c.monitor is None for c in checkpoints)
+    assert any(c.monitor == "val/total" for c in checkpoints)
+    for kind in (LearningRateMonitor, ThroughputMonitor, ImageGridLogger):
+        assert any(isinstance(c, kind) for c in trainer.callbacks), kind.__name__
+    assert trainer.precision == expected["trainer"]["precision"]
+    assert trainer.max_steps == expected["trainer"]["max_steps"]
+    assert dict(cli.datamodule.hparams) == {**cli.datamodule.hparams, **expected["data"], "data_dir": str(tmp_path)}
+    assert cli.model.hparams.style_size == expected["model"]["style_size"]

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from pipeline.quality.evaluate import evaluate, list_photos
-from pipeline.quality.gatys import build_loss, main as gatys_main, optimize
+from pipeline.__main__ import main as cli
+from pipeline.quality.gatys import build_loss, optimize
 from pipeline.model.generators import build_generator
 from pipeline.quality.metrics import border_artifact_index, edge_energy_ratio, laplacian_energy, psnr
 from pipeline.serve.imaging import load_style
@@ -69,8 +70,8 @@ def test_gatys_lowers_the_loss_and_records_checkpoints(loss, tmp_path, style_ima
         optimize(loss, content, [0])
     photo = tmp_path / "p.png"
     Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(photo)
-    assert gatys_main(["--style", str(style_image), "--content", str(photo), "--iters", "1,2", "--size", "32",
-                       "--style-size", "64", "--out", str(tmp_path / "g.png")]) == 0
+    assert cli(["gatys", "--style", str(style_image), "--content", str(photo), "--iters", "[1,2]", "--size", "32",
+                       "--style_size", "64", "--out", str(tmp_path / "g.png")]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["iters"] for r in lines] == [1, 2] and Image.open(tmp_path / "g.png").size == (40, 32)
 
@@ -84,12 +85,34 @@ def test_evaluate_writes_metrics_and_report(loss, tmp_path):
     (photos / "notes.txt").write_text("ignored")
     torch.manual_seed(0)
     instance = build_generator("residual", norm="instance").eval()
-    result = evaluate(instance, loss, list_photos(photos), size=48, out=tmp_path / "out", gatys=1, gatys_iters=[1, 2])
+    evaluate(instance, loss, list_photos(photos), size=48, out=tmp_path / "out", gatys=1, gatys_iters=[1, 2])
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert saved["mean"] == pytest.approx(result["mean"]) and len(saved["images"]) == 2
+    assert [r["image"] for r in saved["images"]] == ["img0.png", "img1.png"]  # one row per photo, not notes.txt
+    keys = ("style", "content", "tv", "total", "seconds", "contrast_psnr_db", "border_index")
+    for k in keys:  # the mean is the plain arithmetic mean of the per-image rows
+        assert saved["mean"][k] == pytest.approx(sum(r[k] for r in saved["images"]) / 2, rel=1e-9, abs=1e-12)
+    for r, h in zip(saved["images"], (50, 57)):  # the 64-px-wide photos at short side 48, aspect ratio kept
+        assert r["height"] == 48 and abs(r["width"] - 64 * 48 / h) <= 1
+        # Recompute the row independently: the model on the resized photo, the loss terms, and the
+        # contrast PSNR of g(x) vs g(0.5x + 0.25) by hand (10·log10(1 / MSE)).
+        x = torch.nn.functional.interpolate(
+            torch.from_numpy(np.asarray(Image.open(photos / r["image"]), dtype=np.float32) / 255).permute(2, 0, 1)[None],
+            size=(r["height"], r["width"]), mode="bilinear", antialias=True, align_corners=False)
+        with torch.no_grad():
+            y, y_low = instance(x).clamp(0, 1), instance(0.5 * x + 0.25).clamp(0, 1)
+            terms = loss(y, x)
+        assert r["total"] == pytest.approx(terms["total"].item(), rel=1e-3)
+        assert r["style"] == pytest.approx(terms["style"].item(), rel=1e-3)
+        mse = ((y.double() - y_low.double()) ** 2).mean().item()
+        assert r["contrast_psnr_db"] == pytest.approx(10 * math.log10(1 / mse), abs=0.011)  # saved rounded to 0.01
+        # The saved stylized image is this output (JPEG q88 of a noisy image: ~27 dB), not the photo.
+        saved_y = np.asarray(Image.open(tmp_path / "out/images" / f"{r['image'][:-4]}-model.jpg"), dtype=np.float64) / 255
+        assert saved_y.shape == (r["height"], r["width"], 3)
+        err = ((saved_y - y[0].permute(1, 2, 0).double().numpy()) ** 2).mean()
+        err_content = ((saved_y - x[0].permute(1, 2, 0).double().numpy()) ** 2).mean()
+        assert 10 * math.log10(1 / err) > 24 and err_content > 4 * err
     row = saved["images"][0]
-    assert {"style", "content", "tv", "total", "seconds", "contrast_psnr_db", "border_index"} <= row.keys()
-    assert row["height"] == 48 and row["contrast_psnr_db"] > 40  # instance norm: contrast does not matter
+    assert row["contrast_psnr_db"] > 40  # instance norm: contrast does not matter
     assert [g["iters"] for g in row["gatys"]] == [1, 2] and "gatys" not in saved["images"][1]
     assert saved["gatys_mean"][0]["iters"] == 1 and saved["gatys_mean"][0]["speed_ratio_gatys_over_model"] > 0
     page = (tmp_path / "out" / "report.html").read_text()
@@ -109,7 +132,7 @@ def test_evaluate_writes_metrics_and_report(loss, tmp_path):
 
 def test_ablation_reuses_finished_runs_and_writes_the_report(tmp_path, style_image, vgg_weights, capsys):
     """The report half of `make ablation` on five tiny, already 'trained' runs (reused, not retrained)."""
-    from pipeline.quality.ablation import VARIANTS, main as ablation_main, run_name
+    from pipeline.quality.ablation import VARIANTS, run_name
     from test_serving_helpers import make_checkpoint
 
     for i, v in enumerate(VARIANTS):
@@ -119,9 +142,9 @@ def test_ablation_reuses_finished_runs_and_writes_the_report(tmp_path, style_ima
     photos.mkdir()
     Image.fromarray((np.random.default_rng(2).random((60, 70, 3)) * 255).astype(np.uint8)).save(photos / "a.png")
     out = tmp_path / "report"
-    assert ablation_main(["--style", str(style_image), "--steps", "3", "--runs", str(tmp_path / "runs"),
-                          "--content", str(photos), "--out", str(out), "--eval-size", "48", "--limit", "1",
-                          "--gatys-iters", "1,2"]) == 0
+    assert cli(["ablation", "--style", str(style_image), "--steps", "3", "--runs", str(tmp_path / "runs"),
+                          "--content", str(photos), "--out", str(out), "--eval_size", "48", "--limit", "1",
+                          "--gatys_iters", "[1,2]"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("reusing (step 3)") == 5 and "]: training" not in printed
     report = json.loads((out / "metrics.json").read_text())

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.export.exporter import export_run, main as export_main
+from pipeline.__main__ import main as cli
+from pipeline.export.exporter import export_run
 from pipeline.serve.model_io import load_model
 from test_serving_helpers import make_checkpoint, shared_export
 
@@ -126,10 +127,10 @@ def test_cli(tmp_path, capsys):
     ckpt = make_checkpoint(run, seed=4)
     other = ckpt.parent / "best.ckpt"
     other.write_bytes(ckpt.read_bytes())
-    assert export_main(["--run", str(run), "--ckpt", str(other), "--format", "pt"]) == 0
+    assert cli(["export", "--run", str(run), "--ckpt", str(other), "--formats", "[pt]"]) == 0
     assert (run / "export" / "generator.pt").is_file() and not (run / "export" / "generator.pt2").exists()
     assert json.loads((run / "export" / "metadata.json").read_text())["checkpoint"].endswith("best.ckpt")
-    assert export_main(["--run", str(tmp_path / "missing")]) == 1
+    assert cli(["export", "--run", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 

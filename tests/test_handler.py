@@ -98,13 +98,13 @@ def test_env_overrides_model_config(export_dir, monkeypatch):
 
 def test_memory_cap_from_model_config_tiles_with_the_same_pixels(export_dir, served, monkeypatch):
     """handler.max_memory_mb (model-config.yaml) makes the handler stylize in tiles: same pixels."""
-    from pipeline.serve import inference, tiling
+    from pipeline.serve import inference, limits
 
     calls = []
     real = inference.stylize_tiled
     monkeypatch.setattr(inference, "stylize_tiled", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
     capped, capped_ctx = load_handler(export_dir, yaml_config={"handler": {"max_memory_mb": 1}})
-    assert capped.max_memory_mb == 1 and served[0].max_memory_mb == tiling.DEFAULT_MAX_MEMORY_MB
+    assert capped.max_memory_mb == 1 and served[0].max_memory_mb == limits.DEFAULT_MAX_MEMORY_MB
     body = encode_pil(rng_image(120, 170, seed=11))
     (tiled,) = run_handler(capped, capped_ctx, [ts_request(body)])
     assert calls == [(1, 3, 120, 170)]
@@ -131,8 +131,9 @@ class ShapeSpy(torch.nn.Module):
         return self.model(x)
 
 
-def test_batch_with_different_sizes_is_grouped_not_padded(served):
+def test_batch_with_different_sizes_is_grouped_not_padded(served, caplog):
     handler, context = served
+    caplog.set_level("INFO", logger="ts.metrics")  # TorchServe's metrics are log lines
     a1, b, a2 = rng_image(37, 53, seed=1), rng_image(64, 64, seed=2), rng_image(37, 53, seed=3)
     reqs = [ts_request(encode_pil(x), rid=f"r{i}") for i, x in enumerate([a1, b, a2])]
     spy = ShapeSpy(handler.model)
@@ -142,6 +143,9 @@ def test_batch_with_different_sizes_is_grouped_not_padded(served):
     finally:
         handler.model = original
     assert sorted(spy.shapes) == [(1, 3, 64, 64), (2, 3, 37, 53)]
+    # the BatchSize metric (what tests/test_serving_torchserve.py reads back from a real server)
+    emitted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]BatchSize.")]
+    assert len(emitted) == 1 and emitted[0].split("|")[0].endswith(":3"), emitted
     alone = [run_handler(handler, context, [r])[0] for r in reqs]
     for (s1, c1, body_b), (s2, c2, body_a), size in zip(batched, alone, [(53, 37), (64, 64), (53, 37)]):
         img_b, img_a = np.asarray(_ok((s1, c1, body_b))), np.asarray(_ok((s2, c2, body_a)))

@@ -34,6 +34,39 @@ def test_content_and_tv_by_hand():
     assert tv_loss(x).item() == pytest.approx(9.0)
 
 
+def _reference_terms(weights, style, out, content, *, style_weight, content_weight):
+    """Style and content terms computed without pipeline.loss.vgg / losses (only the weights loader)."""
+    from torchvision.models import vgg16
+
+    from pipeline.loss.vgg_weights import load_state_dict
+
+    net = torch.nn.Module()
+    net.features = vgg16().features[:23]
+    net.load_state_dict(load_state_dict(weights), strict=True)
+    net.eval()
+    mean = torch.tensor([123.68, 116.779, 103.939], dtype=torch.float64).view(1, 3, 1, 1)
+    net.double()
+
+    def feats(x):
+        h, taps = x.double() * 255 - mean, {}
+        for i, layer in enumerate(net.features):
+            h = layer(h)
+            if i in (3, 8, 15, 22):
+                taps[i] = h
+        return taps
+
+    def grams(f):
+        b, c, h, w = f.shape
+        m = f.reshape(b, c, h * w)
+        return m @ m.transpose(1, 2) / (c * h * w)
+
+    with torch.no_grad():
+        fs, fo, fc = feats(style), feats(out), feats(content)
+        style_term = sum(((grams(fo[i]) - grams(fs[i])) ** 2).mean() for i in (3, 8, 15, 22))
+        content_term = ((fo[8] - fc[8]) ** 2).mean()
+    return {"style": style_weight * style_term.item(), "content": content_weight * content_term.item()}
+
+
 def test_perceptual_loss_terms_with_real_vgg(vgg_weights):
     torch.manual_seed(0)
     style = torch.rand(1, 3, 64, 64)
@@ -43,8 +76,14 @@ def test_perceptual_loss_terms_with_real_vgg(vgg_weights):
     assert same["content"].item() == 0.0
     out = torch.rand(2, 3, 48, 48, requires_grad=True)
     terms = loss(out, content)
-    assert terms["total"].item() == pytest.approx(sum(terms[k].item() for k in ("style", "content", "tv")), rel=1e-6)
+    # An independent reference: torchvision's plain vgg16().features with the same verified weights,
+    # caffe preprocessing (0..255 minus the mean, no std), NCHW fp32, hand-written Gram and MSE.
+    ref = _reference_terms(vgg_weights, style, out.detach(), content, style_weight=2.0, content_weight=3.0)
+    assert terms["style"].item() == pytest.approx(ref["style"], rel=1e-4)
+    assert terms["content"].item() == pytest.approx(ref["content"], rel=1e-4)
+    assert ref["style"] > 0 and ref["content"] > 0
     assert terms["tv"].item() == pytest.approx(0.5 * tv_loss(out).item(), rel=1e-6)
+    assert terms["total"].item() == pytest.approx(ref["style"] + ref["content"] + 0.5 * tv_loss(out).item(), rel=1e-4)
     terms["total"].backward()
     assert out.grad is not None and torch.isfinite(out.grad).all()
     assert not any(p.requires_grad for p in loss.vgg.parameters())

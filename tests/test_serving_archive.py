@@ -11,10 +11,14 @@ import zipfile
 
 import pytest
 
-from pipeline.export.archive import archive_run, main as archive_main
-from test_serving_helpers import encode_pil, rng_image, shared_export
+from pipeline.__main__ import main as cli
+from pipeline.export.archive import archive_run
+from pipeline.serve.model_io import load_model
+from pipeline.serve.stylize import stylize_bytes
+from test_serving_helpers import BLOCK_TRAINING_DEPS, encode_pil, rng_image, shared_export
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+SERVE_DIR = ROOT / "pipeline" / "serve"
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +34,18 @@ def test_archive_contents(run, tmp_path):
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
         config = z.read("model-config.yaml").decode()
         init = z.read("pipeline/__init__.py").decode()
-    assert {"stylize_handler.py", "generator.pt2", "metadata.json", "model-config.yaml", "pipeline/__init__.py",
-            "pipeline/serve/imaging.py", "pipeline/serve/inference.py", "pipeline/serve/tiling.py", "pipeline/serve/model_io.py"} <= names
+    # The serving package whole, as found on disk (independently of the archiver's own listing) ...
+    serve = {f"pipeline/serve/{p.relative_to(SERVE_DIR)}" for p in SERVE_DIR.rglob("*.py")}
+    assert {"pipeline/serve/inference.py", "pipeline/serve/model_io.py", "pipeline/serve/tiling.py"} <= serve
+    assert {"stylize_handler.py", "generator.pt2", "metadata.json", "model-config.yaml", "pipeline/__init__.py"} | serve <= names
+    # ... and nothing else of the project: no other stage can leak into the worker.
+    assert not [n for n in names if n.startswith("pipeline/") and not n.startswith("pipeline/serve/")
+                and n != "pipeline/__init__.py"]
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert manifest["model"]["serializedFile"] == "generator.pt2" and manifest["model"]["handler"] == "stylize_handler.py"
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "max_side: 2048" in config
     assert "max_memory_mb: 512" in config
-    assert "import" not in init  # the stub must not pull in training dependencies
+    assert "import" not in init  # the package root must not pull in training dependencies
     assert not list((tmp_path / "store").glob(".demo.*"))  # no staging left behind
 
 
@@ -55,11 +65,11 @@ def test_cli_archives_every_exported_run(run, tmp_path, capsys):
     shutil.copytree(run, runs / "two")
     (runs / "not_exported" / "checkpoints").mkdir(parents=True)
     store = tmp_path / "store"
-    assert archive_main(["--runs", str(runs), "--store", str(store)]) == 0
+    assert cli(["archive", "--runs", str(runs), "--store", str(store)]) == 0
     assert sorted(p.name for p in store.glob("*.mar")) == ["one.mar", "two.mar"]
-    assert archive_main(["--runs", str(runs), "--store", str(store), "--name", "not_exported"]) == 1
-    assert "pipeline.export.exporter" in capsys.readouterr().err
-    assert archive_main(["--runs", str(tmp_path / "empty"), "--store", str(store)]) == 1
+    assert cli(["archive", "--runs", str(runs), "--store", str(store), "--name", "not_exported"]) == 1
+    assert "python -m pipeline export --run" in capsys.readouterr().err
+    assert cli(["archive", "--runs", str(tmp_path / "empty"), "--store", str(store)]) == 1
 
 
 def test_bad_model_name_is_refused(run, tmp_path):
@@ -69,7 +79,9 @@ def test_bad_model_name_is_refused(run, tmp_path):
 
 def test_handler_runs_from_the_extracted_archive_without_the_project(run, tmp_path):
     """What the worker does: model dir first on PYTHONPATH, import the handler, initialize, handle.
-    The project's own `pipeline`/`handlers` packages are made unimportable to prove the bundle suffices."""
+    The project's own `pipeline`/`handlers` packages are made unimportable to prove the bundle suffices,
+    and Lightning, webdataset and torchvision are blocked: serving must not need them. The pixels
+    equal those of the project's own offline path on the same model file."""
     mar = archive_run(run, tmp_path / "store")
     model_dir = tmp_path / "model_dir"
     with zipfile.ZipFile(mar) as z:
@@ -82,6 +94,7 @@ def test_handler_runs_from_the_extracted_archive_without_the_project(run, tmp_pa
                          and "editable" not in type(f).__module__.lower()]
         sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
         sys.path.insert(0, {str(model_dir)!r})
+        {BLOCK_TRAINING_DEPS}
         import json, os, ts
         from ts.context import Context, RequestProcessor
         from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -110,3 +123,6 @@ def test_handler_runs_from_the_extracted_archive_without_the_project(run, tmp_pa
     from PIL import Image
     with Image.open(tmp_path / "out.png") as im:
         assert im.size == (23, 19) and im.mode == "RGBA"
+    model, _ = load_model(run / "export" / "generator.pt2")
+    expected, _ = stylize_bytes(model, (tmp_path / "in.png").read_bytes(), {"format": "png"})
+    assert (tmp_path / "out.png").read_bytes() == expected

@@ -42,6 +42,14 @@ def make_checkpoint(run_dir: Path, seed: int = 0, global_step: int = 42, **overr
     return path
 
 
+# One line of Python for a subprocess: from then on importing Lightning, webdataset or torchvision
+# raises ImportError, as on a serving machine that has only torch, Pillow and numpy.
+BLOCK_TRAINING_DEPS = ("import sys, importlib.abc; "
+                       "B = ('lightning', 'pytorch_lightning', 'lightning_fabric', 'webdataset', 'torchvision'); "
+                       "F = type('Block', (importlib.abc.MetaPathFinder,), {'find_spec': staticmethod(lambda n, p=None, t=None: "
+                       "(_ for _ in ()).throw(ImportError(f'blocked: {n}')) if n.split('.')[0] in B else None)}); "
+                       "sys.meta_path.insert(0, F())")
+
 _SHARED: dict[str, Path] = {}
 
 

@@ -7,6 +7,7 @@ sockets all land there), and is stopped by that recorded process group id, never
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
     run = shared_export(tmp_path_factory)
     store = tmp_path / "model_store"
     archive_run(run, store, name="demo")
-    archive_run(run, store, name="batched", batch_size=4, max_batch_delay_ms=400)
+    archive_run(run, store, name="batched", batch_size=4, max_batch_delay_ms=2000)
     server = LocalTorchServe(tmp_path, store)
     cfg = (tmp_path / "config.properties").read_text()
     assert "disable_token_authorization=false" in cfg and "enable_model_api=false" in cfg
@@ -86,9 +87,11 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
         status, _, body = server.request("POST", "/predictions/demo", grey, {"Content-Type": "image/png"})
         assert status == 200 and np.array_equal(pixels(body), pixels(offline(grey)))
 
-        # batching: concurrent requests of different sizes land in one TorchServe batch (batchSize 4)
-        images = [encode_pil(rng_image(*hw, seed=20 + i)) for i, hw in enumerate([(37, 53), (64, 64), (37, 53)])]
-        with ThreadPoolExecutor(3) as pool:
+        # batching: 4 concurrent requests of different sizes land in one TorchServe batch (batchSize 4,
+        # so the frontend sends it as soon as the 4th arrives; all 4 within maxBatchDelay 2 s)
+        sizes = [(37, 53), (64, 64), (37, 53), (64, 64)]
+        images = [encode_pil(rng_image(*hw, seed=20 + i)) for i, hw in enumerate(sizes)]
+        with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda d: server.request("POST", "/predictions/batched", d, {"Content-Type": "image/png"}), images))
         for data, (status, ctype, body) in zip(images, results):
             assert status == 200, body[:300]
@@ -96,6 +99,10 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
 
         status, _, body = server.request("GET", "/metrics", port=server.metrics, token=None)
         assert status == 200 and b"ModelMs" in body and b"Megapixels" in body
+        # the handler's BatchSize gauge (len(data) of its last call): "batched" got only these 4 requests,
+        # so a last call with 4 means one call with all of them; "demo" (batchSize 1) gets one at a time
+        gauges = dict(re.findall(r'^BatchSize\{ModelName="(\w+)".*\} ([0-9.]+)$', body.decode(), re.M))
+        assert gauges == {"batched": "4.0", "demo": "1.0"}, gauges
         print(f"\ntorchserve: start→ready {ready_s:.1f} s, first response {first_s * 1000:.0f} ms, "
               f"test total {time.monotonic() - t0:.1f} s")
     finally:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from pipeline.data.datamodule import ContentDataModule
 from pipeline.data.sample_data import skimage_photo
-from pipeline.data.shards import build_shards, main as shards_main
+from pipeline.__main__ import main as cli
+from pipeline.data.shards import build_shards
 
 
 def make_photos(folder, n=6):
@@ -32,7 +33,7 @@ def test_round_trip_keys_sizes_and_corrupt_file_counted(tmp_path, capsys):
     src = make_photos(tmp_path / "src")
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (src / "notes.txt").write_text("not an image, not even listed")
-    shards_main(["--src", str(src), "--out", str(tmp_path / "out"), "--val-fraction", "0.2", "--max-side", "256", "--min-shards", "3"])
+    assert cli(["shards", "--src", str(src), "--out", str(tmp_path / "out"), "--val_fraction", "0.2", "--max_side", "256", "--min_shards", "3"]) == 0
     out = capsys.readouterr()
     assert "skipped broken" in out.err
     lines = dict(line.split(": ", 1) for line in out.out.strip().splitlines())
@@ -55,12 +56,12 @@ def test_rewriting_replaces_old_shards(tmp_path):
     assert len(list((tmp_path / "out").glob("train-*.tar"))) == stats["train"].shards == 1
 
 
-def test_missing_source_and_empty_source_fail_clearly(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
-        shards_main(["--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+def test_missing_source_and_empty_source_fail_clearly(tmp_path, capsys):
+    assert cli(["shards", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no image files"):
-        shards_main(["--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert cli(["shards", "--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no image files" in capsys.readouterr().err
 
 
 def test_datamodule_streams_crops_and_fixed_validation(tmp_path):

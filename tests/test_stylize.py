@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.serve.stylize import main as stylize_main
+from pipeline.__main__ import main as cli
 from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def test_file_mode_equals_server(run, served, tmp_path, fmt, headers):
     args = ["--model", str(run / "export" / "generator.pt"), str(src), str(dst)]
     if fmt == "jpeg":
         args = ["--quality", "85"] + args  # format inferred from the .jpg suffix
-    assert stylize_main(args) == 0
+    assert cli(["stylize", *args]) == 0
     assert dst.read_bytes() == _server_bytes(served, src.read_bytes(), headers)
 
 
@@ -48,7 +48,7 @@ def test_ckpt_and_pt2_models_give_the_same_pixels(run, tmp_path):
     outs = {}
     for name, model in [("pt", run / "export" / "generator.pt"), ("pt2", run / "export" / "generator.pt2"),
                         ("ckpt", run / "checkpoints" / "last.ckpt")]:
-        assert stylize_main(["--model", str(model), str(src), str(tmp_path / f"{name}.png")]) == 0
+        assert cli(["stylize", "--model", str(model), str(src), str(tmp_path / f"{name}.png")]) == 0
         outs[name] = np.asarray(decode_pil((tmp_path / f"{name}.png").read_bytes())).astype(int)
     assert outs["pt"].shape == (41, 30, 3)
     assert np.abs(outs["pt"] - outs["ckpt"]).max() <= 1 and np.abs(outs["pt2"] - outs["ckpt"]).max() <= 1
@@ -62,7 +62,7 @@ def test_folder_mode_skips_bad_files_and_fails(run, served, tmp_path, capsys):
     for name, data in images.items():
         (src / name).write_bytes(data)
     (src / "notes.txt").write_text("not an image, not considered")
-    code = stylize_main(["--model", str(run / "export" / "generator.pt"), "--max-side", "20", str(src), str(dst)])
+    code = cli(["stylize", "--model", str(run / "export" / "generator.pt"), "--max_side", "20", str(src), str(dst)])
     assert code == 1
     err = capsys.readouterr().err
     assert "broken.png" in err and "cannot decode" in err
@@ -77,14 +77,14 @@ def test_folder_mode_all_good_exits_zero(run, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     (src / "x.png").write_bytes(encode_pil(rng_image(9, 11)))
-    assert stylize_main(["--model", str(run / "export" / "generator.pt"), "--format", "webp", str(src),
+    assert cli(["stylize", "--model", str(run / "export" / "generator.pt"), "--format", "webp", str(src),
                          str(tmp_path / "out")]) == 0
     assert decode_pil((tmp_path / "out" / "x.webp").read_bytes()).size == (11, 9)
 
 
 def test_usage_errors(run, tmp_path, capsys):
-    assert stylize_main(["--model", str(tmp_path / "none.pt"), str(tmp_path), str(tmp_path / "o")]) == 2
-    assert stylize_main(["--model", str(run / "export" / "generator.pt"), str(tmp_path / "missing.png"),
+    assert cli(["stylize", "--model", str(tmp_path / "none.pt"), str(tmp_path), str(tmp_path / "o")]) == 2
+    assert cli(["stylize", "--model", str(run / "export" / "generator.pt"), str(tmp_path / "missing.png"),
                          str(tmp_path / "o.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -92,7 +92,7 @@ def test_usage_errors(run, tmp_path, capsys):
 def test_module_entry_point(run, tmp_path):
     src = tmp_path / "i.png"
     src.write_bytes(encode_pil(rng_image(12, 13)))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.serve.stylize", "--model", str(run / "export" / "generator.pt"),
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "stylize", "--model", str(run / "export" / "generator.pt"),
                            str(src), str(tmp_path / "o.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert decode_pil((tmp_path / "o.png").read_bytes()).size == (13, 12)

@@ -1,19 +1,19 @@
 """Tiled inference (pipeline.serve.tiling.stylize_tiled): whole-image instance-norm statistics, so the
 tiled result equals the untiled one (no seams, no colour shift between tiles), for eager, .pt and
-.pt2 models, through run_batch's memory cap, the CLI's --max-memory and the handler's environment."""
+.pt2 models, through run_batch's memory cap, the CLI's --max_memory_mb and the handler's environment."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.serve import inference, tiling
+from pipeline.serve import inference, limits
 from pipeline.model.generators import ResidualGenerator
 from pipeline.serve.imaging import DecodedImage
 from pipeline.serve.inference import run_batch
 from pipeline.serve.tiling import generator_weights, stylize_tiled
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import main as stylize_main
+from pipeline.__main__ import main as cli
 from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
 
 TOL = 1e-5
@@ -90,19 +90,19 @@ def test_run_batch_tiles_over_the_memory_cap(generator, monkeypatch):
     out = run_batch(generator, images, max_memory_mb=1)  # 1 MB: every image over the cap → tiles
     assert len(calls) == 2
     assert max((o - r).abs().max().item() for o, r in zip(out, ref)) < TOL
-    monkeypatch.setenv(tiling.ENV_MAX_MEMORY, "1")  # what the TorchServe handler reads
+    monkeypatch.setenv(limits.ENV_MAX_MEMORY, "1")  # what the TorchServe handler reads
     calls.clear()
     run_batch(generator, images[:1])
     assert len(calls) == 1
 
 
 def test_memory_cap_validation(monkeypatch):
-    assert tiling.memory_cap_bytes(10) == 10 * 2**20
-    monkeypatch.setenv(tiling.ENV_MAX_MEMORY, "lots")
+    assert limits.memory_cap_bytes(10) == 10 * 2**20
+    monkeypatch.setenv(limits.ENV_MAX_MEMORY, "lots")
     with pytest.raises(ValueError, match="INSTYLE_MAX_MEMORY_MB"):
-        tiling.memory_cap_bytes()
+        limits.memory_cap_bytes()
     with pytest.raises(ValueError):
-        tiling.memory_cap_bytes(0)
+        limits.memory_cap_bytes(0)
 
 
 def test_cli_max_memory_gives_the_same_pixels(tmp_path_factory, tmp_path):
@@ -110,8 +110,8 @@ def test_cli_max_memory_gives_the_same_pixels(tmp_path_factory, tmp_path):
     src = tmp_path / "in.png"
     src.write_bytes(encode_pil(rng_image(130, 170, seed=5)))
     model = str(run / "export" / "generator.pt")
-    assert stylize_main(["--model", model, str(src), str(tmp_path / "whole.png")]) == 0
-    assert stylize_main(["--model", model, "--max-memory", "1", str(src), str(tmp_path / "tiled.png")]) == 0
+    assert cli(["stylize", "--model", model, str(src), str(tmp_path / "whole.png")]) == 0
+    assert cli(["stylize", "--model", model, "--max_memory_mb", "1", str(src), str(tmp_path / "tiled.png")]) == 0
     whole = np.asarray(decode_pil((tmp_path / "whole.png").read_bytes())).astype(int)
     tiled = np.asarray(decode_pil((tmp_path / "tiled.png").read_bytes())).astype(int)
     assert whole.shape == tiled.shape == (130, 170, 3)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ def fit_cmd(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> lis
 
 def fit(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> subprocess.CompletedProcess:
     cmd = fit_cmd(tmp_path, style, *extra, name=name)
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, f"{' '.join(cmd)}\n--- stderr ---\n{res.stderr[-4000:]}"
     return res
 
@@ -128,7 +127,7 @@ def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(
     ckpt_path = tmp_path / "runs" / "kill" / "checkpoints" / "last.ckpt"
     log = open(tmp_path / "killed.log", "wb")  # a file, not a pipe: a full pipe would block the run
     proc = subprocess.Popen(fit_cmd(tmp_path, style_image, "--trainer.max_steps=400", *common, name="kill"), cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:

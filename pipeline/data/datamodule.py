@@ -24,9 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from pipeline.data.sample_data import ensure_sample_shards
-
-SAMPLE_SHARDS = Path("data/shards/skimage")
+from pipeline.data.sample_data import SAMPLE_SHARDS, ensure_sample_shards
 
 
 def shard_urls(folder: Path, split: str) -> list[str]:

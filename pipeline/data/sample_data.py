@@ -17,6 +17,7 @@ from pipeline.data.shards import ShardStats, write_split
 TRAIN = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "moon",
          "coins", "brick", "grass", "gravel", "clock")
 VAL = ("chelsea", "coffee")
+SAMPLE_SHARDS = Path("data/shards/skimage")  # where training finds them when no DATA is given
 
 
 def skimage_photo(name: str) -> np.ndarray:
@@ -52,3 +53,14 @@ def ensure_sample_shards(out: Path) -> Path:
         for split, s in build_sample_shards(out).items():
             print(f"sample content set ({split}): {s.summary(split)}")
     return out
+
+
+def command(*, out: Path = SAMPLE_SHARDS) -> int:
+    """Build the scikit-image sample shards (what `make train` without DATA trains on).
+
+    Args:
+        out: shard folder; nothing is rewritten if it already has shards.
+    """
+    ensure_sample_shards(out)
+    print(f"sample shards ready in {out}")
+    return 0

@@ -3,11 +3,10 @@
 Each image is decoded (EXIF orientation applied, converted to RGB), its short side capped
 (default 512 px), re-encoded as JPEG and written with webdataset's `ShardWriter` under a
 stable key. Unreadable files are skipped and counted, never fatal. Validation images go to
-their own `val-*.tar` shards: from `--val-src` if given, else a fixed hash-chosen fraction.
+their own `val-*.tar` shards: from `--val_src` if given, else a fixed hash-chosen fraction.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import math
@@ -15,7 +14,6 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import webdataset as wds
 from PIL import Image, ImageOps
@@ -115,24 +113,30 @@ def build_shards(src: Path, out: Path, *, val_src: Path | None = None, val_fract
             "val": write_split(val, out, "val", min_shards=1, **kw)}
 
 
-def main(argv: Iterable[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline shards", description=__doc__.split("\n\n")[0])
-    p.add_argument("--src", type=Path, required=True, help="folder of content images (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="output folder for train-*.tar and val-*.tar")
-    p.add_argument("--val-src", type=Path, default=None, help="separate folder of validation images")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="held-out fraction when --val-src is not given")
-    p.add_argument("--max-side", type=int, default=512, help="cap on the short side, px (default 512)")
-    p.add_argument("--min-shards", type=int, default=8, help="at least this many train shards (≥ ranks × workers)")
-    p.add_argument("--max-per-shard", type=int, default=1000)
-    args = p.parse_args(list(argv) if argv is not None else None)
+def command(*, src: Path, out: Path, val_src: Path | None = None, val_fraction: float = 0.05, max_side: int = 512,
+            min_shards: int = 8, max_per_shard: int = 1000) -> int:
+    """Write a folder of content photos as WebDataset shards (train-*.tar, val-*.tar).
+
+    Args:
+        src: folder of content images (searched recursively).
+        out: output folder for train-*.tar and val-*.tar.
+        val_src: separate folder of validation images (default: a fixed hash-chosen fraction of src).
+        val_fraction: held-out fraction when val_src is not given.
+        max_side: cap on the short side, px.
+        min_shards: at least this many train shards (≥ ranks × workers).
+        max_per_shard: at most this many images per shard.
+    """
     try:
-        stats = build_shards(args.src, args.out, val_src=args.val_src, val_fraction=args.val_fraction,
-                             max_side=args.max_side, min_shards=args.min_shards, max_per_shard=args.max_per_shard)
+        stats = build_shards(src, out, val_src=val_src, val_fraction=val_fraction, max_side=max_side,
+                             min_shards=min_shards, max_per_shard=max_per_shard)
     except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for split, s in stats.items():
         for line in s.skipped_files:
             print(f"skipped {line}", file=sys.stderr)
         print(s.summary(split))
     if stats["train"].images == 0:
-        sys.exit("error: no readable training image")
+        print("error: no readable training image", file=sys.stderr)
+        return 1
+    return 0

@@ -1,4 +1,4 @@
-"""Package exported runs as TorchServe archives: `python -m pipeline.export.archive [--name NAME]`.
+"""Package exported runs as TorchServe archives: `python -m pipeline archive [--name NAME]` (`make archive`).
 
 runs/NAME/export/{generator.pt|generator.pt2, metadata.json} → model_store/NAME.mar with
 - the handler `handlers/stylize_handler.py`;
@@ -10,7 +10,6 @@ Without --name every run with an export is archived. An existing .mar is replace
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -19,7 +18,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_archiver_error import ModelArchiverError
@@ -28,11 +27,13 @@ from model_archiver.model_packaging_utils import ModelExportUtils
 
 import pipeline
 import pipeline.serve
-from pipeline.serve.imaging import DEFAULT_MAX_PIXELS
-from pipeline.serve.inference import DEFAULT_MAX_SIDE
-from pipeline.serve.tiling import DEFAULT_MAX_MEMORY_MB
+from pipeline.serve.limits import DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
 HANDLER_MODULE = "handlers.stylize_handler"
+Serialized = Literal["pt", "pt2"]
+BATCH_SIZE = 1  # TorchServe batchSize: on 2 cores batching was slower (docs/benchmarks.md)
+MAX_BATCH_DELAY_MS = 50
+RESPONSE_TIMEOUT_S = 300
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts as a model name
 
 
@@ -69,8 +70,8 @@ def stage_extra_files(dest: Path, metadata: dict[str, Any]) -> None:
 
 
 def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: str | None = None,
-                serialized: str = "pt2", batch_size: int = 1, max_batch_delay_ms: int = 50,
-                response_timeout_s: int = 300, max_side: int = DEFAULT_MAX_SIDE,
+                serialized: Serialized = "pt2", batch_size: int = BATCH_SIZE, max_batch_delay_ms: int = MAX_BATCH_DELAY_MS,
+                response_timeout_s: int = RESPONSE_TIMEOUT_S, max_side: int = DEFAULT_MAX_SIDE,
                 max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> Path:
     """Archive `run_dir/export/` as `store/<name>.mar` (name defaults to the run folder's name)."""
     run_dir = Path(run_dir)
@@ -85,7 +86,7 @@ def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: st
     model_file, meta_file = export / f"generator.{serialized}", export / "metadata.json"
     for needed in (model_file, meta_file):
         if not needed.is_file():
-            raise FileNotFoundError(f"{needed} is missing: run `python -m pipeline.export.exporter --run {run_dir}` first")
+            raise FileNotFoundError(f"{needed} is missing: run `python -m pipeline export --run {run_dir}` first")
     metadata = json.loads(meta_file.read_text())
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
@@ -113,44 +114,39 @@ def exported_runs(runs: Path, serialized: str = "pt2") -> list[Path]:
     return sorted(p.parent.parent for p in runs.glob(f"*/export/generator.{serialized}") if (p.parent / "metadata.json").is_file())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.export.archive", description=__doc__.split("\n")[0])
-    parser.add_argument("--name", help="run name (runs/NAME); default: every run with an export")
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder (default: runs)")
-    parser.add_argument("--store", type=Path, default=Path("model_store"), help="output folder (default: model_store)")
-    parser.add_argument("--serialized", choices=("pt", "pt2"), default="pt2",
-                        help="model file to serve: pt2 (torch.export, the default: the fastest and leanest in docs/benchmarks.md) or pt (TorchScript)")
-    parser.add_argument("--batch-size", type=int, default=1, help="TorchServe batchSize (default 1)")
-    parser.add_argument("--max-batch-delay", type=int, default=50, help="TorchServe maxBatchDelay in ms (default 50)")
-    parser.add_argument("--response-timeout", type=int, default=300, help="seconds per batch before TorchServe "
-                        "restarts the worker (default 300: a 4K image on a small CPU takes a while)")
-    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, help=f"server cap on the longer side "
-                        f"(default {DEFAULT_MAX_SIDE})")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels "
-                        f"before decoding (default {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--max-memory", type=int, default=DEFAULT_MAX_MEMORY_MB, metavar="MB",
-                        help="activation memory per model call; larger images are stylized in tiles with "
-                             f"whole-image instance-norm statistics (default {DEFAULT_MAX_MEMORY_MB})")
-    args = parser.parse_args(argv)
-    run_dirs = [args.runs / args.name] if args.name else exported_runs(args.runs, args.serialized)
+def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path = Path("model_store"),
+            serialized: Serialized = "pt2", batch_size: int = BATCH_SIZE, max_batch_delay_ms: int = MAX_BATCH_DELAY_MS,
+            response_timeout_s: int = RESPONSE_TIMEOUT_S, max_side: int = DEFAULT_MAX_SIDE,
+            max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> int:
+    """Archive exported runs as TorchServe .mar files in STORE (an existing one is replaced atomically).
+
+    Args:
+        name: run name (RUNS/NAME); default: every run with an export.
+        runs: runs folder.
+        store: output folder of the .mar files.
+        serialized: model file to serve: pt2 (torch.export, the fastest and leanest in docs/benchmarks.md) or pt (TorchScript).
+        batch_size: TorchServe batchSize.
+        max_batch_delay_ms: TorchServe maxBatchDelay.
+        response_timeout_s: seconds per batch before TorchServe restarts the worker (a 4K image on a small CPU takes a while).
+        max_side: server cap on the longer side; larger images are downscaled.
+        max_pixels: refuse images with more pixels, before decoding.
+        max_memory_mb: activation memory per model call; larger images are stylized in tiles with whole-image
+            instance-norm statistics.
+    """
+    run_dirs = [runs / name] if name else exported_runs(runs, serialized)
     if not run_dirs:
-        print(f"nothing to archive: no {args.runs}/*/export/generator.{args.serialized}; run pipeline.export.exporter first",
+        print(f"nothing to archive: no {runs}/*/export/generator.{serialized}; run `make export NAME=<run>` first",
               file=sys.stderr)
         return 1
     failed = 0
     for run_dir in run_dirs:
         try:
-            mar = archive_run(run_dir, args.store, serialized=args.serialized, batch_size=args.batch_size,
-                              max_batch_delay_ms=args.max_batch_delay, response_timeout_s=args.response_timeout,
-                              max_side=args.max_side, max_pixels=args.max_pixels, max_memory_mb=args.max_memory)
+            mar = archive_run(run_dir, store, serialized=serialized, batch_size=batch_size,
+                              max_batch_delay_ms=max_batch_delay_ms, response_timeout_s=response_timeout_s,
+                              max_side=max_side, max_pixels=max_pixels, max_memory_mb=max_memory_mb)
         except (FileNotFoundError, ValueError, OSError, ModelArchiverError) as e:
             print(f"archive failed for {run_dir}: {e}", file=sys.stderr)
             failed += 1
             continue
         print(f"{run_dir} → {mar}")
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,9 @@
-"""Export a trained generator for serving: `python -m pipeline.export.exporter --run runs/NAME [--ckpt FILE]`.
+"""Export a trained generator for serving: `python -m pipeline export --run runs/NAME [--ckpt FILE]` (`make export`).
 
 Writes into `runs/NAME/export/`:
-- `generator.pt`  TorchScript (scripted, frozen), what the TorchServe handler loads by default;
-- `generator.pt2` `torch.export` program with dynamic batch, H and W;
+- `generator.pt`  TorchScript (scripted, frozen), loadable by any TorchServe / libtorch;
+- `generator.pt2` `torch.export` program with dynamic batch, H and W: what `make archive` packs and the
+  TorchServe handler serves by default (the fastest and leanest in docs/benchmarks.md);
 - `metadata.json` style, hyper-parameters, versions, git sha, export time, checkpoint step.
 Both model files also embed the same metadata as the extra file `metadata.json`.
 
@@ -10,7 +11,6 @@ Every file is checked against the eager generator on an odd-sized image before i
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import importlib.metadata
 import io
@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,8 @@ from torch import nn
 from pipeline.model.checkpoint import checkpoint_metadata, generator_from_checkpoint, read_checkpoint
 from pipeline.serve.model_io import METADATA_NAME, WEIGHTS_NAME, load_model, quiet_jit
 
-FORMATS = ("pt", "pt2")
+Format = Literal["pt", "pt2"]
+FORMATS: tuple[Format, ...] = ("pt", "pt2")
 EXAMPLE_SHAPE = (2, 3, 64, 96)  # batch 2 so torch.export does not specialize the batch size to 1
 CHECK_SHAPE = (1, 3, 37, 53)  # odd, non-square: exercises the pad/crop path
 CHECK_TOL = 1e-4
@@ -143,23 +144,19 @@ def export_run(run_dir: str | Path, ckpt: str | Path | None = None, formats: Seq
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.export.exporter", description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, type=Path, help="run directory, e.g. runs/NAME")
-    parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint (default: RUN/checkpoints/last.ckpt)")
-    parser.add_argument("--format", dest="formats", nargs="+", choices=FORMATS, default=list(FORMATS),
-                        help="what to write (default: both)")
-    args = parser.parse_args(argv)
+def command(*, run: Path, ckpt: Path | None = None, formats: tuple[Format, ...] = FORMATS) -> int:
+    """Export a run's generator (TorchScript .pt and torch.export .pt2, each verified) into RUN/export/.
+
+    Args:
+        run: run directory, e.g. runs/NAME.
+        ckpt: checkpoint to export (default: RUN/checkpoints/last.ckpt).
+        formats: what to write, e.g. --formats '[pt2]'.
+    """
     try:
-        written = export_run(args.run, args.ckpt, args.formats)
+        written = export_run(run, ckpt, formats)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
     for kind, path in written.items():
         print(f"{kind:8s} {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

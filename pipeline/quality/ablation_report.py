@@ -2,7 +2,6 @@
 figures, from trained variant runs (see pipeline/quality/ablation.py)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -90,28 +89,29 @@ def markdown_table(rows: list[dict[str, Any]], gatys: list[dict[str, Any]], size
     return "\n".join(lines) + "\n"
 
 
-def write_report(args: argparse.Namespace, variants: list[tuple[Any, Path]], out: Path) -> dict[str, Any]:
+def write_report(style: Path, variants: list[tuple[Any, Path]], out: Path, *, content: Path | None, limit: int,
+                 gatys_iters: list[int], eval_size: int, preset: str, steps: int) -> dict[str, Any]:
+    """Evaluate every (variant, run), write table.md, metrics.json and the figures into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    content = args.content or skimage_folder(out)
-    photos = list_photos(content, args.limit)
-    iters = [int(i) for i in args.gatys_iters.split(",")] if args.gatys_iters else []
+    photos = list_photos(content or skimage_folder(out), limit)
+    iters = list(gatys_iters)
     rows, models, gatys = [], {}, []
     for v, run in variants:
         ckpt = run / "checkpoints" / "last.ckpt"
         model, meta = load_model(ckpt)
         models[v.key] = model
         hp = meta.get("hyper_parameters") or {}
-        loss = build_loss(load_style(args.style, hp.get("style_size", 256)), hp)
+        loss = build_loss(load_style(style, hp.get("style_size", 256)), hp)
         n_gatys = 2 if (v.key == "res-in" and iters) else 0
-        result = evaluate(model, loss, photos, args.eval_size, out / v.key, n_gatys, iters, label=v.key)
+        result = evaluate(model, loss, photos, eval_size, out / v.key, n_gatys, iters, label=v.key)
         if n_gatys:
             gatys = result["gatys_mean"]
         rows.append({"key": v.key, "label": v.label, "run": str(run), "steps": meta.get("global_step"),
                      "train_seconds": train_seconds(run), "mean": result["mean"]})
     figs = write_figures(models, out)
-    table = markdown_table(rows, gatys, args.eval_size, len(photos))
+    table = markdown_table(rows, gatys, eval_size, len(photos))
     (out / "table.md").write_text(table)
-    report = {"style": str(args.style), "preset": args.preset, "steps": args.steps, "eval_size": args.eval_size,
+    report = {"style": str(style), "preset": preset, "steps": steps, "eval_size": eval_size,
               "photos": [p.name for p in photos], "variants": rows, "gatys": gatys, "figures": figs}
     (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
     print(table)

@@ -5,14 +5,13 @@ stylized output with the model's own training loss (same VGG layers, weights and
 weighted terms as training logs them), the model time per image, the contrast-invariance PSNR
 between g(x) and g(0.5·x + 0.25) (paper Fig. 2) and the border-artifact index (paper Fig. 3,
 see pipeline/quality/metrics.py). With `--gatys N` the first N photos also get the Gatys baseline at
-`--gatys-iters`, and loss / speed ratios. Writes `<out>/metrics.json` (per image and mean) and
+`--gatys_iters`, and loss / speed ratios. Writes `<out>/metrics.json` (per image and mean) and
 `<out>/report.html` (the image grid).
 
-    python -m pipeline evaluate --model runs/NAME/export/generator.pt --style style.jpg --content photos/ --out reports/NAME
+    python -m pipeline evaluate --model runs/NAME/export/generator.pt2 --style style.jpg --content photos/ --out reports/NAME
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import statistics
@@ -23,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from pipeline.quality.gatys import build_loss, optimize
+from pipeline.quality.gatys import GATYS_ITERS, build_loss, optimize
 from pipeline.serve.imaging import IMAGE_SUFFIXES, encode, load_image_file, load_style, resize_short
 from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.metrics import border_artifact_index, psnr
@@ -78,7 +77,7 @@ def evaluate(model: Callable, loss: PerceptualLoss, photos: list[Path], size: in
         save(out / "images" / f"{path.stem}-{label}.jpg", y)
         if i < gatys:
             row["gatys"] = []
-            for rec in optimize(loss, x, gatys_iters or [50, 100, 300]):
+            for rec in optimize(loss, x, gatys_iters or list(GATYS_ITERS)):
                 save(out / "images" / f"{path.stem}-gatys{rec['iters']}.jpg", rec.pop("image"))
                 rec["loss_ratio_model_over_gatys"] = round(row["total"] / rec["total"], 4)
                 rec["speed_ratio_gatys_over_model"] = round(rec["seconds"] / max(row["seconds"], 1e-9), 1)
@@ -126,37 +125,50 @@ def report_html(result: dict[str, Any]) -> str:
     return (f"<!doctype html><meta charset='utf-8'><title>{esc(label)}</title><h1>{esc(label)}</h1>"
             f"<p>resolution: short side {result['size']} px; contrast pair: g(x) vs g({result['contrast']['a']}·x + "
             f"{result['contrast']['b']})</p><table border=1><tr>{head}</tr><tr>{mean}</tr></table>"
-            f"<p>content | stylized{' | Gatys (50, 100, 300 it)' if result['gatys_mean'] else ''}</p>" + "".join(rows))
+            f"<p>content | stylized{gatys_caption(result['gatys_mean'])}</p>" + "".join(rows))
 
 
-def main(argv: list[str] | None = None) -> int:
+def gatys_caption(gatys_mean: list[dict[str, Any]]) -> str:
+    """' | Gatys (50, 100, 300 it)' with the iteration counts this report actually ran, or ''."""
+    return f" | Gatys ({', '.join(str(g['iters']) for g in gatys_mean)} it)" if gatys_mean else ""
+
+
+def command(*, model: Path, content: Path, out: Path, style: Path | None = None, size: int = 256,
+            limit: int | None = None, gatys: int = 0, gatys_iters: list[int] = list(GATYS_ITERS)) -> int:
+    """Measure a model on a folder of photos: losses, time, contrast PSNR, border index (+ Gatys).
+
+    Writes OUT/metrics.json and OUT/report.html.
+
+    Args:
+        model: .pt2, .pt or .ckpt.
+        content: folder of photos.
+        out: report folder.
+        style: style image (default: the model's training style, from its metadata).
+        size: short side the photos are resized to, px.
+        limit: evaluate the first N photos only.
+        gatys: run the Gatys baseline on the first N photos.
+        gatys_iters: Gatys iteration counts to record.
+    """
+    from pipeline.serve.memory import reuse_freed_memory
     from pipeline.serve.model_io import load_model
 
-    p = argparse.ArgumentParser(prog="python -m pipeline evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help=".pt, .pt2 or .ckpt")
-    p.add_argument("--style", type=Path, default=None, help="style image (default: the model's training style)")
-    p.add_argument("--content", type=Path, required=True, help="folder of photos")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--size", type=int, default=256, help="short side the photos are resized to (px)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N photos only")
-    p.add_argument("--gatys", type=int, default=0, help="run the Gatys baseline on the first N photos")
-    p.add_argument("--gatys-iters", default="50,100,300")
-    args = p.parse_args(argv)
-    if not args.model.is_file():
-        p.error(f"model {args.model} does not exist")
-    model, meta = load_model(args.model)
+    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
+    if not model.is_file():
+        print(f"error: model {model} does not exist", file=sys.stderr)
+        return 2
+    net, meta = load_model(model)
     hp = meta.get("hyper_parameters") or {}
-    style = args.style or (Path(hp["style_image"]) if hp.get("style_image") else None)
+    style = style or (Path(hp["style_image"]) if hp.get("style_image") else None)
     if style is None or not style.is_file():
-        p.error(f"style image {style} not found: pass --style")
+        print(f"error: style image {style} not found: pass --style", file=sys.stderr)
+        return 2
+    try:
+        photos = list_photos(content, limit)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     loss = build_loss(load_style(style, hp.get("style_size", 256)), hp)
-    photos = list_photos(args.content, args.limit)
-    result = evaluate(model, loss, photos, args.size, args.out, args.gatys,
-                      [int(i) for i in args.gatys_iters.split(",")])
+    result = evaluate(net, loss, photos, size, out, gatys, gatys_iters)
     print(json.dumps(result["mean"], indent=1))
-    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.html'}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,10 @@
 """Side-by-side figures (content | stylized) for the README and reports.
 
-`python -m pipeline figure --model runs/NAME/export/generator.pt --photo skimage:chelsea --out docs/images/x.jpg`
+`python -m pipeline figure --model runs/NAME/export/generator.pt2 --photo skimage:chelsea --out docs/images/x.jpg`
 `--photo` takes a file path or `skimage:<name>` (a public-domain photo scikit-image ships).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Sequence
 
@@ -43,18 +42,17 @@ def content_stylized(model_path: str | Path, photo: str, height: int = 256) -> I
     return side_by_side([x, model(x[None])[0].clamp(0, 1)])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline figure", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help=".pt, .pt2 or .ckpt")
-    p.add_argument("--photo", default="skimage:chelsea", help="a file or skimage:<name>")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig = content_stylized(args.model, args.photo, args.height)
-    fig.save(args.out, quality=88) if args.out.suffix.lower() in (".jpg", ".jpeg") else fig.save(args.out)
-    print(f"wrote {args.out} ({fig.width}×{fig.height})")
+def command(*, model: Path, out: Path, photo: str = "skimage:chelsea", height: int = 256) -> int:
+    """A content | stylized figure of one photo (for the README and reports).
 
-
-if __name__ == "__main__":
-    main()
+    Args:
+        model: .pt2, .pt or .ckpt.
+        out: figure file (.jpg or .png).
+        photo: a file or skimage:<name> (a public-domain photo scikit-image ships).
+        height: figure height, px.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = content_stylized(model, photo, height)
+    fig.save(out, quality=88) if out.suffix.lower() in (".jpg", ".jpeg") else fig.save(out)
+    print(f"wrote {out} ({fig.width}×{fig.height})")
+    return 0

@@ -4,33 +4,29 @@ Starts from the content photo and minimizes the same style + content + TV loss t
 feed-forward models are trained with (same layers, weights and VGG flavour), with L-BFGS (as
 Gatys et al.) or Adam, recording the loss terms and the elapsed time at chosen iterations.
 
-    python -m pipeline gatys --style starry_night.jpg --content photo.jpg --iters 50,100,300 --out gatys.png
+    python -m pipeline gatys --style starry_night.jpg --content photo.jpg --iters '[50,100,300]' --out gatys.png
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from pipeline.loss.losses import STYLE_LAYERS, PerceptualLoss
+from pipeline.loss.losses import LOSS_DEFAULTS, PerceptualLoss
 from pipeline.serve.imaging import encode, load_image_file, load_style, resize_short
 
-# The training defaults (pipeline/train/module.py): the baseline optimizes exactly what the models learn.
-DEFAULT_LOSS = dict(content_layer="relu2_2", style_weight=2e-5, content_weight=1e-5, tv_weight=1.0, vgg_flavour="caffe")
+GATYS_ITERS = (50, 100, 300)  # iteration counts recorded by default (here, in `evaluate` and the ablation)
 
 
 def build_loss(style: torch.Tensor, hparams: dict[str, Any] | None = None) -> PerceptualLoss:
-    """PerceptualLoss with a model's loss hyper-parameters (or the training defaults)."""
-    hp = {**DEFAULT_LOSS, **{k: v for k, v in (hparams or {}).items() if k in DEFAULT_LOSS}}
-    return PerceptualLoss(style, content_layer=hp["content_layer"], style_layers=STYLE_LAYERS,
-                          style_weight=hp["style_weight"], content_weight=hp["content_weight"],
-                          tv_weight=hp["tv_weight"], vgg_flavour=hp["vgg_flavour"],
-                          vgg_weights=(hparams or {}).get("vgg_weights")).eval()
+    """PerceptualLoss with a model's loss hyper-parameters, else the training defaults (LOSS_DEFAULTS):
+    the baseline optimizes exactly what the models learn."""
+    hp = {**LOSS_DEFAULTS, **{k: v for k, v in (hparams or {}).items() if k in LOSS_DEFAULTS}}
+    return PerceptualLoss(style, **hp, vgg_weights=(hparams or {}).get("vgg_weights")).eval()
 
 
 def optimize(loss: PerceptualLoss, content: torch.Tensor, checkpoints: list[int], optimizer: str = "lbfgs",
@@ -75,34 +71,37 @@ def optimize(loss: PerceptualLoss, content: torch.Tensor, checkpoints: list[int]
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
+def command(*, style: Path, content: Path, iters: list[int] = list(GATYS_ITERS), size: int = 256,
+            style_size: int = 256, optimizer: Literal["lbfgs", "adam"] = "lbfgs", out: Path | None = None) -> int:
+    """The slow baseline: optimize the pixels of one photo with the training loss (Gatys et al.).
 
-    p = argparse.ArgumentParser(prog="python -m pipeline gatys", description=__doc__.split("\n\n")[0])
-    p.add_argument("--style", type=Path, required=True)
-    p.add_argument("--content", type=Path, required=True)
-    p.add_argument("--iters", default="50,100,300", help="iteration counts to record (comma-separated)")
-    p.add_argument("--size", type=int, default=256, help="content resized so its short side is this (px)")
-    p.add_argument("--style-size", type=int, default=256, help="long side of the style image (as the cpu preset)")
-    p.add_argument("--optimizer", default="lbfgs", choices=("lbfgs", "adam"))
-    p.add_argument("--out", type=Path, default=None, help="write the final image here (PNG)")
-    args = p.parse_args(argv)
-    try:
-        iters = [int(i) for i in args.iters.split(",")]
-    except ValueError:
-        p.error(f"--iters {args.iters!r}: give comma-separated integers")
-    for path in (args.style, args.content):
+    Prints the loss terms and elapsed time at each iteration count as JSON lines.
+
+    Args:
+        style: style image.
+        content: content photo.
+        iters: iteration counts to record.
+        size: short side the content is resized to, px.
+        style_size: long side of the style image (as the cpu preset).
+        optimizer: lbfgs (as Gatys et al.) or adam.
+        out: write the final image here (PNG).
+    """
+    from pipeline.serve.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
+    for path in (style, content):
         if not path.is_file():
-            p.error(f"{path} does not exist")
-    content = resize_short(load_image_file(args.content)[None], args.size)
-    loss = build_loss(load_style(args.style, args.style_size))
-    records = optimize(loss, content, iters, args.optimizer)
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+    try:
+        records = optimize(build_loss(load_style(style, style_size)), resize_short(load_image_file(content)[None], size),
+                           iters, optimizer)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for r in records:
         print(json.dumps({k: v for k, v in r.items() if k != "image"}))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(encode(records[-1]["image"][0], None, "png")[0])
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(encode(records[-1]["image"][0], None, "png")[0])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.serve.limits import DEFAULT_MAX_PIXELS
+
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 FORMAT_ALIASES = {"jpg": "jpeg"}
-DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb cap, checked before any pixel is decoded
 # The file suffixes `decode` reads: the one list every command that takes a folder of images uses.
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 

@@ -5,39 +5,13 @@ bytes + options → `prepare` → `size_groups` / `run_batch` (model) → `finis
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
-from pipeline.serve.imaging import DEFAULT_MAX_PIXELS, BadImageRequest, DecodedImage, Options, decode, encode, limit_side, parse_options
-from pipeline.serve.tiling import generator_weights, memory_cap_bytes, stylize_tiled, tile_for_cap, untiled_bytes
-
-DEFAULT_MAX_SIDE = 4096  # longest side the model ever sees (4K); larger inputs are downscaled
-ENV_MAX_SIDE = "INSTYLE_MAX_SIDE"
-ENV_MAX_PIXELS = "INSTYLE_MAX_PIXELS"
-
-
-def server_limits(config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(max_side, max_pixels): environment ($INSTYLE_MAX_SIDE, $INSTYLE_MAX_PIXELS) over `config`
-    (the `handler:` section of the model's model-config.yaml) over the defaults."""
-    config = config or {}
-    env = os.environ if env is None else env
-
-    def pick(env_name: str, key: str, default: int) -> int:
-        raw = env.get(env_name) or config.get(key)
-        if raw in (None, ""):
-            return default
-        try:
-            value = int(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"{env_name if env.get(env_name) else key}={raw!r} is not an integer") from None
-        if value < 1:
-            raise ValueError(f"{key} must be ≥ 1, got {value}")
-        return value
-
-    return pick(ENV_MAX_SIDE, "max_side", DEFAULT_MAX_SIDE), pick(ENV_MAX_PIXELS, "max_pixels", DEFAULT_MAX_PIXELS)
-
+from pipeline.serve.imaging import BadImageRequest, DecodedImage, Options, decode, encode, limit_side, parse_options
+from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
+from pipeline.serve.tiling import generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
 
 def prepare(data: bytes, params: Mapping[str, str], max_side: int = DEFAULT_MAX_SIDE,
             max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[DecodedImage, Options]:

@@ -1,7 +1,7 @@
 """Offline stylization with the server's exact pre/post-processing.
 
-    python -m pipeline stylize --model runs/NAME/export/generator.pt [--format png|jpeg|webp]
-        [--quality Q] [--max-side N] [--max-memory MB] INPUT OUTPUT
+    python -m pipeline stylize --model runs/NAME/export/generator.pt2 [--format png|jpeg|webp]
+        [--quality Q] [--max_side N] [--max_memory_mb MB] INPUT OUTPUT
 
 INPUT a file → OUTPUT a file (format from --format, else from OUTPUT's suffix, else png).
 INPUT a folder → every image in it (by suffix, not recursive) → OUTPUT folder as STEM.EXT;
@@ -10,21 +10,21 @@ Same functions as the TorchServe handler (`pipeline.serve.inference`), so the pi
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from pipeline.serve.imaging import FORMAT_ALIASES, FORMATS, IMAGE_SUFFIXES, BadImageRequest
-from pipeline.serve.imaging import DEFAULT_MAX_PIXELS
-from pipeline.serve.inference import DEFAULT_MAX_SIDE, finish, prepare, run_batch
-from pipeline.serve.tiling import DEFAULT_MAX_MEMORY_MB, ENV_MAX_MEMORY
+from pipeline.serve.inference import finish, prepare, run_batch
+from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from pipeline.serve.memory import reuse_freed_memory
 from pipeline.serve.model_io import load_model
 
 SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+OutputFormat = Literal["png", "jpeg", "jpg", "webp"]  # FORMATS and FORMAT_ALIASES (pipeline.serve.imaging)
 
 
 def stylize_bytes(model: Any, data: bytes, params: dict[str, str], max_side: int = DEFAULT_MAX_SIDE,
@@ -46,39 +46,58 @@ def format_for(output: Path, requested: str | None) -> str:
     return suffix if suffix in FORMATS else "png"
 
 
-def _params(fmt: str, args: argparse.Namespace) -> dict[str, str]:
+def _params(fmt: str, quality: int | None, max_side: int | None) -> dict[str, str]:
+    """The request options, as the server receives them."""
     params = {"format": fmt}
-    if args.quality is not None:
-        params["quality"] = str(args.quality)
-    if args.max_side is not None:
-        params["max_side"] = str(args.max_side)
+    if quality is not None:
+        params["quality"] = str(quality)
+    if max_side is not None:
+        params["max_side"] = str(max_side)
     return params
 
 
-def _one(model: Any, src: Path, dst: Path, fmt: str, args: argparse.Namespace) -> None:
-    start = time.perf_counter()
-    data, _ = stylize_bytes(model, src.read_bytes(), _params(fmt, args), args.server_max_side,
-                            max_memory_mb=args.max_memory)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(data)
-    print(f"{src} → {dst} ({time.perf_counter() - start:.2f} s)")
+def command(input: Path, output: Path, *, model: Path, format: OutputFormat | None = None, quality: int | None = None,
+            max_side: int | None = None, server_max_side: int = DEFAULT_MAX_SIDE,
+            max_memory_mb: int | None = None) -> int:
+    """Stylize an image file, or every image in a folder, with the TorchServe handler's exact processing.
 
+    Exit code 0: all stylized; 1: some image failed (reported, the others are written); 2: usage or model error.
 
-def run(args: argparse.Namespace) -> int:
-    """Stylize a file or a folder; returns the exit code."""
-    src, dst = Path(args.input), Path(args.output)
+    Args:
+        input: image file or folder of images (by suffix, not recursive).
+        output: output file (format from --format, else its suffix, else png) or folder (STEM.EXT per image).
+        model: generator.pt2, generator.pt or a .ckpt.
+        format: output format (default: from OUTPUT's suffix, else png).
+        quality: jpeg/webp quality 1..100 (default 90).
+        max_side: downscale so the longer side is ≤ N.
+        server_max_side: cap on max_side, as the server's.
+        max_memory_mb: activation memory per image; larger images are stylized in tiles with whole-image
+            instance-norm statistics (default: $INSTYLE_MAX_MEMORY_MB, else 2048).
+    """
+    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
+    requested = FORMAT_ALIASES.get(format, format) if format else None
+    src, dst = Path(input), Path(output)
     if not src.exists():
         print(f"error: {src} does not exist", file=sys.stderr)
         return 2
     try:
-        model, meta = load_model(args.model)
+        net, meta = load_model(model)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
-    print(f"model {args.model}: style {meta.get('style_image')}, step {meta.get('global_step')}")
+    print(f"model {model}: style {meta.get('style_image')}, step {meta.get('global_step')}")
+
+    def one(path: Path, out: Path, fmt: str) -> None:
+        start = time.perf_counter()
+        data, _ = stylize_bytes(net, path.read_bytes(), _params(fmt, quality, max_side), server_max_side,
+                                max_memory_mb=max_memory_mb)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        print(f"{path} → {out} ({time.perf_counter() - start:.2f} s)")
+
     if src.is_file():
         try:
-            _one(model, src, dst, format_for(dst, args.format), args)
+            one(src, dst, format_for(dst, requested))
         except (BadImageRequest, OSError) as e:
             print(f"error: {src}: {e}", file=sys.stderr)
             return 1
@@ -86,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
     if dst.exists() and dst.resolve() == src.resolve():
         print("error: the output folder must differ from the input folder", file=sys.stderr)
         return 2
-    fmt = args.format or "png"
+    fmt = requested or "png"
     files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        print(f"error: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {src}", file=sys.stderr)
+        print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {src}", file=sys.stderr)
         return 1
     failed, written = [], set()
     for path in files:
@@ -97,40 +116,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             if out in written:  # e.g. a.jpg and a.png: never overwrite an output of this run
                 raise BadImageRequest(f"{out.name} was already written for another input with the same stem")
-            _one(model, path, out, fmt, args)
+            one(path, out, fmt)
             written.add(out)
         except (BadImageRequest, OSError) as e:
             print(f"skipped {path}: {e}", file=sys.stderr)
             failed.append(path)
     print(f"{len(files) - len(failed)} of {len(files)} images stylized into {dst}")
     return 1 if failed else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline stylize", description="Stylize images offline, "
-                                     "with the same processing as the TorchServe handler.")
-    parser.add_argument("--model", required=True, type=Path, help="generator.pt, generator.pt2 or a .ckpt")
-    parser.add_argument("--format", type=str.lower, choices=sorted(FORMATS) + sorted(FORMAT_ALIASES), default=None,
-                        help="output format (default: from OUTPUT's suffix, else png)")
-    parser.add_argument("--quality", type=int, default=None, help="jpeg/webp quality 1..100 (default 90)")
-    parser.add_argument("--max-side", type=int, default=None, help="downscale so the longer side is ≤ N")
-    parser.add_argument("--server-max-side", type=int, default=DEFAULT_MAX_SIDE,
-                        help=f"cap on --max-side, as the server's (default {DEFAULT_MAX_SIDE})")
-    parser.add_argument("--max-memory", type=int, default=None, metavar="MB",
-                        help=f"activation memory per image; larger images are stylized in tiles with whole-image "
-                             f"instance-norm statistics (default ${ENV_MAX_MEMORY} or {DEFAULT_MAX_MEMORY_MB})")
-    parser.add_argument("input", type=Path, help="image file or folder of images")
-    parser.add_argument("output", type=Path, help="output file or folder")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (0 ok, 1 some image failed, 2 usage/model error)."""
-    args = build_parser().parse_args(argv)
-    if args.format:
-        args.format = FORMAT_ALIASES.get(args.format, args.format)
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,19 +2,16 @@
 
 `run_batch` (pipeline.serve.inference) calls `stylize_tiled` for an image whose activations would exceed
 the memory cap ($INSTYLE_MAX_MEMORY_MB, the archive's `handler.max_memory_mb`, the CLI's
---max-memory). Bundled into the .mar next to inference.py; imports only torch.
+--max_memory_mb; pipeline.serve.limits). Imports only torch.
 """
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-ENV_MAX_MEMORY = "INSTYLE_MAX_MEMORY_MB"
-DEFAULT_MAX_MEMORY_MB = 2048  # activations of one call; above it an image is stylized in tiles
 
 # How it works.
 #
@@ -35,28 +32,6 @@ DEFAULT_MAX_MEMORY_MB = 2048  # activations of one call; above it an image is st
 IN_EPS = 1e-5  # nn.InstanceNorm2d's default, what the generator uses
 UNTILED_BYTES_PER_PIXEL = 800  # peak activation bytes per input pixel of one untiled call (measured)
 TILE_SCRATCH_BYTES_PER_PIXEL = 1200  # per pixel of one output tile, halo and all intermediates included
-
-
-def memory_cap_bytes(max_memory_mb: int | None = None, env: Mapping[str, str] | None = None,
-                     config: Mapping[str, Any] | None = None) -> int:
-    """The activation memory allowed for one model call, in bytes: the argument, else
-    $INSTYLE_MAX_MEMORY_MB, else `config["max_memory_mb"]` (the archive's model-config.yaml
-    `handler:` section), else 2048 MB."""
-    env = os.environ if env is None else env
-    source, raw = "max_memory_mb", max_memory_mb
-    if raw is None and env.get(ENV_MAX_MEMORY):
-        source, raw = ENV_MAX_MEMORY, env[ENV_MAX_MEMORY]
-    if raw is None and config and config.get("max_memory_mb") not in (None, ""):
-        raw = config["max_memory_mb"]
-    if raw is None:
-        raw = DEFAULT_MAX_MEMORY_MB
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{source}={raw!r} is not an integer (MB)") from None
-    if value < 1:
-        raise ValueError(f"{source} must be ≥ 1 MB, got {value}")
-    return value * 2**20
 
 
 def untiled_bytes(h: int, w: int, batch: int = 1) -> int:

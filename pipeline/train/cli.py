@@ -31,10 +31,12 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def run_cli(args: list[str] | None = None) -> LightningCLI:
-    """Run LightningCLI with the style module and content data module fixed (no class_path needed)."""
+def run_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Run LightningCLI with the style module and content data module fixed (no class_path needed).
+    `run=False`: no subcommand in `args`; only parse and instantiate the trainer, model and data."""
     reuse_freed_memory()  # a training step allocates ~2 GB afresh otherwise (pipeline.serve.memory)
-    return LightningCLI(StyleTransferModule, ContentDataModule, args=args,
-                        parser_kwargs={cmd: {"default_config_files": [str(BASE_CONFIG)]} for cmd in SUBCOMMANDS},
+    base = {"default_config_files": [str(BASE_CONFIG)]}
+    return LightningCLI(StyleTransferModule, ContentDataModule, args=args, run=run,
+                        parser_kwargs={cmd: base for cmd in SUBCOMMANDS} if run else base,
                         save_config_kwargs={"overwrite": True},  # a resumed run rewrites its resolved config
                         seed_everything_default=0)

@@ -1,0 +1,52 @@
+"""The serving limits and where each is read from: defined once, for the handler, the offline
+`stylize` command and the archiver.
+
+Precedence, highest first: an explicit argument (CLI option), the environment of the server
+($INSTYLE_*), the `handler:` section of the archive's model-config.yaml, the default here.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+DEFAULT_MAX_SIDE = 4096  # longest side the model ever sees (4K); larger inputs are downscaled
+DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb cap, checked before any pixel is decoded
+DEFAULT_MAX_MEMORY_MB = 2048  # activations of one model call; above it an image is stylized in tiles
+ENV_MAX_SIDE = "INSTYLE_MAX_SIDE"
+ENV_MAX_PIXELS = "INSTYLE_MAX_PIXELS"
+ENV_MAX_MEMORY = "INSTYLE_MAX_MEMORY_MB"
+
+
+def positive_int_setting(key: str, env_name: str, default: int, *, value: Any = None,
+                         env: Mapping[str, str] | None = None, config: Mapping[str, Any] | None = None) -> int:
+    """`value`, else $`env_name`, else `config[key]`, else `default`, as an integer ≥ 1; a clear
+    ValueError naming where a bad value came from."""
+    env = os.environ if env is None else env
+    source, raw = key, value
+    if raw is None and env.get(env_name):
+        source, raw = env_name, env[env_name]
+    if raw is None and config and config.get(key) not in (None, ""):
+        raw = config[key]
+    if raw is None:
+        return default
+    try:
+        number = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}={raw!r} is not an integer") from None
+    if number < 1:
+        raise ValueError(f"{source} must be ≥ 1, got {number}")
+    return number
+
+
+def server_limits(config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(max_side, max_pixels) of a server: environment over `config` over the defaults."""
+    return (positive_int_setting("max_side", ENV_MAX_SIDE, DEFAULT_MAX_SIDE, env=env, config=config),
+            positive_int_setting("max_pixels", ENV_MAX_PIXELS, DEFAULT_MAX_PIXELS, env=env, config=config))
+
+
+def memory_cap_bytes(max_memory_mb: int | None = None, env: Mapping[str, str] | None = None,
+                     config: Mapping[str, Any] | None = None) -> int:
+    """The activation memory allowed for one model call, in bytes (MB from the argument, the
+    environment, `config["max_memory_mb"]` or the default)."""
+    return positive_int_setting("max_memory_mb", ENV_MAX_MEMORY, DEFAULT_MAX_MEMORY_MB, value=max_memory_mb,
+                                env=env, config=config) * 2**20
