@@ -177,3 +177,32 @@ def test_huge_header_is_refused_as_a_bomb():
     with pytest.raises(BadImageRequest) as e:
         decode(bytes(raw))
     assert e.value.status == 413
+
+
+# ---- one list of image suffixes for every command --------------------------------------------
+
+DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what `decode` promises to read
+
+
+def test_every_folder_reading_command_takes_every_suffix_decode_reads(tmp_path, tmp_path_factory, capsys):
+    """Every file-name suffix PIL registers for a format `decode` reads is listed, and the shard
+    writer, `evaluate` and `stylize` all pick up a file of each (upper-case suffixes too)."""
+    from pipeline.__main__ import main as cli
+    from pipeline.data.shards import list_images
+    from pipeline.quality.evaluate import list_photos
+    from pipeline.serve.imaging import IMAGE_SUFFIXES
+    from test_serving_helpers import shared_export
+
+    registered = {ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODED_FORMATS}
+    common = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+    assert common <= registered and common <= set(IMAGE_SUFFIXES)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, ext in enumerate(sorted(common)):
+        name = f"img{i}{ext.upper() if i % 2 else ext}"
+        Image.fromarray(rng_image(20, 24, seed=i)).save(folder / name, format=Image.registered_extensions()[ext])
+        assert decode((folder / name).read_bytes()).size == (20, 24)
+    assert len(list_images(folder)) == len(list_photos(folder)) == len(common)
+    run = shared_export(tmp_path_factory)
+    assert cli(["stylize", "--model", str(run / "export" / "generator.pt2"), str(folder), str(tmp_path / "out")]) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == len(common)

@@ -76,6 +76,7 @@ def test_short_run_learns_logs_and_resumes(shards, style_image, vgg_weights):
     acc = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
     assert {"style", "content|stylized"} <= set(acc.Tags()["images"])
     assert any(t.startswith("train/") and "samples_per_sec" in t for t in acc.Tags()["scalars"])
+    assert scalars(run, "train/device/flops_per_sec")  # the module's flops_per_batch reached ThroughputMonitor
     assert scalars(run, "lr-Adam")
 
     # Resume: CKPT= continues from the saved step, with the optimizer state.
@@ -160,3 +161,40 @@ def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(
     assert min(s for s, _ in scalars(run, "train/total") if s > step) == step + 1
     skipped = scalars(run, "data/skipped_samples")
     assert skipped and skipped[-1][1] >= 1, "the corrupt sample was not counted in TensorBoard"
+
+
+def test_flops_per_batch_against_a_hand_count_of_the_layers(style_image, vgg_weights):
+    """What ThroughputMonitor's FLOP/s uses, against 2·Cin·Cout·k²·Hout·Wout summed over the convolutions
+    forward hooks see run, plus the Gram matrices' 2·C²·H·W (forward, and twice that backward)."""
+    from pipeline.data.datamodule import ContentBatch
+    from pipeline.loss.losses import STYLE_LAYERS
+    from pipeline.train.module import StyleTransferModule
+
+    module = StyleTransferModule(str(style_image), style_size=64)
+    x = torch.rand(2, 3, 32, 48)
+
+    def conv_flops(fn):
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append(
+            2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * o.shape[-2] * o.shape[-1]))
+            for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+        try:
+            return seen, fn()
+        finally:
+            for h in hooks:
+                h.remove()
+
+    gen, y = conv_flops(lambda: module.generator(x[:1]))  # grad enabled: the training layers
+    vgg_out, feats = conv_flops(lambda: module.loss.vgg(y))
+    vgg_content, _ = conv_flops(lambda: module.loss.vgg(x[:1], ["relu2_2"]))
+    assert (len(gen), len(vgg_out), len(vgg_content)) == (16, 10, 4)
+    grams = sum(2 * f.shape[1] ** 2 * f.shape[2] * f.shape[3] for k, f in feats.items() if k in STYLE_LAYERS)
+    forward = sum(gen) + sum(vgg_out) + sum(vgg_content) + grams
+    # backward: the generator's weights and inputs (not the photo's), the VGG's inputs only (frozen
+    # weights, no grad for the content branch), the Gram's two operands
+    backward = 2 * sum(gen) - gen[0] + sum(vgg_out) + 2 * grams
+    module.on_train_batch_start(ContentBatch(x, 0, ["a", "b"]), 0)
+    assert module.flops_per_batch == 2 * (forward + backward)
+    module.on_validation_batch_start(ContentBatch(x, 0, ["a", "b"]), 0)
+    # validation runs the generator's inference decoder (same function, regrouped arithmetic)
+    assert module.flops_per_batch == pytest.approx(2 * forward, rel=0.02)

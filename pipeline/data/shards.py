@@ -19,7 +19,7 @@ import webdataset as wds
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.serve.imaging import IMAGE_SUFFIXES
+from pipeline.serve.imaging import IMAGE_SUFFIXES, scaled_size
 
 
 
@@ -47,10 +47,9 @@ def encode_photo(data: bytes | Path, max_side: int = 512, quality: int = 95) -> 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
         im = ImageOps.exif_transpose(im)
         im = im.convert("RGB")
-        short = min(im.size)
-        if short > max_side:
-            scale = max_side / short
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+        if min(im.size) > max_side:  # PIL's Lanczos on the 8-bit photo, before its one JPEG encoding
+            h, w = scaled_size(im.height, im.width, max_side, "short")
+            im = im.resize((w, h), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=quality)
         return buf.getvalue()

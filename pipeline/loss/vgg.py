@@ -45,18 +45,19 @@ class VGGFeatures(nn.Module):
             from torchvision.models import VGG16_Weights  # downloads once into the torch hub cache
             features = vgg16(weights=VGG16_Weights.IMAGENET1K_V1).features[:23]
             mean, std = torch.tensor(_TV_MEAN), torch.tensor(_TV_STD)
-        self.features = features[: last + 1].eval().to(memory_format=torch.channels_last)
+        self.features = features[: last + 1].to(memory_format=torch.channels_last)
+        # Frozen by requires_grad=False. Its layers (conv, ReLU, max-pool) compute the same in train and
+        # eval mode, so it simply follows its parent's mode (a module forced into eval makes Lightning
+        # warn at every fit); a mode-dependent layer here would change that, hence the check.
+        moded = [type(m).__name__ for m in self.features if not isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d))]
+        if moded:
+            raise TypeError(f"VGG features hold layers whose output may depend on train/eval mode: {moded}")
         for p in self.features.parameters():
             p.requires_grad_(False)
         # (x - mean) / std with x in [0, 1]; for caffe std = 1/255 turns 0..1 into 0..255 minus mean.
         self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, 3, 1, 1), persistent=False)
         self._taps = {LAYERS[n]: n for n in layers}
-
-    def train(self, mode: bool = True) -> "VGGFeatures":
-        super().train(mode)
-        self.features.eval()  # VGG stays frozen (it has no norm layers, but be explicit)
-        return self
 
     def forward(self, x: torch.Tensor, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
         """{name: activation} for `layers` (default: all the layers given at construction); the

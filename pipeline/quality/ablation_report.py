@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.quality.evaluate import evaluate, list_photos
 from pipeline.quality.figures import load_photo, side_by_side
 from pipeline.quality.gatys import build_loss
-from pipeline.serve.imaging import load_style, resize_short
+from pipeline.serve.imaging import load_style, resize, resize_short
 from pipeline.serve.model_io import load_model
 from pipeline.data.sample_data import skimage_photo
 
@@ -60,10 +59,9 @@ def write_figures(models: dict[str, Any], out: Path) -> dict[str, str]:
         z = load_photo("skimage:chelsea")[None]
         small, large = resize_short(z, 512), resize_short(z, 1080)
         out512 = stylize(models["res-in"], small[0])
-        out1080 = F.interpolate(stylize(models["res-in"], large[0])[None], size=out512.shape[-2:], mode="bilinear",
-                                antialias=True, align_corners=False)[0]  # shown at the same size to compare
+        out1080 = resize(stylize(models["res-in"], large[0]), tuple(out512.shape[-2:]))  # shown at the same size
         figs["fig6_resolution"] = "content | stylized at 512 px | stylized at 1080 px (shown downscaled to 512)"
-        figure([small[0], out512, out1080.clamp(0, 1)], out / "fig6_resolution.jpg")
+        figure([small[0], out512, out1080], out / "fig6_resolution.jpg")
     return figs
 
 

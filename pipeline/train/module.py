@@ -1,11 +1,13 @@
 """LightningModule: one generator trained for one fixed style image with the perceptual loss."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.data.datamodule import ContentBatch
 from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT, VGG_FLAVOUR,
@@ -53,9 +55,34 @@ class StyleTransferModule(L.LightningModule):
         self.register_buffer("style", style, persistent=False)
         self._nonfinite = 0
         self.skipped_samples = 0  # corrupt samples the data stream skipped on this rank (checkpointed)
+        # FLOPs of the current batch, for ThroughputMonitor's FLOP/s; per-image counts by (stage, H, W)
+        self.flops_per_batch: int | None = None
+        self._image_flops: dict[tuple[bool, int, int], int] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)
+
+    def image_flops(self, images: torch.Tensor, backward: bool) -> int:
+        """FLOPs of one image of `images`' size through a training step (generator, loss, backward to
+        the generator's weights) or a validation step (forward only), counted by torch's
+        FlopCounterMode once per size on a copy of the generator (its state and the RNG untouched)."""
+        key = (backward, *images.shape[-2:])
+        if key not in self._image_flops:
+            generator, x = copy.deepcopy(self.generator), images[:1].detach()
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices), FlopCounterMode(display=False) as counter, \
+                    torch.set_grad_enabled(backward):
+                total = self.loss(generator(x), x)["total"]
+                if backward:
+                    torch.autograd.grad(total, [p for p in generator.parameters() if p.requires_grad])
+            self._image_flops[key] = counter.get_total_flops()
+        return self._image_flops[key]
+
+    def on_train_batch_start(self, batch: ContentBatch, batch_idx: int) -> None:
+        self.flops_per_batch = self.image_flops(batch.images, backward=True) * len(batch.images)
+
+    def on_validation_batch_start(self, batch: ContentBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.flops_per_batch = self.image_flops(batch.images, backward=False) * len(batch.images)
 
     def _terms(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.loss(self.generator(content), content)
