@@ -166,7 +166,7 @@ def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(
 def test_flops_per_batch_against_a_hand_count_of_the_layers(style_image, vgg_weights):
     """What ThroughputMonitor's FLOP/s uses, against 2·Cin·Cout·k²·Hout·Wout summed over the convolutions
     forward hooks see run, plus the Gram matrices' 2·C²·H·W (forward, and twice that backward)."""
-    from pipeline.data.datamodule import ContentBatch
+    from pipeline.data.samples import ContentBatch
     from pipeline.loss.losses import STYLE_LAYERS
     from pipeline.train.module import StyleTransferModule
 

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.data.datamodule import ContentBatch
+from pipeline.data.samples import ContentBatch
 from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT, VGG_FLAVOUR,
                                   PerceptualLoss)
 from pipeline.model.generators import build_generator
@@ -55,6 +55,7 @@ class StyleTransferModule(L.LightningModule):
         self.register_buffer("style", style, persistent=False)
         self._nonfinite = 0
         self.skipped_samples = 0  # corrupt samples the data stream skipped on this rank (checkpointed)
+        self.failed_shards = 0  # shards the data stream could not read on this rank (checkpointed)
         # FLOPs of the current batch, for ThroughputMonitor's FLOP/s; per-image counts by (stage, H, W)
         self.flops_per_batch: int | None = None
         self._image_flops: dict[tuple[bool, int, int], int] = {}
@@ -88,7 +89,7 @@ class StyleTransferModule(L.LightningModule):
         return self.loss(self.generator(content), content)
 
     def training_step(self, batch: ContentBatch, batch_idx: int) -> torch.Tensor | None:
-        self._count_skipped(batch.skipped)
+        self._count_data_losses(batch)
         terms = self._terms(batch.images)
         finite = bool(torch.isfinite(terms["total"]).item())
         # Every DDP rank must take the same decision, or the skipped rank hangs the all-reduce.
@@ -105,9 +106,11 @@ class StyleTransferModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=len(batch.images))
         return terms["total"]
 
-    def _count_skipped(self, skipped: int) -> None:
-        """Running total of corrupt samples skipped, summed over DDP ranks, in TensorBoard."""
-        self.skipped_samples += int(skipped)
+    def _count_data_losses(self, batch: ContentBatch) -> None:
+        """Running totals of corrupt samples and unreadable shards skipped, summed over DDP ranks."""
+        self.skipped_samples += int(batch.skipped)
+        self.failed_shards += int(batch.failed_shards)
+        self.log("data/failed_shards", float(self.failed_shards), reduce_fx="sum", sync_dist=True, batch_size=1)
         self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True,
                  batch_size=1)
 
@@ -133,7 +136,9 @@ class StyleTransferModule(L.LightningModule):
         for k in [k for k in sd if k.startswith("loss.")]:
             del sd[k]
         checkpoint["skipped_samples"] = self.skipped_samples
+        checkpoint["failed_shards"] = self.failed_shards
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_samples = int(checkpoint.get("skipped_samples", 0))
+        self.failed_shards = int(checkpoint.get("failed_shards", 0))
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
