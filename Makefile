@@ -1,9 +1,14 @@
-# The project's verbs. Every target runs from the repository root.
+# The project's verbs. Run from the repository root; outputs (runs/, model_store/, data/, reports/)
+# land in the current directory, the project's own files are found beside this Makefile.
+ROOT    := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
+CONFIGS := $(ROOT)pipeline/train/configs
 PY      ?= .venv/bin/python
 PRESET  ?= cpu
 STYLE   ?=
 NAME    ?= $(basename $(notdir $(STYLE)))
 DATA    ?=
+TRAIN_SHARDS ?=
+VAL_SHARDS   ?=
 CKPT    ?=
 ARGS    ?=
 SRC     ?=
@@ -15,7 +20,7 @@ BENCH_ARGS ?=
 .PHONY: help install test shards train tensorboard export archive serve stop loadtest eval ablation bench
 
 help:
-	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] | train STYLE=img [DATA=dir] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
+	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train STYLE=img [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
 	@echo "make tensorboard | export NAME=run | archive [NAME=run] | serve | stop | bench [BENCH_ARGS=--quick]"
 
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
@@ -28,15 +33,16 @@ test:
 	$(PY) -m pytest
 
 shards:
-	@test -n "$(SRC)" || { echo "usage: make shards SRC=<folder of photos> [VAL_SRC=<folder>] [OUT=data/shards/<name>]"; exit 2; }
-	$(PY) -m pipeline shards --src "$(SRC)" --out "$(OUT)" $(if $(VAL_SRC),--val_src "$(VAL_SRC)")
+	@test -n "$(SRC)" || { echo "usage: make shards SRC=<folder of photos> [VAL_SRC=<folder>] [OUT=data/shards/<name>] [WORKERS=<processes>]"; exit 2; }
+	$(PY) -m pipeline shards --src "$(SRC)" --out "$(OUT)" $(if $(VAL_SRC),--val_src "$(VAL_SRC)") $(if $(WORKERS),--workers $(WORKERS))
 
 train:
-	@test -n "$(STYLE)" || { echo "usage: make train STYLE=<style image> [DATA=<shard dir>] [NAME=<run>] [PRESET=cpu|gpu|paper] [CKPT=<ckpt>] [ARGS='...']"; exit 2; }
-	@test -f "pipeline/train/configs/$(PRESET).yaml" || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
-	$(PY) -m pipeline fit --config pipeline/train/configs/$(PRESET).yaml \
+	@test -n "$(STYLE)" || { echo "usage: make train STYLE=<style image> [DATA=<shard dir> | TRAIN_SHARDS=<spec> VAL_SHARDS=<spec>] [NAME=<run>] [PRESET=cpu|gpu|paper] [CKPT=<ckpt>] [ARGS='...']"; exit 2; }
+	@test -f "$(CONFIGS)/$(PRESET).yaml" -a "$(PRESET)" != base || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
+	$(PY) -m pipeline fit --config "$(CONFIGS)/$(PRESET).yaml" \
 		--model.style_image="$(STYLE)" --trainer.logger.init_args.name="$(NAME)" \
-		$(if $(DATA),--data.data_dir="$(DATA)") $(if $(CKPT),--ckpt_path="$(CKPT)") $(ARGS)
+		$(if $(DATA),--data.data_dir="$(DATA)") $(if $(TRAIN_SHARDS),--data.train_shards="$(TRAIN_SHARDS)") \
+		$(if $(VAL_SHARDS),--data.val_shards="$(VAL_SHARDS)") $(if $(CKPT),--ckpt_path="$(CKPT)") $(ARGS)
 
 tensorboard:
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port $(TB_PORT)

@@ -77,7 +77,7 @@ class ContentDataModule(L.LightningDataModule):
         self.train_urls = resolve_shards(hp.train_shards, "train") if hp.train_shards else folder_shards(self.data_dir, "train")
         self.val_urls = resolve_shards(hp.val_shards, "val") if hp.val_shards else folder_shards(self.data_dir, "val")
         if not hasattr(self, "val_samples"):
-            self.val_samples = sum(1 for _ in self._val_dataset())
+            self.val_samples = sum(len(batch.keys) for batch in self._val_dataset())
             if self.val_samples == 0:
                 raise ValueError(f"the validation shards ({self.val_urls[0]}, ...) hold no readable sample: "
                                  "validation, and the checkpoint that monitors its loss, would have nothing to use")

@@ -1,0 +1,108 @@
+"""Real training runs in the configurations users scale to: DDP with DataLoader workers through
+`make train`, shards over HTTP with a missing one, two torchrun "nodes", bf16-mixed and the step LR."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_data_scale import LoopbackFiles, write_case
+from test_train import TINY, scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def last_ckpt(runs: Path, name: str) -> dict:
+    return torch.load(runs / name / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def run(cmd: list[str], timeout: int = 600, **kw) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n--- stderr ---\n{res.stderr[-4000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def three_shards(tmp_path_factory) -> Path:
+    return write_case(tmp_path_factory.mktemp("data") / "s3", 3)
+
+
+def test_make_train_ddp_two_ranks_two_workers_two_epochs(three_shards, style_image, vgg_weights, tmp_path):
+    """`make train` under DDP (2 processes, gloo) with 2 DataLoader workers each, 3 shards that do not
+    divide over 2 ranks × 2 workers, two epochs: exactly 2 × steps_per_epoch steps, no hang."""
+    args = " ".join(TINY[2:] + ["--data.num_workers=2", "--data.steps_per_epoch=3", "--trainer.max_steps=-1",
+                                "--trainer.max_epochs=2", "--trainer.strategy=ddp", "--trainer.devices=2",
+                                f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])
+    res = run(["make", "train", f"PY={sys.executable}", f"STYLE={style_image}", f"DATA={three_shards}",
+               "NAME=ddp_workers", f"ARGS={args}"], timeout=900)
+    assert "MEMBER: 2/2" in res.stdout + res.stderr, "rank 1 never joined the process group"
+    ckpt = last_ckpt(tmp_path / "runs", "ddp_workers")
+    assert (ckpt["global_step"], ckpt["epoch"]) == (6, 1)
+
+
+def test_training_from_http_shards_survives_a_404(three_shards, style_image, vgg_weights, tmp_path):
+    """TRAIN_SHARDS / VAL_SHARDS as URLs from a loopback HTTP server; one listed shard does not exist:
+    it is warned about, counted in TensorBoard, and the run finishes."""
+    with LoopbackFiles(three_shards) as files:
+        run(["make", "train", f"PY={sys.executable}", f"STYLE={style_image}", "NAME=http",
+             f"TRAIN_SHARDS={files.url}/train-{{000000..000003}}.tar", f"VAL_SHARDS={files.url}/val-000000.tar",
+             "ARGS=" + " ".join(TINY[2:] + ["--data.steps_per_epoch=6", "--trainer.max_steps=12",
+                                             f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])])
+    assert last_ckpt(tmp_path / "runs", "http")["global_step"] == 12
+    failed = scalars(tmp_path / "runs" / "http", "data/failed_shards")
+    assert failed and failed[-1][1] >= 1, "the 404 shard was not counted"
+
+
+def test_two_torchrun_nodes_train_from_url_shards(three_shards, style_image, vgg_weights, tmp_path):
+    """Multi-node on one machine: two `torchrun --nnodes=2` "nodes" (rendezvous on 127.0.0.1, gloo)
+    train from HTTP shards; both finish and the checkpoint has the configured step."""
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    port = free_port()
+    with LoopbackFiles(three_shards) as files:
+        fit = ["-m", "pipeline", "fit", *TINY, f"--model.style_image={style_image}",
+               f"--data.train_shards={files.url}/train-{{000000..000002}}.tar",
+               f"--data.val_shards={files.url}/val-000000.tar", "--data.steps_per_epoch=2", "--trainer.max_steps=4",
+               "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=1", "--trainer.num_nodes=2",
+               f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.logger.init_args.name=nodes"]
+        nodes = [subprocess.Popen([torchrun, "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+                                   "--master_addr=127.0.0.1", f"--master_port={port}", *fit], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 for rank in (0, 1)]
+        try:
+            logs = [node.communicate(timeout=600)[0] for node in nodes]
+        finally:
+            for node in nodes:
+                if node.poll() is None:
+                    node.kill()
+    for rank, (node, log) in enumerate(zip(nodes, logs)):
+        assert node.returncode == 0, f"node {rank}:\n{log[-3000:]}"
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in log, log[-2000:]
+    assert last_ckpt(tmp_path / "runs", "nodes")["global_step"] == 4
+
+
+def test_bf16_mixed_and_step_lr_on_the_cpu(three_shards, style_image, vgg_weights, tmp_path):
+    """The gpu preset's precision (bf16-mixed autocast; Gram matrices stay fp32) runs on the CPU too,
+    and lr_schedule=step drops the LR ×0.1 at 2/3 of max_steps. Correctness, not speed."""
+    run([sys.executable, "-m", "pipeline", "fit", *TINY, f"--model.style_image={style_image}",
+         f"--data.data_dir={three_shards}", "--trainer.precision=bf16-mixed", "--model.lr_schedule=step",
+         "--trainer.max_steps=3", "--data.steps_per_epoch=3",
+         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.logger.init_args.name=bf16"])
+    ckpt = last_ckpt(tmp_path / "runs", "bf16")
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())  # fp32 master
+    lrs = dict(scalars(tmp_path / "runs" / "bf16", "lr-Adam"))
+    assert lrs[0] == pytest.approx(1e-3) and lrs[2] == pytest.approx(1e-4)  # step_size = 2 * 3 // 3 = 2
+    assert ckpt["lr_schedulers"][0]["step_size"] == 2 and ckpt["lr_schedulers"][0]["gamma"] == pytest.approx(0.1)
