@@ -212,3 +212,23 @@ def test_inference_failure_is_reported_per_request(served):
     finally:
         handler.model = original
     assert "inference failed" in _error(res, 500)
+
+
+@pytest.mark.parametrize("error, status", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 507),
+    (MemoryError(), 507),
+    (RuntimeError("expected memory format channels_last"), 500),  # says "memory", is not out of memory
+])
+def test_out_of_memory_is_told_by_the_exception_type(served, error, status):
+    handler, context = served
+
+    def failing(x):
+        raise error
+
+    original, handler.model = handler.model, failing
+    try:
+        (res,) = run_handler(handler, context, [ts_request(encode_pil(rng_image(8, 8)))])
+    finally:
+        handler.model = original
+    message = _error(res, status)
+    assert ("too large for this server's memory" in message) == (status == 507), message
