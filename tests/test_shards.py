@@ -1,4 +1,4 @@
-"""Shard writer round trip, corrupt input, and the data module's streams."""
+"""Shard writer round trip, corrupt input, workers, resume, and the data module's streams."""
 from __future__ import annotations
 
 import io
@@ -12,6 +12,7 @@ from PIL import Image
 from pipeline.data.datamodule import ContentDataModule
 from pipeline.data.sample_data import skimage_photo
 from pipeline.__main__ import main as cli
+from pipeline.data import shards as writer
 from pipeline.data.shards import build_shards
 
 
@@ -62,6 +63,116 @@ def test_missing_source_and_empty_source_fail_clearly(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli(["shards", "--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no image files" in capsys.readouterr().err
+    assert cli(["shards", "--src", str(make_photos(tmp_path / "src", n=1)), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "workers must be ≥ 1" in capsys.readouterr().err
+
+
+def make_folder(folder, n=29):
+    """n small photos (short sides 30..) plus one corrupt file, sorted in among them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        img = Image.fromarray(rng.integers(0, 255, (30 + i, 50, 3), dtype=np.uint8))
+        img.save(folder / (f"p{i:02d}.png" if i % 2 else f"p{i:02d}.jpg"))
+    (folder / "p07x.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return folder
+
+
+def tars(out):
+    """{name: bytes} of every shard in `out`."""
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
+def counting_encoder(monkeypatch, fail_at=None):
+    """Count calls to the encoder (workers=1 runs it in-process); raise a Ctrl-C-like error at call `fail_at`."""
+    calls, real = [], writer.encode_photo
+
+    def encode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise Interrupted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "encode_photo", encode)
+    return calls
+
+
+class Interrupted(BaseException):
+    """Like KeyboardInterrupt: not an unreadable image, so it stops the run."""
+
+
+def split(folder, out, **kw):
+    items = [(writer.sample_key(p, folder), p) for p in writer.list_images(folder)]
+    kw = {"max_side": 32, "min_shards": 1, "max_per_shard": 8, "progress": False, "workers": 1, **kw}
+    return writer.write_split(items, out, "train", **kw)
+
+
+def test_one_or_two_workers_write_identical_shards_and_report_the_corrupt_file(tmp_path, capsys):
+    src = make_folder(tmp_path / "src")
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        args = ["--max_side", "32", "--min_shards", "3", "--max_per_shard", "8", "--val_fraction", "0.2"]
+        assert cli(["shards", "--src", str(src), "--out", str(out), "--workers", str(workers), *args]) == 0
+        printed = capsys.readouterr()
+        assert printed.err.count("skipped p07x: UnidentifiedImageError") == 1
+        assert f"img/s, workers={workers})" in printed.out and "1 skipped" in printed.out
+        outputs.append(tars(out))
+    assert len(outputs[0]) >= 4 and outputs[0] == outputs[1]  # same names, same bytes
+    keys = sorted(m.rsplit(".", 1)[0] for tar in (tmp_path / "w2").glob("*.tar") for m in read_tar(tar))
+    assert keys == sorted(f"p{i:02d}" for i in range(29))
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_shards(tmp_path, monkeypatch):
+    src = make_folder(tmp_path / "src")
+    reference = split(src, tmp_path / "ref")
+    out = tmp_path / "out"
+    counting_encoder(monkeypatch, fail_at=12)  # 30 files, 8 per shard: dies inside the second shard
+    with pytest.raises(Interrupted):
+        split(src, out)
+    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar"]
+    (out / ".train-000002.tar.tmp").write_bytes(b"left by a kill -9")  # no except clause runs then
+    kept = (out / "train-000000.tar").stat()
+
+    calls = counting_encoder(monkeypatch)
+    stats = split(src, out)
+    assert len(calls) == 30 - 8 and (stats.reused, stats.written) == (1, 3)
+    assert (out / "train-000000.tar").stat().st_ino == kept.st_ino  # kept, not rewritten
+    assert (out / "train-000000.tar").stat().st_mtime_ns == kept.st_mtime_ns
+    assert tars(out) == tars(tmp_path / "ref") and not list(out.glob(".*tmp"))
+    assert stats.skipped_files == reference.skipped_files and stats.images == reference.images == 29
+
+    (out / "train-000002.tar").unlink()  # a lost shard: only it is encoded again
+    calls.clear()
+    stats = split(src, out)
+    assert len(calls) == 8 and (stats.reused, stats.written) == (3, 1) and tars(out) == tars(tmp_path / "ref")
+    assert split(src, out).written == 0
+
+
+def test_changed_settings_or_files_reencode_what_they_affect(tmp_path, monkeypatch):
+    src = make_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    split(src, out)
+    calls = counting_encoder(monkeypatch)
+    split(src, out, max_side=24)  # new settings: every shard
+    assert len(calls) == 30
+    for data in (m for tar in out.glob("*.tar") for m in read_tar(tar).values()):
+        assert min(Image.open(io.BytesIO(data)).size) == 24
+
+    for p in writer.list_images(src)[-7:]:  # 23 files left: shards of 8, 8, 7
+        p.unlink()
+    calls.clear()
+    stats = split(src, out, max_side=24)
+    assert len(calls) == 7 and (stats.reused, stats.written) == (2, 1)  # only the shard that changed
+    assert sorted(p.name for p in out.glob("train-*")) == [f"train-00000{i}.tar" for i in range(3)]
+    assert sorted(p.name for p in out.glob(".*")) == [f".train-00000{i}.tar.json" for i in range(3)]
+
+    Image.new("RGB", (60, 40), "red").save(src / "p01.png")  # an edited photo: its shard only
+    calls.clear()
+    stats = split(src, out, max_side=24)
+    assert len(calls) == 8 and (stats.reused, stats.written) == (2, 1)
+    split(src, tmp_path / "fresh", max_side=24)
+    assert tars(out) == tars(tmp_path / "fresh")  # no stale shard survived any of the changes
 
 
 def test_datamodule_streams_crops_and_fixed_validation(tmp_path):
