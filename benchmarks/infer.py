@@ -16,7 +16,6 @@ reference's. Variants:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time

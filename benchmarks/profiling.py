@@ -12,7 +12,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import SIZES, make_run, photo

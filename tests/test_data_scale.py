@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.data.datamodule import ContentDataModule
 from pipeline.data.samples import MAX_CONSECUTIVE_SHARD_FAILURES
-from pipeline.data.shards import write_split
+from pipeline.data.shard_writer import write_split
 from pipeline.data.sources import resolve_shards
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.data.datamodule import ContentDataModule
 from pipeline.data.sample_data import skimage_photo
 from pipeline.__main__ import main as cli
-from pipeline.data import shards as writer
+from pipeline.data import shard_writer as writer, shards
 from pipeline.data.shards import build_shards
 
 
@@ -102,7 +102,7 @@ class Interrupted(BaseException):
 
 
 def split(folder, out, **kw):
-    items = [(writer.sample_key(p, folder), p) for p in writer.list_images(folder)]
+    items = [(shards.sample_key(p, folder), p) for p in shards.list_images(folder)]
     kw = {"max_side": 32, "min_shards": 1, "max_per_shard": 8, "progress": False, "workers": 1, **kw}
     return writer.write_split(items, out, "train", **kw)
 
@@ -159,7 +159,7 @@ def test_changed_settings_or_files_reencode_what_they_affect(tmp_path, monkeypat
     for data in (m for tar in out.glob("*.tar") for m in read_tar(tar).values()):
         assert min(Image.open(io.BytesIO(data)).size) == 24
 
-    for p in writer.list_images(src)[-7:]:  # 23 files left: shards of 8, 8, 7
+    for p in shards.list_images(src)[-7:]:  # 23 files left: shards of 8, 8, 7
         p.unlink()
     calls.clear()
     stats = split(src, out, max_side=24)

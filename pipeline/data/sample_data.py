@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.shards import ShardStats, write_split
+from pipeline.data.shard_writer import ShardStats, write_split
 
 TRAIN = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "moon",
          "coins", "brick", "grass", "gravel", "clock")

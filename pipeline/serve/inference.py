@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from pipeline.serve.imaging import BadImageRequest, DecodedImage, Options, decode, encode, limit_side, parse_options
+from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_side, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
 from pipeline.serve.tiling import generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
 
