@@ -17,7 +17,7 @@ OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
 TB_PORT ?= 6006
 BENCH_ARGS ?=
 
-.PHONY: help install test shards train tensorboard export archive serve stop loadtest eval ablation bench
+.PHONY: help install test shards train tensorboard export import archive serve stop loadtest eval ablation bench
 
 help:
 	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train STYLE=img [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
@@ -26,7 +26,7 @@ help:
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
 install:
 	python3 -m venv .venv
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,onnx]'
 	$(PY) -m pipeline vgg-weights
 
 test:
@@ -51,6 +51,12 @@ tensorboard:
 export:
 	@test -n "$(NAME)" || { echo "usage: make export NAME=<run in runs/> [ARGS='--ckpt FILE --formats [pt]']"; exit 2; }
 	$(PY) -m pipeline export --run "runs/$(NAME)" $(ARGS)
+
+# A model trained elsewhere (pytorch/examples fast_neural_style .pth) -> runs/NAME/export/, like our own runs.
+MODEL ?=
+import:
+	@test -n "$(MODEL)" -a -n "$(NAME)" || { echo "usage: make import MODEL=<candy.pth> NAME=<run> [ARGS='--formats [pt2]']"; exit 2; }
+	$(PY) -m pipeline import --source pytorch-examples --model "$(MODEL)" --name "$(NAME)" $(ARGS)
 
 # runs/NAME/export -> model_store/NAME.mar (replaced if present); no NAME: every exported run
 archive:

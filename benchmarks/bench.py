@@ -31,7 +31,7 @@ QUICK_REPEATS = {"256": (1, 3, 2), "512": (1, 2, 1)}
 TRAIN_STEPS = {128: (1, 4), 256: (1, 3)}  # (warm-up, timed) steps
 QUICK_TRAIN_STEPS = {128: (1, 2)}
 SECTIONS = ("infer", "train", "serve", "tiling")
-DEFAULT_VARIANTS = ("reference", "eager", "torchscript", "export")
+DEFAULT_VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime")
 
 
 def style_path(work: Path) -> Path:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="instyle-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        log("exporting the benchmark generator (.pt, .pt2)")
+        log("exporting the benchmark generator (.pt, .pt2, .onnx)")
         run = make_run(work / "runs" / "bench")
         if "infer" in sections:
             results["inference"], results["same_output_max_abs_diff"] = bench_inference(run, work, variants, args.quick, log)

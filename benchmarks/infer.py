@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.common import SIZES, current_rss_mb, generator_gflop, peak_rss_mb, photo
 
-VARIANTS = ("reference", "eager", "torchscript", "export", "compile")
+VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime", "compile")
 
 
 def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], Any]]:
@@ -35,16 +35,18 @@ def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tenso
 
     ckpt = run / "checkpoints" / "last.ckpt"
     if variant == "reference":
-        from benchmarks.reference import ReferenceNet, load_from_generator
+        from benchmarks.reference import reference_for
 
         generator, _ = load_model(ckpt)
-        return load_from_generator(ReferenceNet(), generator).eval(), torch.no_grad
+        return reference_for(generator).eval(), torch.no_grad
     if variant == "eager":
         return load_model(ckpt)[0], torch.inference_mode
     if variant == "torchscript":
         return load_model(run / "export" / "generator.pt")[0], torch.inference_mode
     if variant == "export":
         return load_model(run / "export" / "generator.pt2")[0], torch.inference_mode
+    if variant == "onnxruntime":  # the exported .onnx in ONNX Runtime's CPU provider, as many threads as cores
+        return load_model(run / "export" / "generator.onnx")[0], torch.inference_mode
     if variant == "compile":
         generator, _ = load_model(ckpt)
         return torch.compile(generator, dynamic=False), torch.no_grad

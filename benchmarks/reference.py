@@ -64,17 +64,19 @@ class RefResidual(nn.Module):
 
 
 class ReferenceNet(nn.Module):
-    """3 → 32 (9×9) → 64 (s2) → 128 (s2) → 5 residual blocks → up 64 → up 32 → 3 (9×9) → sigmoid."""
+    """3 → 32 (9×9) → 64 (s2) → 128 (s2) → 5 residual blocks → up 64 → up 32 → 3 (9×9) → sigmoid
+    (channel counts for `width` 32; they scale with it, as the forks that ship narrower networks)."""
 
-    def __init__(self):
+    def __init__(self, width: int = 32, n_residual: int = 5):
         super().__init__()
-        self.conv1, self.in1 = RefConv(3, 32, 9), nn.InstanceNorm2d(32, affine=True)
-        self.conv2, self.in2 = RefConv(32, 64, 3, 2), nn.InstanceNorm2d(64, affine=True)
-        self.conv3, self.in3 = RefConv(64, 128, 3, 2), nn.InstanceNorm2d(128, affine=True)
-        self.res = nn.Sequential(*[RefResidual(128) for _ in range(5)])
-        self.up1, self.in4 = RefUpConv(128, 64, 3), nn.InstanceNorm2d(64, affine=True)
-        self.up2, self.in5 = RefUpConv(64, 32, 3), nn.InstanceNorm2d(32, affine=True)
-        self.conv_out = RefConv(32, 3, 9)
+        w1, w2, w3 = width, 2 * width, 4 * width
+        self.conv1, self.in1 = RefConv(3, w1, 9), nn.InstanceNorm2d(w1, affine=True)
+        self.conv2, self.in2 = RefConv(w1, w2, 3, 2), nn.InstanceNorm2d(w2, affine=True)
+        self.conv3, self.in3 = RefConv(w2, w3, 3, 2), nn.InstanceNorm2d(w3, affine=True)
+        self.res = nn.Sequential(*[RefResidual(w3) for _ in range(n_residual)])
+        self.up1, self.in4 = RefUpConv(w3, w2, 3), nn.InstanceNorm2d(w2, affine=True)
+        self.up2, self.in5 = RefUpConv(w2, w1, 3), nn.InstanceNorm2d(w1, affine=True)
+        self.conv_out = RefConv(w1, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.in1(self.conv1(x)))
@@ -84,6 +86,13 @@ class ReferenceNet(nn.Module):
         y = F.relu(self.in4(self.up1(y)))
         y = F.relu(self.in5(self.up2(y)))
         return torch.sigmoid(self.conv_out(y))
+
+
+def reference_for(generator: nn.Module) -> ReferenceNet:
+    """A ReferenceNet of the generator's width and depth with its weights."""
+    sd = generator.state_dict()
+    n_res = len({k.split(".")[1] for k in sd if k.startswith("res.")})
+    return load_from_generator(ReferenceNet(sd["down.0.0.1.weight"].shape[0], n_res), generator)
 
 
 def load_from_generator(ref: ReferenceNet, generator: nn.Module) -> ReferenceNet:

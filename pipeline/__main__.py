@@ -18,6 +18,7 @@ TOOLS = {
     "vgg-weights": "pipeline.loss.vgg_weights",
     "export": "pipeline.export.exporter",
     "archive": "pipeline.export.archive",
+    "import": "pipeline.export.importer",
     "stylize": "pipeline.serve.stylize",
     "evaluate": "pipeline.quality.evaluate",
     "gatys": "pipeline.quality.gatys",

@@ -20,7 +20,7 @@ from pipeline.export.exporter import export_run
 from pipeline.model.generators import build_generator
 
 HPARAMS = dict(style_image="styles/mosaic.jpg", style_size=512, arch="residual", norm="instance", padding="reflect",
-               upsample="nearest", content_layer="relu2_2", style_weight=3e-4, content_weight=1e-5, tv_weight=1.0,
+               upsample="nearest", width=32, n_residual=5, content_layer="relu2_2", style_weight=3e-4, content_weight=1e-5, tv_weight=1.0,
                vgg_flavour="caffe", vgg_weights=None, lr=1e-3, lr_schedule="none",
                max_nonfinite=10)
 
@@ -29,7 +29,7 @@ def make_checkpoint(run_dir: Path, seed: int = 0, global_step: int = 42, **overr
     """Write run_dir/checkpoints/last.ckpt as training would (generator.* weights, no VGG)."""
     hp = {**HPARAMS, **overrides}
     torch.manual_seed(seed)
-    extra = {"upsample": hp["upsample"]} if hp["arch"] == "residual" else {}
+    extra = {k: hp[k] for k in ("upsample", "width", "n_residual") if k in hp} if hp["arch"] == "residual" else {}
     generator = build_generator(hp["arch"], norm=hp["norm"], padding=hp["padding"], **extra)
     with torch.no_grad():  # move the affine norm parameters off 1/0 so they matter in comparisons
         for p in generator.parameters():

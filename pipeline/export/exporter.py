@@ -4,8 +4,10 @@ Writes into `runs/NAME/export/`:
 - `generator.pt`  TorchScript (scripted, frozen), loadable by any TorchServe / libtorch;
 - `generator.pt2` `torch.export` program with dynamic batch, H and W: what `make archive` packs and the
   TorchServe handler serves by default (the fastest and leanest in docs/benchmarks.md);
+- `generator.onnx` ONNX (opset 18, dynamic batch, H and W, live InstanceNormalization) for ONNX
+  Runtime and other runtimes (`onnx_export.py`; the optional `onnx` extra);
 - `metadata.json` style, hyper-parameters, versions, git sha, export time, checkpoint step.
-Both model files also embed the same metadata as the extra file `metadata.json`.
+Every model file also embeds the same metadata (`metadata.json` extra file / ONNX metadata_props).
 
 Every file is checked against the eager generator on an odd-sized image before it is kept.
 """
@@ -25,12 +27,13 @@ import torch
 from torch import nn
 
 from pipeline.model.checkpoint import checkpoint_metadata, generator_from_checkpoint, read_checkpoint
+from pipeline.export.onnx_export import export_onnx, require_onnx
 from pipeline.serve.model_io import METADATA_NAME, WEIGHTS_NAME, load_model, quiet_jit
 
-Format = Literal["pt", "pt2"]
-FORMATS: tuple[Format, ...] = ("pt", "pt2")
+Format = Literal["pt", "pt2", "onnx"]
+FORMATS: tuple[Format, ...] = ("pt", "pt2", "onnx")
 EXAMPLE_SHAPE = (2, 3, 64, 96)  # batch 2 so torch.export does not specialize the batch size to 1
-CHECK_SHAPE = (1, 3, 37, 53)  # odd, non-square: exercises the pad/crop path
+CHECK_SHAPES = ((1, 3, 37, 53), (2, 3, 21, 64))  # odd, non-square, a batch: exercise the pad/crop path
 CHECK_TOL = 1e-4
 
 
@@ -60,18 +63,21 @@ def git_state() -> dict[str, Any]:
         return {"git_sha": None, "git_dirty": None}
 
 
-def build_metadata(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> dict[str, Any]:
-    """Everything needed to tell later which model a served file is."""
-    meta = checkpoint_metadata(ckpt, ckpt_path)
-    meta.update({
+def export_facts(run_dir: Path) -> dict[str, Any]:
+    """What every export records besides the model's own description: run, versions, git, time, input."""
+    return {
         "run": run_dir.resolve().name,
         "project_version": project_version(),
         **git_state(),
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "input": {"layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [0.0, 1.0]},
-    })
-    return meta
+    }
+
+
+def build_metadata(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> dict[str, Any]:
+    """Everything needed to tell later which model a served file is."""
+    return {**checkpoint_metadata(ckpt, ckpt_path), **export_facts(run_dir)}
 
 
 def export_torchscript(generator: nn.Module, path: Path, metadata_json: str) -> None:
@@ -96,38 +102,35 @@ def export_program(generator: nn.Module, path: Path, metadata_json: str) -> None
 
 
 def check_matches(path: Path, generator: nn.Module) -> float:
-    """Reload an exported file and return its max abs difference from eager; raise if too large."""
+    """Reload an exported file and return its max abs difference from eager on odd, non-square sizes
+    (and a batch of two); raise if too large."""
     model, _ = load_model(path)
-    x = torch.rand(*CHECK_SHAPE, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        diff = (model(x) - generator(x)).abs().max().item()
+    diff = 0.0
+    for i, shape in enumerate(CHECK_SHAPES):
+        x = torch.rand(*shape, generator=torch.Generator().manual_seed(i))
+        with torch.inference_mode():
+            diff = max(diff, (model(x) - generator(x)).abs().max().item())
     if not diff <= CHECK_TOL:
         raise RuntimeError(f"{path}: exported model differs from eager by {diff:.3g} (> {CHECK_TOL})")
     return diff
 
 
-def export_run(run_dir: str | Path, ckpt: str | Path | None = None, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
-    """Export a run's checkpoint (default `checkpoints/last.ckpt`) into `run_dir/export/`.
-
-    Returns {"pt": ..., "pt2": ..., "metadata": ...} for the files written. Files are written
-    under a temporary name and renamed once verified, so a failed export never leaves a
-    half-written model where the archiver would pick it up.
-    """
-    run_dir = Path(run_dir)
-    ckpt_path = Path(ckpt) if ckpt is not None else run_dir / "checkpoints" / "last.ckpt"
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+def export_generator(generator: nn.Module, metadata: dict[str, Any], out: Path,
+                     formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+    """Write `generator` in each format into `out/` (generator.<fmt> + metadata.json), each file
+    verified against eager before it takes its final name, so a failed export never leaves a
+    half-written model where the archiver would pick it up."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
-    checkpoint = read_checkpoint(ckpt_path)
-    generator = generator_from_checkpoint(checkpoint)
-    metadata = build_metadata(checkpoint, ckpt_path, run_dir)
-    metadata["formats"] = list(formats)
+    if "onnx" in formats:
+        require_onnx()  # before any file is written
+    generator = generator.eval()
+    metadata = {**metadata, "formats": list(formats)}
     metadata_json = json.dumps(metadata, indent=2, sort_keys=True)
-    out = run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
-    writers = {"pt": export_torchscript, "pt2": export_program}
+    writers = {"pt": export_torchscript, "pt2": export_program,
+               "onnx": lambda g, path, meta: export_onnx(g, path, meta, EXAMPLE_SHAPE)}
     written: dict[str, Path] = {}
     for fmt in formats:
         final = out / f"generator.{fmt}"
@@ -144,13 +147,25 @@ def export_run(run_dir: str | Path, ckpt: str | Path | None = None, formats: Seq
     return written
 
 
+def export_run(run_dir: str | Path, ckpt: str | Path | None = None, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+    """Export a run's checkpoint (default `checkpoints/last.ckpt`) into `run_dir/export/`; returns
+    {"pt": ..., "pt2": ..., "onnx": ..., "metadata": ...} for the files written."""
+    run_dir = Path(run_dir)
+    ckpt_path = Path(ckpt) if ckpt is not None else run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    checkpoint = read_checkpoint(ckpt_path)
+    return export_generator(generator_from_checkpoint(checkpoint), build_metadata(checkpoint, ckpt_path, run_dir),
+                            run_dir / "export", formats)
+
+
 def command(*, run: Path, ckpt: Path | None = None, formats: tuple[Format, ...] = FORMATS) -> int:
-    """Export a run's generator (TorchScript .pt and torch.export .pt2, each verified) into RUN/export/.
+    """Export a run's generator (torch.export .pt2, TorchScript .pt, ONNX; each verified) into RUN/export/.
 
     Args:
         run: run directory, e.g. runs/NAME.
         ckpt: checkpoint to export (default: RUN/checkpoints/last.ckpt).
-        formats: what to write, e.g. --formats '[pt2]'.
+        formats: what to write, e.g. --formats '[pt2,onnx]' (default: all three).
     """
     try:
         written = export_run(run, ckpt, formats)

@@ -21,8 +21,12 @@ def generator_kwargs(hparams: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(arch, constructor kwargs) of the generator a training run used."""
     arch = hparams.get("arch", "residual")
     kwargs: dict[str, Any] = {"norm": hparams.get("norm", "instance"), "padding": hparams.get("padding", "reflect")}
-    if arch == "residual":  # `upsample` exists only for the residual generator
+    if arch == "residual":  # these exist only for the residual generator (defaults: runs made before them)
         kwargs["upsample"] = hparams.get("upsample", "nearest")
+        kwargs["width"] = int(hparams.get("width", 32))
+        kwargs["n_residual"] = int(hparams.get("n_residual", 5))
+        if hparams.get("output", "sigmoid") != "sigmoid":  # imported models; trained ones always sigmoid
+            kwargs["output"] = hparams["output"]
     return arch, kwargs
 
 

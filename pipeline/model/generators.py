@@ -18,18 +18,29 @@ from pipeline.model.fast_ops import space_to_depth_conv, upsample_conv
 from pipeline.model.layers import ConvLayer, ConvNormAct, Norm, Padding, ResidualBlock, check_choice, crop_to, make_norm, pad_to_multiple
 
 Upsample = Literal["nearest", "transposed"]
+Output = Literal["sigmoid", "clamp"]
+OUTPUTS = ("sigmoid", "clamp")
 
 
 class ResidualGenerator(nn.Module):
     """9×9 conv 32 → stride-2 convs 64, 128 → residual blocks of 128 → two ×2 upsampling stages 64, 32
-    → 9×9 conv to RGB, then a sigmoid so the output is an image in [0, 1]."""
+    → 9×9 conv to RGB, then a sigmoid so the output is an image in [0, 1] (channel counts for
+    `width` 32; they scale with it).
 
-    __constants__ = ["fast_decoder"]  # TorchScript: the branch not taken is not even compiled
+    `output="clamp"` ends with a clamp to [0, 1] instead of the sigmoid: the form of models trained
+    elsewhere with a linear output (pipeline.model.importers), whose 0..255 scale is folded into
+    the first and last convolutions."""
+
+    __constants__ = ["fast_decoder", "clamp_output"]  # TorchScript: the branch not taken is not compiled
 
     def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", upsample: Upsample = "nearest",
-                 n_residual: int = 5, width: int = 32):
+                 n_residual: int = 5, width: int = 32, output: Output = "sigmoid"):
         super().__init__()
         check_choice("upsample", upsample, ("nearest", "transposed"))
+        check_choice("output", output, OUTPUTS)
+        if width < 1 or n_residual < 0:
+            raise ValueError(f"width must be ≥ 1 and n_residual ≥ 0, got width={width}, n_residual={n_residual}")
+        self.clamp_output = output == "clamp"
         w1, w2, w3 = width, width * 2, width * 4
         self.down = nn.Sequential(
             ConvNormAct(3, w1, 9, 1, norm=norm, padding=padding),
@@ -65,7 +76,8 @@ class ResidualGenerator(nn.Module):
                 y = self.out(self.up(y))
         else:
             y = self.out(self.up(self.res(self.down(xp))))
-        return crop_to(torch.sigmoid(y), h, w).contiguous()
+        y = y.clamp(0.0, 1.0) if self.clamp_output else torch.sigmoid(y)
+        return crop_to(y, h, w).contiguous()
 
     def _decode_fast(self, y: torch.Tensor) -> torch.Tensor:
         """self.out(self.up(y)) for nearest upsampling and reflection padding, via pipeline.model.fast_ops."""

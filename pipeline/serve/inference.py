@@ -11,7 +11,7 @@ import torch
 
 from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_side, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
-from pipeline.serve.tiling import generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
+from pipeline.serve.tiling import generator_output, generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
 
 def prepare(data: bytes, params: Mapping[str, str], max_side: int = DEFAULT_MAX_SIDE,
             max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[DecodedImage, Options]:
@@ -51,7 +51,7 @@ def run_batch(model: Callable[[torch.Tensor], torch.Tensor], images: Sequence[De
         outputs = []
         for img in images:
             x = img.rgb[None].to(device)
-            y = stylize_tiled(weights, x, tile_for_cap(cap)) if weights is not None else model(x)
+            y = stylize_tiled(weights, x, tile_for_cap(cap), generator_output(model)) if weights is not None else model(x)
             outputs.append(y[0].float().cpu())
         return outputs
 

@@ -5,6 +5,8 @@
 - `.pt`: TorchScript written by `pipeline.export.exporter` (metadata embedded as `metadata.json`, the
   generator's weights as `generator_state.pt`: the frozen graph has them only as constants).
 - `.pt2`: a `torch.export` program written by `pipeline.export.exporter` (same embedded metadata).
+- `.onnx`: an ONNX model written by `pipeline.export.onnx_export`, run by ONNX Runtime
+  (`pipeline.serve.onnx_runtime`; the optional `onnx` extra).
 
 `.pt` and `.pt2` models get the generator's state dict as `model.instyle_weights`, which lets
 `pipeline.serve.inference` stylize images too large for memory in tiles.
@@ -42,8 +44,10 @@ def quiet_jit() -> Iterator[None]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model, metadata) for a `.pt`, `.pt2` or `.ckpt` file; the model maps (B, 3, H, W) in [0, 1]
-    to the same shape in [0, 1], is in eval mode, and is meant to be called under inference_mode."""
+    """(model, metadata) for a `.pt2`, `.pt`, `.onnx` or `.ckpt` file; the model maps (B, 3, H, W) in
+    [0, 1] to the same shape in [0, 1], is in eval mode, and is meant to be called under inference_mode.
+    Every form carries `instyle_weights` (the generator's state dict, for tiled inference) and
+    `instyle_output` (its output activation) when they are known."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -54,8 +58,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         if extra[WEIGHTS_NAME]:  # exports since the tiling change carry the weights next to the frozen graph
             model.instyle_weights = torch.load(io.BytesIO(extra[WEIGHTS_NAME]), map_location=device, weights_only=True)
-        return model.eval(), _parse_metadata(extra[METADATA_NAME], path)
-    if suffix == ".pt2":
+        model, meta = model.eval(), _parse_metadata(extra[METADATA_NAME], path)
+    elif suffix == ".pt2":
         extra = {METADATA_NAME: ""}
         program = torch.export.load(str(path), extra_files=extra)
         model = program.module()
@@ -66,13 +70,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         if torch.device(device).type != "cpu":
             model = model.to(device)
         model.instyle_weights = dict(model.state_dict())  # for tiled inference (pipeline.serve.inference)
-        return model, _parse_metadata(extra[METADATA_NAME], path)
-    if suffix == ".ckpt":
+        meta = _parse_metadata(extra[METADATA_NAME], path)
+    elif suffix == ".onnx":
+        from pipeline.serve.onnx_runtime import OnnxGenerator
+
+        model = OnnxGenerator(path)
+        meta = _parse_metadata(model.metadata_json, path)
+    elif suffix == ".ckpt":
         from pipeline.model.checkpoint import checkpoint_metadata, generator_from_checkpoint, read_checkpoint
 
         ckpt = read_checkpoint(path)
-        return generator_from_checkpoint(ckpt).to(device), checkpoint_metadata(ckpt, path)
-    raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt, .pt2 or .ckpt")
+        model, meta = generator_from_checkpoint(ckpt).to(device), checkpoint_metadata(ckpt, path)
+    else:
+        raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt, .onnx or .ckpt")
+    model.instyle_output = (meta.get("generator_kwargs") or {}).get("output", "sigmoid")
+    return model, meta
 
 
 def _parse_metadata(text: str | bytes, path: Path) -> dict[str, Any]:

@@ -153,14 +153,25 @@ def _grid(h: int, w: int, size: int) -> list[tuple[int, int, int, int]]:
     return [(r0, r1, c0, c1) for r0, r1 in _splits(h, size) for c0, c1 in _splits(w, size)]
 
 
-def stylize_tiled(weights: dict[str, torch.Tensor], x: torch.Tensor, tile: int = 512) -> torch.Tensor:
+def generator_output(model: Any) -> str:
+    """The output activation of a loaded model: `sigmoid` (ours) or `clamp` (imported linear-output models)."""
+    output = getattr(model, "instyle_output", None)
+    if output is None:
+        output = "clamp" if getattr(model, "clamp_output", False) else "sigmoid"
+    return output
+
+
+def stylize_tiled(weights: dict[str, torch.Tensor], x: torch.Tensor, tile: int = 512, output: str = "sigmoid") -> torch.Tensor:
     """The residual generator (instance norm, reflection padding, nearest upsampling) on (B, 3, H, W)
-    in [0, 1], in tiles of about `tile`² output pixels with whole-image instance-norm statistics."""
+    in [0, 1], in tiles of about `tile`² output pixels with whole-image instance-norm statistics;
+    `output` is its final activation (`sigmoid`, or `clamp` to [0, 1])."""
+    if output not in ("sigmoid", "clamp"):
+        raise ValueError(f"output={output!r}: choose sigmoid or clamp")
     with torch.inference_mode():
-        return torch.cat([_tiled_one(weights, x[i:i + 1], tile) for i in range(x.shape[0])])
+        return torch.cat([_tiled_one(weights, x[i:i + 1], tile, output) for i in range(x.shape[0])])
 
 
-def _tiled_one(w: dict[str, torch.Tensor], x: torch.Tensor, tile: int) -> torch.Tensor:
+def _tiled_one(w: dict[str, torch.Tensor], x: torch.Tensor, tile: int, output: str) -> torch.Tensor:
     h, wd = x.shape[-2:]
     H, W = max(-(-h // 4), 4) * 4, max(-(-wd // 4), 4) * 4  # as generators.pad_to_multiple(x, 4, 16)
     xp = F.pad(x, (0, W - wd, 0, H - h), mode="replicate")
@@ -218,5 +229,6 @@ def _tiled_one(w: dict[str, torch.Tensor], x: torch.Tensor, tile: int) -> torch.
         affines.append(stats.affine(w, f"up.{depth - 1}.1.1"))
     out = torch.empty(1, 3, H, W, dtype=x.dtype, device=x.device)
     for q0, q1, p0, p1 in tiles:
-        out[:, :, 4 * q0:4 * q1, 4 * p0:4 * p1] = torch.sigmoid(tail(q0, q1, p0, p1, 3, affines))
+        y_tile = tail(q0, q1, p0, p1, 3, affines)
+        out[:, :, 4 * q0:4 * q1, 4 * p0:4 * p1] = y_tile.clamp(0, 1) if output == "clamp" else torch.sigmoid(y_tile)
     return out[:, :, :h, :wd]

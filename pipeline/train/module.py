@@ -26,6 +26,8 @@ class StyleTransferModule(L.LightningModule):
         norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`.
         padding: `reflect` or `zero`.
         upsample: residual generator only: `nearest` (resize-conv) or `transposed`.
+        width: residual generator only: base channels (32 as Johnson et al.; 16 or 8 for lighter models).
+        n_residual: residual generator only: residual blocks at ¼ resolution.
         content_layer: `relu2_2` or `relu3_3`.
         style_weight, content_weight, tv_weight: loss weights (defaults: pipeline/loss/losses.py).
         vgg_flavour: `caffe` (verified Oxford weights, default) or `torchvision`.
@@ -36,7 +38,8 @@ class StyleTransferModule(L.LightningModule):
     """
 
     def __init__(self, style_image: str, style_size: int | None = 512, arch: str = "residual",
-                 norm: str = "instance", padding: str = "reflect", upsample: str = "nearest",
+                 norm: str = "instance", padding: str = "reflect", upsample: str = "nearest", width: int = 32,
+                 n_residual: int = 5,
                  content_layer: str = CONTENT_LAYER, style_weight: float = STYLE_WEIGHT,
                  content_weight: float = CONTENT_WEIGHT, tv_weight: float = TV_WEIGHT, vgg_flavour: str = VGG_FLAVOUR,
                  vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10):
@@ -46,7 +49,7 @@ class StyleTransferModule(L.LightningModule):
             raise FileNotFoundError(f"style image {style_image} does not exist")
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
-        extra = {"upsample": upsample} if arch == "residual" else {}
+        extra = {"upsample": upsample, "width": width, "n_residual": n_residual} if arch == "residual" else {}
         self.generator = build_generator(arch, norm=norm, padding=padding, **extra)
         style = load_style(style_image, style_size)
         self.loss = PerceptualLoss(style, content_layer=content_layer, style_layers=STYLE_LAYERS,

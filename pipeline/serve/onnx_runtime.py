@@ -1,0 +1,44 @@
+"""An exported `.onnx` generator run by ONNX Runtime (CPU) behind the same call as the torch forms:
+(B, 3, H, W) float tensor in [0, 1] → same shape in [0, 1]. Optional: needs onnxruntime (and onnx
+to read the weights for tiled inference), the `onnx` extra; imported only when an .onnx is loaded.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+ONNX_METADATA_KEY = "instyle"
+
+
+class OnnxGenerator:
+    """Callable like the generator; also carries the weights (`instyle_weights`, from the graph's
+    initializers, whose names are the generator's state-dict keys) for tiled inference."""
+
+    training = False
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        try:
+            import onnx
+            import onnxruntime as ort
+            from onnx import numpy_helper
+        except ImportError as e:
+            raise ValueError(f"{path}: running .onnx models needs onnxruntime and onnx: `pip install 'instyle[onnx]'` "
+                             f"({e})") from None
+        model = onnx.load(str(path))
+        props = {p.key: p.value for p in model.metadata_props}
+        self.metadata_json = props.get(ONNX_METADATA_KEY, "")
+        self.instyle_weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
+                                if "." in i.name}  # parameters; constants the exporter made have other names
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (y,) = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})
+        return torch.from_numpy(y)
+
+    def eval(self) -> "OnnxGenerator":
+        return self
