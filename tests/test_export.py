@@ -26,17 +26,18 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def models(run):
-    """eager (from the checkpoint), pt and pt2, each with its metadata."""
+    """eager (from the checkpoint), pt, pt2 and onnx (ONNX Runtime), each with its metadata."""
     return {kind: load_model(path) for kind, path in [("eager", run / "checkpoints" / "last.ckpt"),
                                                       ("pt", run / "export" / "generator.pt"),
-                                                      ("pt2", run / "export" / "generator.pt2")]}
+                                                      ("pt2", run / "export" / "generator.pt2"),
+                                                      ("onnx", run / "export" / "generator.onnx")]}
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("kind", ["pt", "pt2"])
+@pytest.mark.parametrize("kind", ["pt", "pt2", "onnx"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_exported_equals_eager(models, kind, size):
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(size[0]))
@@ -47,16 +48,19 @@ def test_exported_equals_eager(models, kind, size):
     assert diff < TOL, f"{kind} vs eager at {size}: max abs diff {diff:.3g}"
 
 
-@pytest.mark.parametrize("kind", ["pt", "pt2"])
+@pytest.mark.parametrize("kind", ["pt", "pt2", "onnx"])
 def test_tiny_and_huge_aspect_sizes(models, kind):
     for size in [(1, 1), (3, 200), (17, 16)]:
         x = torch.rand(1, 3, *size)
         with torch.inference_mode():
             diff = _max_diff(models[kind][0](x), models["eager"][0](x))
-        assert diff < TOL, f"{kind} at {size}: max abs diff {diff:.3g}"
+        # A 1×1 photo pads to a constant image: instance norm then divides float rounding noise by
+        # √ε (×316), and ONNX Runtime's InstanceNormalization rounds differently from torch's kernel.
+        tol = 2e-4 if kind == "onnx" and size == (1, 1) else TOL
+        assert diff < tol, f"{kind} at {size}: max abs diff {diff:.3g}"
 
 
-@pytest.mark.parametrize("kind", ["pt", "pt2"])
+@pytest.mark.parametrize("kind", ["pt", "pt2", "onnx"])
 def test_same_image_alone_or_in_a_batch(models, kind):
     x = torch.rand(3, 3, 45, 61, generator=torch.Generator().manual_seed(1))
     model = models[kind][0]
@@ -67,7 +71,7 @@ def test_same_image_alone_or_in_a_batch(models, kind):
     assert diff < TOL, f"{kind}: batch vs alone max abs diff {diff:.3g}"
 
 
-@pytest.mark.parametrize("kind", ["pt", "pt2"])
+@pytest.mark.parametrize("kind", ["pt", "pt2", "onnx"])
 @pytest.mark.parametrize("a, b", [(0.5, 0.25), (2.0, -0.5)])
 def test_contrast_and_brightness_invariance(models, kind, a, b):
     """Instance norm + reflection/replicate padding: g(a·x + b) = g(x) for a > 0 (up to norm eps)."""
@@ -84,8 +88,8 @@ def test_metadata_file_and_embedded_copies(run, models):
     assert meta["hyper_parameters"]["content_layer"] == "relu2_2" and meta["hyper_parameters"]["vgg_weights"] is None
     assert meta["torch_version"] == torch.__version__ and meta["project_version"]
     assert meta["exported_at"] and "git_sha" in meta and meta["run"] == "demo"
-    assert meta["formats"] == ["pt", "pt2"]
-    assert models["pt"][1] == meta and models["pt2"][1] == meta
+    assert meta["formats"] == ["pt", "pt2", "onnx"]
+    assert models["pt"][1] == meta and models["pt2"][1] == meta and models["onnx"][1] == meta
     assert models["eager"][1]["global_step"] == 42
 
 
