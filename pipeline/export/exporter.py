@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -167,10 +167,15 @@ def command(*, run: Path, ckpt: Path | None = None, formats: tuple[Format, ...] 
         ckpt: checkpoint to export (default: RUN/checkpoints/last.ckpt).
         formats: what to write, e.g. --formats '[pt2,onnx]' (default: all three).
     """
+    return run_and_report("export", lambda: export_run(run, ckpt, formats))
+
+
+def run_and_report(what: str, export: Callable[[], dict[str, Path]]) -> int:
+    """A command's body: run `export`, list the files written (exit 0) or say why not (exit 1)."""
     try:
-        written = export_run(run, ckpt, formats)
+        written = export()
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"export failed: {e}", file=sys.stderr)
+        print(f"{what} failed: {e}", file=sys.stderr)
         return 1
     for kind, path in written.items():
         print(f"{kind:8s} {path}")

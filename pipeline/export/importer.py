@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.export.exporter import FORMATS, Format, export_facts, export_generator
+from pipeline.export.exporter import FORMATS, Format, export_facts, export_generator, run_and_report
 from pipeline.model.importers import PYTORCH_EXAMPLES, from_pytorch_examples, read_state_dict
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # a run folder and a TorchServe model name
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def import_model(model: Path, name: str, runs: Path = Path("runs"), source: str = PYTORCH_EXAMPLES,
@@ -41,7 +32,7 @@ def import_model(model: Path, name: str, runs: Path = Path("runs"), source: str 
                               "n_residual": info["n_residual"], "output": "clamp"}
     metadata = {"style_image": None, "arch": "residual", "generator_kwargs": kwargs, "vgg_flavour": None,
                 "global_step": None, "checkpoint": None, "hyper_parameters": None,
-                "imported_from": {**info, "file": str(Path(model).resolve()), "sha256": sha256(Path(model))},
+                "imported_from": {**info, "file": str(Path(model).resolve()), "sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest()},
                 **export_facts(run_dir)}
     return export_generator(generator, metadata, run_dir / "export", formats)
 
@@ -57,11 +48,4 @@ def command(*, model: Path, name: str, source: Literal["pytorch-examples"] = "py
         runs: runs folder.
         formats: what to write (default: .pt, .pt2 and .onnx).
     """
-    try:
-        written = import_model(model, name, runs, source, formats)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"import failed: {e}", file=sys.stderr)
-        return 1
-    for kind, path in written.items():
-        print(f"{kind:8s} {path}")
-    return 0
+    return run_and_report("import", lambda: import_model(model, name, runs, source, formats))
