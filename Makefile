@@ -21,7 +21,8 @@ BENCH_ARGS ?=
 
 help:
 	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train STYLE=img [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
-	@echo "make tensorboard | export NAME=run | archive [NAME=run] | serve | stop | bench [BENCH_ARGS=--quick]"
+	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
+	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | bench [BENCH_ARGS=--quick]"
 
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
 install:
