@@ -3,12 +3,13 @@ the optional downscale to `max_side`).
 
 Request: the image as the raw body (Content-Type image/* or application/octet-stream) or as
 one multipart/form-data field of any name. Options as headers (`X-Format`, `X-Quality`,
-`X-Max-Side`), form fields or query parameters; form/query values win over headers.
+`X-Max-Side`, `X-Preserve-Color`), form fields or query parameters; form/query values win over headers.
 TorchServe 0.12 drops the query string on /predictions/NAME (its frontend passes no query
 decoder there); it forwards it on /invocations?model_name=NAME&... and /NAME/predict?...
   format   png (default) | jpeg | webp
   quality  1..100 for jpeg/webp (default 90)
   max_side downscale so the longer side is ≤ this; capped by the server's limit
+  preserve_color  true: the stylized luminance with the photo's colours (default false)
 Bad input → 4xx with a JSON body {"error": ..., "status": ...}; only that request fails, the
 rest of the batch and the worker carry on.
 
@@ -39,7 +40,7 @@ from pipeline.serve.model_io import load_model
 
 logger = logging.getLogger(__name__)
 
-OPTION_NAMES = ("format", "quality", "max_side")
+OPTION_NAMES = ("format", "quality", "max_side", "preserve_color")
 IMAGE_FIELDS = ("data", "body")  # TorchServe's names for a raw body; a multipart field keeps its own name
 ROUTING_PARAMS = ("model_name", "model_version")  # query parameters /invocations uses for routing
 REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
@@ -47,7 +48,7 @@ REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media
 
 
 def header_options(headers: Mapping[str, Any]) -> dict[str, str]:
-    """Options given as headers: X-Format, X-Quality, X-Max-Side (case-insensitive)."""
+    """Options given as headers: X-Format, X-Quality, X-Max-Side, X-Preserve-Color (case-insensitive)."""
     lower = {k.lower(): v for k, v in headers.items() if isinstance(v, str)}  # non-str: per-field content types
     found = {}
     for name in OPTION_NAMES:

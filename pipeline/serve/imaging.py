@@ -26,6 +26,7 @@ from pipeline.serve.limits import DEFAULT_MAX_PIXELS
 
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 FORMAT_ALIASES = {"jpg": "jpeg"}
+BOOLEANS = {"": False, "false": False, "0": False, "no": False, "true": True, "1": True, "yes": True}
 # The file suffixes `decode` reads: the one list every command that takes a folder of images uses.
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
@@ -54,10 +55,12 @@ class Options:
     format: str = "png"
     quality: int = 90
     max_side: int | None = None
+    preserve_color: bool = False
 
 
 def parse_options(params: Mapping[str, str], server_max_side: int) -> Options:
-    """Validate request options (`format`, `quality`, `max_side`); `max_side` is capped by the server's."""
+    """Validate request options (`format`, `quality`, `max_side`, `preserve_color`); `max_side` is
+    capped by the server's."""
     p = {k.lower(): str(v).strip() for k, v in params.items() if v is not None}
     raw_format = (p.get("format") or "png").lower()  # empty means default, as for the integer options
     fmt = FORMAT_ALIASES.get(raw_format, raw_format)
@@ -65,7 +68,10 @@ def parse_options(params: Mapping[str, str], server_max_side: int) -> Options:
         raise BadImageRequest(f"format={p['format']!r} is not supported; use one of {', '.join(FORMATS)}")
     quality = _int_option(p, "quality", 90, 1, 100)
     max_side = _int_option(p, "max_side", server_max_side, 1, None)
-    return Options(format=fmt, quality=quality, max_side=min(max_side, server_max_side))
+    preserve = p.get("preserve_color", "").lower()
+    if preserve not in BOOLEANS:
+        raise BadImageRequest(f"preserve_color={p['preserve_color']!r}: use true or false")
+    return Options(format=fmt, quality=quality, max_side=min(max_side, server_max_side), preserve_color=BOOLEANS[preserve])
 
 
 def _int_option(p: Mapping[str, str], name: str, default: int, lo: int, hi: int | None) -> int:

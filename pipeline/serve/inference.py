@@ -9,6 +9,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from pipeline.serve.color import preserve_color
 from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_side, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
 from pipeline.serve.tiling import generator_output, generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
@@ -57,5 +58,7 @@ def run_batch(model: Callable[[torch.Tensor], torch.Tensor], images: Sequence[De
 
 
 def finish(stylized: torch.Tensor, image: DecodedImage, options: Options) -> tuple[bytes, str]:
-    """Encode the stylized RGB with the input's alpha in the requested format."""
+    """Encode the stylized RGB (with the photo's colours if asked) with the input's alpha in the requested format."""
+    if options.preserve_color:
+        stylized = preserve_color(stylized, image.rgb)
     return encode(stylized, image.alpha, options.format, options.quality)

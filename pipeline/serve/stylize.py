@@ -46,9 +46,9 @@ def format_for(output: Path, requested: str | None) -> str:
     return suffix if suffix in FORMATS else "png"
 
 
-def _params(fmt: str, quality: int | None, max_side: int | None) -> dict[str, str]:
+def _params(fmt: str, quality: int | None, max_side: int | None, preserve_color: bool = False) -> dict[str, str]:
     """The request options, as the server receives them."""
-    params = {"format": fmt}
+    params = {"format": fmt, "preserve_color": "true" if preserve_color else "false"}
     if quality is not None:
         params["quality"] = str(quality)
     if max_side is not None:
@@ -58,7 +58,7 @@ def _params(fmt: str, quality: int | None, max_side: int | None) -> dict[str, st
 
 def command(input: Path, output: Path, *, model: Path, format: OutputFormat | None = None, quality: int | None = None,
             max_side: int | None = None, server_max_side: int = DEFAULT_MAX_SIDE,
-            max_memory_mb: int | None = None) -> int:
+            max_memory_mb: int | None = None, preserve_color: bool = False) -> int:
     """Stylize an image file, or every image in a folder, with the TorchServe handler's exact processing.
 
     Exit code 0: all stylized; 1: some image failed (reported, the others are written); 2: usage or model error.
@@ -73,6 +73,7 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         server_max_side: cap on max_side, as the server's.
         max_memory_mb: activation memory per image; larger images are stylized in tiles with whole-image
             instance-norm statistics (default: $INSTYLE_MAX_MEMORY_MB, else 2048).
+        preserve_color: keep the photo's colours (the stylized luminance with the photo's chroma).
     """
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
     requested = FORMAT_ALIASES.get(format, format) if format else None
@@ -89,7 +90,7 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
 
     def one(path: Path, out: Path, fmt: str) -> None:
         start = time.perf_counter()
-        data, _ = stylize_bytes(net, path.read_bytes(), _params(fmt, quality, max_side), server_max_side,
+        data, _ = stylize_bytes(net, path.read_bytes(), _params(fmt, quality, max_side, preserve_color), server_max_side,
                                 max_memory_mb=max_memory_mb)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
