@@ -4,8 +4,8 @@ ROOT    := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 CONFIGS := $(ROOT)pipeline/train/configs
 PY      ?= .venv/bin/python
 PRESET  ?= cpu
-STYLE   ?=
-NAME    ?= $(basename $(notdir $(STYLE)))
+STYLE   ?= skimage:hubble_deep_field
+NAME    ?= $(basename $(notdir $(subst skimage:,,$(STYLE))))
 DATA    ?=
 TRAIN_SHARDS ?=
 VAL_SHARDS   ?=
@@ -38,7 +38,6 @@ shards:
 	$(PY) -m pipeline shards --src "$(SRC)" --out "$(OUT)" $(if $(VAL_SRC),--val_src "$(VAL_SRC)") $(if $(WORKERS),--workers $(WORKERS))
 
 train:
-	@test -n "$(STYLE)" || { echo "usage: make train STYLE=<style image> [DATA=<shard dir> | TRAIN_SHARDS=<spec> VAL_SHARDS=<spec>] [NAME=<run>] [PRESET=cpu|gpu|paper] [CKPT=<ckpt>] [ARGS='...']"; exit 2; }
 	@test -f "$(CONFIGS)/$(PRESET).yaml" -a "$(PRESET)" != base || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
 	$(PY) -m pipeline fit --config "$(CONFIGS)/$(PRESET).yaml" \
 		--model.style_image="$(STYLE)" --trainer.logger.init_args.name="$(NAME)" \

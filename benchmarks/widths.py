@@ -47,11 +47,12 @@ def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
 
 
 def figure(runs: list[Path], photo: str, path: Path) -> None:
-    from pipeline.quality.figures import load_photo, side_by_side
+    from pipeline.quality.figures import side_by_side
+    from pipeline.serve.imaging import load_image
     from pipeline.serve.imaging import resize_short
     from pipeline.serve.model_io import load_model
 
-    x = resize_short(load_photo(photo)[None], 256)
+    x = resize_short(load_image(photo)[None], 256)
     panels = [x[0]]
     for run in runs:
         model, _ = load_model(run / "export" / "generator.pt2")

@@ -206,3 +206,14 @@ def test_every_folder_reading_command_takes_every_suffix_decode_reads(tmp_path, 
     run = shared_export(tmp_path_factory)
     assert cli(["stylize", "--model", str(run / "export" / "generator.pt2"), str(folder), str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == len(common)
+
+
+def test_images_scikit_image_ships_load_by_name():
+    from pipeline.serve.imaging import image_exists, load_image, load_style
+
+    brick = load_image("skimage:brick")  # a greyscale texture: replicated to RGB
+    assert brick.shape[0] == 3 and torch.equal(brick[0], brick[1]) and 0 <= brick.min() and brick.max() <= 1
+    assert load_style("skimage:hubble_deep_field", 64).shape[-1] == 64 or load_style("skimage:hubble_deep_field", 64).shape[-2] == 64
+    assert image_exists("skimage:grass") and not image_exists("skimage:no_such_image")
+    with pytest.raises(ValueError, match="not an image scikit-image ships"):
+        load_image("skimage:no_such_image")

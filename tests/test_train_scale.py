@@ -106,3 +106,15 @@ def test_bf16_mixed_and_step_lr_on_the_cpu(three_shards, style_image, vgg_weight
     lrs = dict(scalars(tmp_path / "runs" / "bf16", "lr-Adam"))
     assert lrs[0] == pytest.approx(1e-3) and lrs[2] == pytest.approx(1e-4)  # step_size = 2 * 3 // 3 = 2
     assert ckpt["lr_schedulers"][0]["step_size"] == 2 and ckpt["lr_schedulers"][0]["gamma"] == pytest.approx(0.1)
+
+
+def test_bare_make_train_runs_on_the_built_in_style_and_photos(vgg_weights, tmp_path):
+    """`make train` with nothing else: scikit-image's hubble_deep_field as the style, its public-domain
+    photos (built into data/shards/skimage on first use) as the content, runs/hubble_deep_field/."""
+    res = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "train", f"PY={sys.executable}",
+                          "ARGS=" + " ".join(TINY[2:] + ["--data.steps_per_epoch=2", "--trainer.max_steps=2"])],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = last_ckpt(tmp_path / "runs", "hubble_deep_field")
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["style_image"] == "skimage:hubble_deep_field"
+    assert sorted(p.name for p in (tmp_path / "data" / "shards" / "skimage").glob("*.tar"))

@@ -6,30 +6,18 @@ a fresh machine with nothing downloaded. Real users point `make shards` at their
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pipeline.data.shard_writer import ShardStats, write_split
+from pipeline.serve.imaging import skimage_photo
 
 TRAIN = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "moon",
          "coins", "brick", "grass", "gravel", "clock")
 VAL = ("chelsea", "coffee")
 SAMPLE_SHARDS = Path("data/shards/skimage")  # where training finds them when no DATA is given
-
-
-def skimage_photo(name: str) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array of a scikit-image sample photo (greyscale ones are replicated)."""
-    import skimage.data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # skimage warns about optional pooch for *other* images
-        img = np.asarray(getattr(skimage.data, name)())
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    return img[..., :3].astype(np.uint8)
 
 
 def png_bytes(img: np.ndarray) -> bytes:

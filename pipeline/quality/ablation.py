@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pipeline.quality.gatys import GATYS_ITERS
+from pipeline.serve.imaging import SKIMAGE, image_exists
 from pipeline.train.cli import preset_path
 
 
@@ -45,8 +46,13 @@ VARIANTS = [
 ]
 
 
-def run_name(style: Path, v: Variant) -> str:
-    return f"ablation-{style.stem}-{v.key}"
+def style_stem(style: str | Path) -> str:
+    """The name a style goes by in run and report names: its file stem, or the skimage image's name."""
+    return str(style)[len(SKIMAGE):] if str(style).startswith(SKIMAGE) else Path(style).stem
+
+
+def run_name(style: str | Path, v: Variant) -> str:
+    return f"ablation-{style_stem(style)}-{v.key}"
 
 
 def finished_step(ckpt: Path) -> int:
@@ -59,7 +65,7 @@ def finished_step(ckpt: Path) -> int:
         return -1
 
 
-def train_variant(style: Path, v: Variant, data: Path | None, preset: str, steps: int, runs: Path) -> Path:
+def train_variant(style: str, v: Variant, data: Path | None, preset: str, steps: int, runs: Path) -> Path:
     """Train one variant (or resume / reuse it); returns its run folder."""
     name = run_name(style, v)
     run = runs / name
@@ -84,13 +90,13 @@ def train_variant(style: Path, v: Variant, data: Path | None, preset: str, steps
     return run
 
 
-def command(*, style: Path, data: Path | None = None, content: Path | None = None, preset: str = "cpu",
+def command(*, style: str, data: Path | None = None, content: Path | None = None, preset: str = "cpu",
             steps: int = 800, runs: Path = Path("runs"), out: Path | None = None, eval_size: int = 256, limit: int = 8,
             gatys_iters: list[int] = list(GATYS_ITERS), train_only: bool = False, only: list[str] | None = None) -> int:
     """The paper's comparisons: five variants trained with the same budget, evaluated, reported.
 
     Args:
-        style: style image.
+        style: style image: a file or skimage:<name>.
         data: shard folder (default: the scikit-image sample set).
         content: folder of validation photos to evaluate on (default: scikit-image's photos).
         preset: training preset (pipeline/train/configs/<preset>.yaml).
@@ -104,7 +110,7 @@ def command(*, style: Path, data: Path | None = None, content: Path | None = Non
         only: variants to train (default: all), e.g. '[res-in,res-bn]'.
     """
     keys = [v.key for v in VARIANTS]
-    problems = [f"style image {style} does not exist"] if not style.is_file() else []
+    problems = [f"style image {style} does not exist"] if not image_exists(style) else []
     if steps < 1:
         problems.append("--steps must be ≥ 1")
     try:
@@ -122,6 +128,6 @@ def command(*, style: Path, data: Path | None = None, content: Path | None = Non
     if train_only:
         return 0
     from pipeline.quality.ablation_report import write_report
-    write_report(style, list(zip(chosen, trained)), out or Path("reports") / f"ablation-{style.stem}", content=content,
+    write_report(style, list(zip(chosen, trained)), out or Path("reports") / f"ablation-{style_stem(style)}", content=content,
                  limit=limit, gatys_iters=gatys_iters, eval_size=eval_size, preset=preset, steps=steps)
     return 0

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from pipeline.quality.evaluate import evaluate, list_photos
-from pipeline.quality.figures import load_photo, side_by_side
+from pipeline.quality.figures import side_by_side
 from pipeline.quality.gatys import build_loss
-from pipeline.serve.imaging import load_style, resize, resize_short
+from pipeline.serve.imaging import load_image, load_style, resize, resize_short, skimage_photo
 from pipeline.serve.model_io import load_model
-from pipeline.data.sample_data import skimage_photo
+
 
 FIGURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # public-domain photos scikit-image ships
 
@@ -46,17 +46,17 @@ def figure(panels: list[torch.Tensor], path: Path) -> None:
 def write_figures(models: dict[str, Any], out: Path) -> dict[str, str]:
     """Fig. 3 (padding), Fig. 5 (BN vs IN, both generators), Fig. 6 (512 vs 1080 px)."""
     figs = {}
-    x = resize_short(load_photo("skimage:coffee")[None], 256)[0]
+    x = resize_short(load_image("skimage:coffee")[None], 256)[0]
     if {"res-in", "res-in-zero"} <= models.keys():
         figs["fig3_padding"] = "content | reflect padding | zero padding (residual, instance norm)"
         figure([x, stylize(models["res-in"], x), stylize(models["res-in-zero"], x)], out / "fig3_padding.jpg")
     order = [k for k in ("res-in", "res-bn", "ms-in", "ms-bn") if k in models]
     if order:
-        y = resize_short(load_photo("skimage:astronaut")[None], 224)[0]
+        y = resize_short(load_image("skimage:astronaut")[None], 224)[0]
         figs["fig5_norms"] = "content | " + " | ".join(order)
         figure([y] + [stylize(models[k], y) for k in order], out / "fig5_norms.jpg")
     if "res-in" in models:
-        z = load_photo("skimage:chelsea")[None]
+        z = load_image("skimage:chelsea")[None]
         small, large = resize_short(z, 512), resize_short(z, 1080)
         out512 = stylize(models["res-in"], small[0])
         out1080 = resize(stylize(models["res-in"], large[0]), tuple(out512.shape[-2:]))  # shown at the same size
@@ -87,7 +87,7 @@ def markdown_table(rows: list[dict[str, Any]], gatys: list[dict[str, Any]], size
     return "\n".join(lines) + "\n"
 
 
-def write_report(style: Path, variants: list[tuple[Any, Path]], out: Path, *, content: Path | None, limit: int,
+def write_report(style: str | Path, variants: list[tuple[Any, Path]], out: Path, *, content: Path | None, limit: int,
                  gatys_iters: list[int], eval_size: int, preset: str, steps: int) -> dict[str, Any]:
     """Evaluate every (variant, run), write table.md, metrics.json and the figures into `out`."""
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from pipeline.quality.gatys import GATYS_ITERS, build_loss, optimize
-from pipeline.serve.imaging import IMAGE_SUFFIXES, encode, load_image_file, load_style, resize_short
+from pipeline.serve.imaging import IMAGE_SUFFIXES, encode, image_exists, load_image_file, load_style, resize_short
 from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.metrics import border_artifact_index, psnr
 
@@ -133,7 +133,7 @@ def gatys_caption(gatys_mean: list[dict[str, Any]]) -> str:
     return f" | Gatys ({', '.join(str(g['iters']) for g in gatys_mean)} it)" if gatys_mean else ""
 
 
-def command(*, model: Path, content: Path, out: Path, style: Path | None = None, size: int = 256,
+def command(*, model: Path, content: Path, out: Path, style: str | None = None, size: int = 256,
             limit: int | None = None, gatys: int = 0, gatys_iters: list[int] = list(GATYS_ITERS)) -> int:
     """Measure a model on a folder of photos: losses, time, contrast PSNR, border index (+ Gatys).
 
@@ -143,7 +143,7 @@ def command(*, model: Path, content: Path, out: Path, style: Path | None = None,
         model: .pt2, .pt or .ckpt.
         content: folder of photos.
         out: report folder.
-        style: style image (default: the model's training style, from its metadata).
+        style: style image, a file or skimage:<name> (default: the model's training style, from its metadata).
         size: short side the photos are resized to, px.
         limit: evaluate the first N photos only.
         gatys: run the Gatys baseline on the first N photos.
@@ -158,8 +158,8 @@ def command(*, model: Path, content: Path, out: Path, style: Path | None = None,
         return 2
     net, meta = load_model(model)
     hp = meta.get("hyper_parameters") or {}
-    style = style or (Path(hp["style_image"]) if hp.get("style_image") else None)
-    if style is None or not style.is_file():
+    style = style or hp.get("style_image")  # a file or skimage:<name>
+    if style is None or not image_exists(style):
         print(f"error: style image {style} not found: pass --style", file=sys.stderr)
         return 2
     try:

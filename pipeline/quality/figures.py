@@ -11,16 +11,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from pipeline.serve.imaging import DecodedImage, limit_side, load_image_file, to_uint8
+from pipeline.serve.imaging import DecodedImage, limit_side, load_image, to_uint8
 from pipeline.serve.model_io import load_model
-
-
-def load_photo(spec: str) -> torch.Tensor:
-    """(3, H, W) in [0, 1] from a path or `skimage:<name>`."""
-    if spec.startswith("skimage:"):
-        from pipeline.data.sample_data import skimage_photo
-        return torch.from_numpy(skimage_photo(spec.split(":", 1)[1])).permute(2, 0, 1).float() / 255.0
-    return load_image_file(Path(spec))
 
 
 def side_by_side(images: Sequence[torch.Tensor], gap: int = 4) -> Image.Image:
@@ -36,7 +28,7 @@ def side_by_side(images: Sequence[torch.Tensor], gap: int = 4) -> Image.Image:
 @torch.no_grad()
 def content_stylized(model_path: str | Path, photo: str, height: int = 256) -> Image.Image:
     model, _ = load_model(model_path)
-    x = load_photo(photo)
+    x = load_image(photo)
     scale = height / x.shape[1]
     x = limit_side(DecodedImage(x, None), max(height, round(x.shape[2] * scale))).rgb
     return side_by_side([x, model(x[None])[0].clamp(0, 1)])

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from pipeline.loss.losses import LOSS_DEFAULTS, PerceptualLoss
-from pipeline.serve.imaging import encode, load_image_file, load_style, resize_short
+from pipeline.serve.imaging import encode, image_exists, load_image, load_style, resize_short
 
 GATYS_ITERS = (50, 100, 300)  # iteration counts recorded by default (here, in `evaluate` and the ablation)
 
@@ -71,15 +71,15 @@ def optimize(loss: PerceptualLoss, content: torch.Tensor, checkpoints: list[int]
     return records
 
 
-def command(*, style: Path, content: Path, iters: list[int] = list(GATYS_ITERS), size: int = 256,
+def command(*, style: str, content: str, iters: list[int] = list(GATYS_ITERS), size: int = 256,
             style_size: int = 256, optimizer: Literal["lbfgs", "adam"] = "lbfgs", out: Path | None = None) -> int:
     """The slow baseline: optimize the pixels of one photo with the training loss (Gatys et al.).
 
     Prints the loss terms and elapsed time at each iteration count as JSON lines.
 
     Args:
-        style: style image.
-        content: content photo.
+        style: style image: a file or skimage:<name>.
+        content: content photo: a file or skimage:<name>.
         iters: iteration counts to record.
         size: short side the content is resized to, px.
         style_size: long side of the style image (as the cpu preset).
@@ -90,11 +90,11 @@ def command(*, style: Path, content: Path, iters: list[int] = list(GATYS_ITERS),
 
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
     for path in (style, content):
-        if not path.is_file():
+        if not image_exists(path):
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
     try:
-        records = optimize(build_loss(load_style(style, style_size)), resize_short(load_image_file(content)[None], size),
+        records = optimize(build_loss(load_style(style, style_size)), resize_short(load_image(content)[None], size),
                            iters, optimizer)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

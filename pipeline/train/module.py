@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,14 +12,15 @@ from pipeline.data.samples import ContentBatch
 from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT, VGG_FLAVOUR,
                                   PerceptualLoss)
 from pipeline.model.generators import build_generator
-from pipeline.serve.imaging import load_style
+from pipeline.serve.imaging import image_exists, load_style
 
 
 class StyleTransferModule(L.LightningModule):
     """Feed-forward style transfer (Ulyanov et al. 2017, Johnson et al. 2016).
 
     Args:
-        style_image: path of the style image.
+        style_image: the style image: a file, or `skimage:<name>` (an image scikit-image ships, e.g.
+            skimage:hubble_deep_field or its textures skimage:brick, grass, gravel, immunohistochemistry).
         style_size: long side the style image is resized to before its Gram matrices are taken.
         arch: `residual` (Johnson) or `multiscale` (Ulyanov, with noise input).
         norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`.
@@ -45,7 +45,7 @@ class StyleTransferModule(L.LightningModule):
                  vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10):
         super().__init__()
         self.save_hyperparameters()
-        if not Path(style_image).is_file():
+        if not image_exists(style_image):
             raise FileNotFoundError(f"style image {style_image} does not exist")
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
