@@ -49,3 +49,21 @@ def test_every_preset_builds_a_trainer_with_atomic_checkpoints(preset, tmp_path,
     assert trainer.max_steps == expected["trainer"]["max_steps"]
     assert dict(cli.datamodule.hparams) == {**cli.datamodule.hparams, **expected["data"], "data_dir": str(tmp_path)}
     assert cli.model.hparams.style_size == expected["model"]["style_size"]
+
+
+@pytest.mark.parametrize("preset", presets())
+def test_every_preset_prints_its_resolved_config(preset, tmp_path):
+    """`python -m pipeline fit --print_config --config <preset>`, as a user checks a run before starting
+    it: base.yaml + the overlay resolve, and the printed config is the preset's, callbacks included."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "pipeline", "fit", "--print_config", "--config", str(preset_path(preset)),
+                          "--model.style_image=skimage:coffee"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    printed, overlay = yaml.safe_load(res.stdout), yaml.safe_load(preset_path(preset).read_text())
+    for section in ("trainer", "model", "data"):
+        for key, value in (overlay.get(section) or {}).items():
+            assert printed[section][key] == value, (section, key)
+    assert printed["model"]["style_image"] == "skimage:coffee"
+    names = [c["class_path"].rsplit(".", 1)[1] for c in printed["trainer"]["callbacks"]]
+    assert names.count("ModelCheckpoint") == 2 and "ImageGridLogger" in names
