@@ -4,8 +4,11 @@ ROOT    := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 CONFIGS := $(ROOT)pipeline/train/configs
 PY      ?= .venv/bin/python
 PRESET  ?= cpu
-STYLE   ?= skimage:hubble_deep_field
-NAME    ?= $(basename $(notdir $(subst skimage:,,$(STYLE))))
+STYLE   ?=
+NAME    ?=
+# `make train` alone: a style scikit-image ships; its run is named after the style's stem.
+TRAIN_STYLE := $(or $(STYLE),skimage:hubble_deep_field)
+TRAIN_NAME  := $(or $(NAME),$(basename $(notdir $(subst skimage:,,$(TRAIN_STYLE)))))
 DATA    ?=
 TRAIN_SHARDS ?=
 VAL_SHARDS   ?=
@@ -40,7 +43,7 @@ shards:
 train:
 	@test -f "$(CONFIGS)/$(PRESET).yaml" -a "$(PRESET)" != base || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
 	$(PY) -m pipeline fit --config "$(CONFIGS)/$(PRESET).yaml" \
-		--model.style_image="$(STYLE)" --trainer.logger.init_args.name="$(NAME)" \
+		--model.style_image="$(TRAIN_STYLE)" --trainer.logger.init_args.name="$(TRAIN_NAME)" \
 		$(if $(DATA),--data.data_dir="$(DATA)") $(if $(TRAIN_SHARDS),--data.train_shards="$(TRAIN_SHARDS)") \
 		$(if $(VAL_SHARDS),--data.val_shards="$(VAL_SHARDS)") $(if $(CKPT),--ckpt_path="$(CKPT)") $(ARGS)
 
