@@ -31,6 +31,7 @@ def preserve_color(stylized: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
     """(3, H, W) stylized RGB with the chroma of `photo` (same shape), both in [0, 1]."""
     if stylized.shape != photo.shape:
         raise ValueError(f"shapes differ: stylized {tuple(stylized.shape)}, photo {tuple(photo.shape)}")
-    y = rgb_to_ycbcr(stylized.double())[:1]
-    chroma = rgb_to_ycbcr(photo.double())[1:]
-    return ycbcr_to_rgb(torch.cat([y, chroma])).clamp(0, 1).to(stylized.dtype)
+    # In the images' own float32: ample for 8-bit output, and a 4K image's temporaries stay ~100 MB each.
+    y = rgb_to_ycbcr(stylized)[:1]
+    chroma = rgb_to_ycbcr(photo.to(stylized.dtype))[1:]
+    return ycbcr_to_rgb(torch.cat([y, chroma])).clamp_(0, 1)

@@ -14,6 +14,7 @@ from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
 from pipeline.serve.tiling import generator_output, generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
 
+
 def prepare(data: bytes, params: Mapping[str, str], max_side: int = DEFAULT_MAX_SIDE,
             max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[DecodedImage, Options]:
     """Validate options, decode (pixel cap checked before decoding) and downscale to the allowed side."""
