@@ -8,12 +8,14 @@ output H×W always equals input H×W.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from pipeline.model.conditional import (CondConvNormAct, CondNearestUp, CondResidualBlock, CondTransposedUp, StrengthNet,
+                                        strength_values, style_weights)
 from pipeline.model.fast_ops import space_to_depth_conv, upsample_conv
 from pipeline.model.layers import ConvLayer, ConvNormAct, Norm, Padding, ResidualBlock, check_choice, crop_to, make_norm, pad_to_multiple
 
@@ -29,26 +31,49 @@ class ResidualGenerator(nn.Module):
 
     `output="clamp"` ends with a clamp to [0, 1] instead of the sigmoid: the form of models trained
     elsewhere with a linear output (pipeline.model.importers), whose 0..255 scale is folded into
-    the first and last convolutions."""
+    the first and last convolutions.
 
-    __constants__ = ["fast_decoder", "clamp_output"]  # TorchScript: the branch not taken is not compiled
+    `n_styles` > 1 or `strength=True` make every instance norm conditional (pipeline.model.conditional):
+    `forward(x, style, strength)` takes per-sample style weights (B, N) and strengths (B,); None means
+    the first style at full strength. With one style and no strength the network, its state dict and
+    its forward(x) are exactly the plain generator's (checkpoints from before the change load as is)."""
+
+    # TorchScript: the branches not taken are not compiled
+    __constants__ = ["fast_decoder", "clamp_output", "conditioned", "has_strength", "n_styles"]
 
     def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", upsample: Upsample = "nearest",
-                 n_residual: int = 5, width: int = 32, output: Output = "sigmoid"):
+                 n_residual: int = 5, width: int = 32, output: Output = "sigmoid", n_styles: int = 1,
+                 strength: bool = False):
         super().__init__()
         check_choice("upsample", upsample, ("nearest", "transposed"))
         check_choice("output", output, OUTPUTS)
-        if width < 1 or n_residual < 0:
-            raise ValueError(f"width must be ≥ 1 and n_residual ≥ 0, got width={width}, n_residual={n_residual}")
+        if width < 1 or n_residual < 0 or n_styles < 1:
+            raise ValueError(f"width and n_styles must be ≥ 1 and n_residual ≥ 0, got width={width}, "
+                             f"n_residual={n_residual}, n_styles={n_styles}")
+        self.conditioned, self.has_strength, self.n_styles = n_styles > 1 or strength, strength, n_styles
+        if self.conditioned and norm != "instance":
+            raise ValueError(f"several styles or a strength control need norm='instance' (conditional instance norm), "
+                             f"got norm={norm!r}")
         self.clamp_output = output == "clamp"
         w1, w2, w3 = width, width * 2, width * 4
-        self.down = nn.Sequential(
-            ConvNormAct(3, w1, 9, 1, norm=norm, padding=padding),
-            ConvNormAct(w1, w2, 3, 2, norm=norm, padding=padding),
-            ConvNormAct(w2, w3, 3, 2, norm=norm, padding=padding),
-        )
-        self.res = nn.Sequential(*[ResidualBlock(w3, norm=norm, padding=padding) for _ in range(n_residual)])
-        self.up = nn.Sequential(self._up(w3, w2, norm, padding, upsample), self._up(w2, w1, norm, padding, upsample))
+        if self.conditioned:
+            cond = (n_styles, strength)
+            self.down = nn.ModuleList([CondConvNormAct(3, w1, 9, 1, padding, *cond),
+                                       CondConvNormAct(w1, w2, 3, 2, padding, *cond), CondConvNormAct(w2, w3, 3, 2, padding, *cond)])
+            self.res = nn.ModuleList([CondResidualBlock(w3, padding, *cond) for _ in range(n_residual)])
+            up = (lambda i, o: CondNearestUp(i, o, padding, *cond)) if upsample == "nearest" else \
+                (lambda i, o: CondTransposedUp(i, o, *cond))
+            self.up = nn.ModuleList([up(w3, w2), up(w2, w1)])
+            if strength:
+                self.strength_net = StrengthNet(n_styles)
+        else:
+            self.down = nn.Sequential(
+                ConvNormAct(3, w1, 9, 1, norm=norm, padding=padding),
+                ConvNormAct(w1, w2, 3, 2, norm=norm, padding=padding),
+                ConvNormAct(w2, w3, 3, 2, norm=norm, padding=padding),
+            )
+            self.res = nn.Sequential(*[ResidualBlock(w3, norm=norm, padding=padding) for _ in range(n_residual)])
+            self.up = nn.Sequential(self._up(w3, w2, norm, padding, upsample), self._up(w2, w1, norm, padding, upsample))
         self.out = ConvLayer(w1, 3, 9, 1, padding)
         # Inference decoder with the same arithmetic regrouped (pipeline.model.fast_ops); the layouts it
         # reads (Upsample → ConvNormAct(ReflectionPad, Conv)) exist only for these choices.
@@ -60,7 +85,8 @@ class ResidualGenerator(nn.Module):
             return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(cin, cout, 3, 1, norm=norm, padding=padding))
         return nn.Sequential(nn.ConvTranspose2d(cin, cout, 3, 2, padding=1, output_padding=1), make_norm(norm, cout), nn.ReLU(inplace=True))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: Optional[torch.Tensor] = None,
+                strength: Optional[torch.Tensor] = None) -> torch.Tensor:
         # min_size 16: after two stride-2 convs the 3×3 reflection pad still has ≥ 4 px to reflect.
         xp, h, w = pad_to_multiple(x, 4, 16)
         # Inference runs channels-last (NHWC): oneDNN's convolutions then work without reordering
@@ -69,15 +95,51 @@ class ResidualGenerator(nn.Module):
         # Training stays NCHW: there the native instance-norm backward beats the channels-last one.
         if not torch.is_grad_enabled():
             xp = xp.contiguous(memory_format=torch.channels_last)
-            y = self.res(self.down(xp))
-            if self.fast_decoder:
-                y = self._decode_fast(y)
-            else:
-                y = self.out(self.up(y))
+        if self.conditioned:
+            y = self._forward_conditioned(xp, style, strength)
         else:
-            y = self.out(self.up(self.res(self.down(xp))))
-        y = y.clamp(0.0, 1.0) if self.clamp_output else torch.sigmoid(y)
-        return crop_to(y, h, w).contiguous()
+            if style is not None or strength is not None:
+                raise ValueError("this generator has one style and no strength control: call it with the image only")
+            y = self.res(self.down(xp))
+            if self.fast_decoder:  # a constant: TorchScript compiles the fast path only where its layout exists
+                if not torch.is_grad_enabled():
+                    return crop_to(self._activate(self._decode_fast(y)), h, w).contiguous()
+            y = self.out(self.up(y))
+        return crop_to(self._activate(y), h, w).contiguous()
+
+    def _forward_conditioned(self, xp: torch.Tensor, style: Optional[torch.Tensor],
+                             strength: Optional[torch.Tensor]) -> torch.Tensor:
+        b = xp.shape[0]
+        wts = style_weights(style, b, self.n_styles, xp)
+        if self.has_strength:
+            s = strength_values(strength, b, xp)
+            hid = self.strength_net(wts, s)
+        else:
+            if strength is not None:
+                raise ValueError("this generator was trained without the strength control: call it without strength")
+            hid = xp.new_zeros((b, 0))
+        y = xp
+        for layer in self.down:
+            y = layer(y, wts, hid)
+        for block in self.res:
+            y = block(y, wts, hid)
+        if self.fast_decoder:
+            if not torch.is_grad_enabled():
+                return self._decode_fast_conditioned(y, wts, hid)
+        for stage in self.up:
+            y = stage(y, wts, hid)
+        return self.out(y)
+
+    def _decode_fast_conditioned(self, y: torch.Tensor, wts: torch.Tensor, hid: torch.Tensor) -> torch.Tensor:
+        """`_decode_fast` with conditional norms."""
+        for stage in self.up:  # CondNearestUp(Upsample, CondConvNormAct(ConvLayer(pad, conv), norm, act))
+            unit = stage[1]
+            conv = unit[0][1]
+            y = unit[2](unit[1](upsample_conv(y, conv.weight, conv.bias), wts, hid))
+        return space_to_depth_conv(self.out[0](y), self.out[1].weight, self.out[1].bias)
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        return y.clamp(0.0, 1.0) if self.clamp_output else torch.sigmoid(y)
 
     def _decode_fast(self, y: torch.Tensor) -> torch.Tensor:
         """self.out(self.up(y)) for nearest upsampling and reflection padding, via pipeline.model.fast_ops."""
@@ -148,6 +210,12 @@ class MultiScaleGenerator(nn.Module):
 
 
 def build_generator(arch: str = "residual", **kwargs) -> nn.Module:
-    """Build a generator by name: `residual` (Johnson) or `multiscale` (Ulyanov)."""
+    """Build a generator by name: `residual` (Johnson) or `multiscale` (Ulyanov). Several styles and the
+    strength control (`n_styles`, `strength`) exist for the residual generator only."""
     check_choice("arch", arch, ("residual", "multiscale"))
+    if arch == "multiscale" and (kwargs.get("n_styles", 1) > 1 or kwargs.get("strength")):
+        raise ValueError("several styles and the strength control need arch='residual' (conditional instance norm "
+                         "is implemented for Johnson et al.'s generator)")
+    if arch == "multiscale":
+        kwargs.pop("n_styles", None), kwargs.pop("strength", None)
     return ResidualGenerator(**kwargs) if arch == "residual" else MultiScaleGenerator(**kwargs)
