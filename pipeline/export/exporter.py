@@ -9,7 +9,9 @@ Writes into `runs/NAME/export/`:
 - `metadata.json` style, hyper-parameters, versions, git sha, export time, checkpoint step.
 Every model file also embeds the same metadata (`metadata.json` extra file / ONNX metadata_props).
 
-Every file is checked against the eager generator on an odd-sized image before it is kept.
+A multi-style or strength model's graphs take (image, style weights (B, N)[, strength (B,)]); see
+`pipeline.serve.controls.call_model`. Every file is checked against the eager generator on an
+odd-sized image (and random style mixes and strengths) before it is kept.
 """
 from __future__ import annotations
 
@@ -92,24 +94,45 @@ def export_torchscript(generator: nn.Module, path: Path, metadata_json: str) -> 
         torch.jit.save(scripted, str(path), _extra_files={METADATA_NAME: metadata_json, WEIGHTS_NAME: weights.getvalue()})
 
 
+def example_inputs(generator: nn.Module, shape: Sequence[int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Inputs of the exported graph: the image, then for a conditioned generator the style weights
+    (B, N) and, with the strength control, the strengths (B,); random (mixes and strengths ≠ 1)."""
+    rng = torch.Generator().manual_seed(seed)
+    x = torch.rand(*shape, generator=rng)
+    if not getattr(generator, "conditioned", False):
+        return (x,)
+    weights = torch.rand(shape[0], generator.n_styles, generator=rng) + 0.05
+    inputs = (x, weights / weights.sum(dim=1, keepdim=True))
+    return inputs + (torch.rand(shape[0], generator=rng),) if generator.has_strength else inputs
+
+
+def input_dims(generator: nn.Module) -> tuple[dict[int, Any], ...]:
+    """Dynamic shapes for `example_inputs`: batch, H and W of the image; the batch of the others."""
+    batch = torch.export.Dim("batch", min=1)
+    dims: tuple[dict[int, Any], ...] = ({0: batch, 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)},)
+    if getattr(generator, "conditioned", False):
+        dims += ({0: batch},) + (({0: batch},) if generator.has_strength else ())
+    return dims
+
+
 def export_program(generator: nn.Module, path: Path, metadata_json: str) -> None:
     """torch.export with dynamic batch, H and W (any size ≥ 1)."""
-    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)}
-    example = torch.rand(*EXAMPLE_SHAPE)
     with torch.no_grad():
-        program = torch.export.export(generator.eval(), (example,), dynamic_shapes=(dims,))
+        program = torch.export.export(generator.eval(), example_inputs(generator, EXAMPLE_SHAPE),
+                                      dynamic_shapes=input_dims(generator))
     torch.export.save(program, str(path), extra_files={METADATA_NAME: metadata_json})
 
 
 def check_matches(path: Path, generator: nn.Module) -> float:
     """Reload an exported file and return its max abs difference from eager on odd, non-square sizes
-    (and a batch of two); raise if too large."""
+    (and a batch of two; for conditioned generators with random style mixes and strengths, one per
+    sample); raise if too large."""
     model, _ = load_model(path)
     diff = 0.0
     for i, shape in enumerate(CHECK_SHAPES):
-        x = torch.rand(*shape, generator=torch.Generator().manual_seed(i))
+        inputs = example_inputs(generator, shape, seed=i)
         with torch.inference_mode():
-            diff = max(diff, (model(x) - generator(x)).abs().max().item())
+            diff = max(diff, (model(*inputs) - generator(*inputs)).abs().max().item())
     if not diff <= CHECK_TOL:
         raise RuntimeError(f"{path}: exported model differs from eager by {diff:.3g} (> {CHECK_TOL})")
     return diff
@@ -130,7 +153,7 @@ def export_generator(generator: nn.Module, metadata: dict[str, Any], out: Path,
     metadata_json = json.dumps(metadata, indent=2, sort_keys=True)
     out.mkdir(parents=True, exist_ok=True)
     writers = {"pt": export_torchscript, "pt2": export_program,
-               "onnx": lambda g, path, meta: export_onnx(g, path, meta, EXAMPLE_SHAPE)}
+               "onnx": lambda g, path, meta: export_onnx(g, path, meta, example_inputs(g, EXAMPLE_SHAPE), input_dims(g))}
     written: dict[str, Path] = {}
     for fmt in formats:
         final = out / f"generator.{fmt}"

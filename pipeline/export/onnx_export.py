@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from pipeline.model.conditional import CondInstanceNorm2d
 from pipeline.serve.onnx_runtime import ONNX_METADATA_KEY
 
 OPSET = 18
@@ -34,19 +36,23 @@ def require_onnx() -> None:
                            "does), or leave onnx out of --formats")
 
 
-def export_onnx(generator: nn.Module, path: Path, metadata_json: str, example_shape: tuple[int, ...]) -> None:
-    """Write `generator` as ONNX with dynamic batch, H and W and the metadata in metadata_props."""
+INPUT_NAMES = ("image", "style", "strength")
+
+
+def export_onnx(generator: nn.Module, path: Path, metadata_json: str, example: tuple[torch.Tensor, ...],
+                dims: tuple[dict[int, Any], ...]) -> None:
+    """Write `generator` as ONNX with dynamic batch, H and W and the metadata in metadata_props.
+    Inputs `image` and, for a conditioned generator, `style` (B, N) and `strength` (B,)."""
     require_onnx()
     import onnx
 
-    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=1), 3: torch.export.Dim("width", min=1)}
-    example = torch.rand(*example_shape)
     with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-        program = torch.onnx.export(generator.eval(), (example,), dynamo=True, dynamic_shapes=(dims,), opset_version=OPSET,
-                                    input_names=["image"], output_names=["stylized"], verbose=False)
+        program = torch.onnx.export(generator.eval(), example, dynamo=True, dynamic_shapes=dims, opset_version=OPSET,
+                                    input_names=list(INPUT_NAMES[:len(example)]), output_names=["stylized"],
+                                    verbose=False)
     model = program.model_proto
     if not any(node.op_type == "InstanceNormalization" for node in model.graph.node) and \
-            any(isinstance(m, nn.InstanceNorm2d) for m in generator.modules()):
+            any(isinstance(m, (nn.InstanceNorm2d, CondInstanceNorm2d)) for m in generator.modules()):
         raise RuntimeError("the ONNX graph has no InstanceNormalization node: instance norm was not kept live")
     entry = model.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, metadata_json

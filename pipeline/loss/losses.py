@@ -41,10 +41,17 @@ def gram(features: torch.Tensor) -> torch.Tensor:
 def style_loss(grams: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                layer_weights: dict[str, float] | None = None) -> torch.Tensor:
     """Σ_layers w_l · mean((G_l − T_l)²); each target (1, C, C) is broadcast over the batch."""
-    total = torch.zeros((), device=next(iter(grams.values())).device)
+    return per_sample_style_loss(grams, targets, layer_weights).mean()
+
+
+def per_sample_style_loss(grams: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                          layer_weights: dict[str, float] | None = None) -> torch.Tensor:
+    """(B,): Σ_layers w_l · mean over C×C of (G_l[b] − T_l[b])²; a target is (1, C, C) (one style for
+    every sample) or (B, C, C) (each sample's own style)."""
+    total = torch.zeros(next(iter(grams.values())).shape[0], device=next(iter(grams.values())).device)
     for name, g in grams.items():
         w = 1.0 if layer_weights is None else layer_weights.get(name, 1.0)
-        total = total + w * (g - targets[name].to(g.dtype)).pow(2).mean()
+        total = total + w * (g - targets[name].to(g.dtype)).pow(2).mean(dim=(1, 2))
     return total
 
 
@@ -61,13 +68,15 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
 
 
 class PerceptualLoss(nn.Module):
-    """Style + content + TV loss against one fixed style image.
+    """Style + content + TV loss against one fixed style image, or against one of N style images
+    chosen per sample.
 
-    The style targets (Gram matrices of the style image) are computed once, at construction
-    or by `set_style`, and kept as non-persistent buffers (they follow `.to(device)`).
+    The style targets (Gram matrices of every style image, stacked (N, C, C) per layer) are
+    computed once, at construction or by `set_style`, and kept as non-persistent buffers (they
+    follow `.to(device)`).
     """
 
-    def __init__(self, style_image: torch.Tensor, *, content_layer: str = CONTENT_LAYER,
+    def __init__(self, style_image: torch.Tensor | list[torch.Tensor], *, content_layer: str = CONTENT_LAYER,
                  style_layers: tuple[str, ...] = STYLE_LAYERS, style_weight: float = STYLE_WEIGHT,
                  content_weight: float = CONTENT_WEIGHT, tv_weight: float = TV_WEIGHT,
                  style_layer_weights: dict[str, float] | None = None, vgg_flavour: str = VGG_FLAVOUR,
@@ -83,26 +92,48 @@ class PerceptualLoss(nn.Module):
         self.set_style(style_image)
 
     @torch.no_grad()
-    def set_style(self, style_image: torch.Tensor) -> None:
-        """Compute and store the target Gram matrices of a (1, 3, H, W) style image in [0, 1]."""
-        if style_image.dim() != 4 or style_image.shape[:2] != (1, 3):
-            raise ValueError(f"style image must have shape (1, 3, H, W), got {tuple(style_image.shape)}")
+    def set_style(self, style_image: torch.Tensor | list[torch.Tensor]) -> None:
+        """Compute and store the target Gram matrices of (1, 3, H, W) style images in [0, 1] (one, or
+        a list of N of any sizes): buffers `target_<layer>` of shape (N, C, C)."""
+        images = list(style_image) if isinstance(style_image, (list, tuple)) else [style_image]
+        if not images:
+            raise ValueError("at least one style image is needed")
+        for img in images:
+            if img.dim() != 4 or img.shape[:2] != (1, 3):
+                raise ValueError(f"style image must have shape (1, 3, H, W), got {tuple(img.shape)}")
         device = next(self.vgg.parameters()).device
-        feats = self.vgg(style_image.to(device))
+        feats = [self.vgg(img.to(device)) for img in images]  # one pass each: the images' sizes differ
         for name in self.style_layers:
-            self.register_buffer(f"target_{name}", gram(feats[name]), persistent=False)
+            self.register_buffer(f"target_{name}", torch.cat([gram(f[name]) for f in feats]), persistent=False)
 
-    def targets(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, f"target_{name}") for name in self.style_layers}
+    @property
+    def n_styles(self) -> int:
+        return getattr(self, f"target_{self.style_layers[0]}").shape[0]
 
-    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return the weighted terms and their sum: {'style', 'content', 'tv', 'total'}."""
+    def targets(self, styles: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Target Grams per layer: (N, C, C), or (B, C, C) for the per-sample style indices `styles`."""
+        found = {name: getattr(self, f"target_{name}") for name in self.style_layers}
+        return found if styles is None else {name: t[styles] for name, t in found.items()}
+
+    def forward(self, output: torch.Tensor, content: torch.Tensor, styles: torch.Tensor | None = None,
+                style_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Return the weighted terms and their sum: {'style', 'content', 'tv', 'total'}.
+
+        `styles` (B,) long: each sample's style index (default: style 0, the only one of a
+        single-style loss); `style_scale` (B,): a per-sample factor on the style term (the strength
+        a sample was generated at; default 1)."""
         out_feats = self.vgg(output)
         with torch.no_grad():  # the content target needs the VGG only up to the content layer
             content_target = self.vgg(content, [self.content_layer])[self.content_layer]
         grams = {name: gram(out_feats[name]) for name in self.style_layers}
+        if styles is None and self.n_styles > 1:
+            raise ValueError(f"this loss has {self.n_styles} styles: pass each sample's style index")
+        targets = self.targets(styles) if styles is not None else self.targets()
+        per_sample = per_sample_style_loss(grams, targets, self.style_layer_weights)
+        if style_scale is not None:
+            per_sample = per_sample * style_scale.to(per_sample.dtype)
         terms = {
-            "style": self.weights["style"] * style_loss(grams, self.targets(), self.style_layer_weights),
+            "style": self.weights["style"] * per_sample.mean(),
             "content": self.weights["content"] * content_loss(out_feats[self.content_layer], content_target),
             "tv": self.weights["tv"] * tv_loss(output),
         }

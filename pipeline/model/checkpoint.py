@@ -17,8 +17,10 @@ from pipeline.model.generators import build_generator
 GENERATOR_PREFIX = "generator."
 
 
-def generator_kwargs(hparams: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(arch, constructor kwargs) of the generator a training run used."""
+def generator_kwargs(hparams: dict[str, Any], state: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """(arch, constructor kwargs) of the generator a training run used. The number of styles and the
+    strength control are read from the generator's weights (`state`, the checkpoint's state dict):
+    the weights are what must load, and runs made before these options have neither."""
     arch = hparams.get("arch", "residual")
     kwargs: dict[str, Any] = {"norm": hparams.get("norm", "instance"), "padding": hparams.get("padding", "reflect")}
     if arch == "residual":  # these exist only for the residual generator (defaults: runs made before them)
@@ -27,7 +29,24 @@ def generator_kwargs(hparams: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         kwargs["n_residual"] = int(hparams.get("n_residual", 5))
         if hparams.get("output", "sigmoid") != "sigmoid":  # imported models; trained ones always sigmoid
             kwargs["output"] = hparams["output"]
+        norm_weight = (state or {}).get(f"{GENERATOR_PREFIX}down.0.1.weight")
+        if norm_weight is not None and norm_weight.dim() == 2:  # conditional instance norm: one row per style
+            kwargs["n_styles"] = int(norm_weight.shape[0])
+        if f"{GENERATOR_PREFIX}strength_net.linear.weight" in (state or {}):
+            kwargs["strength"] = True
     return arch, kwargs
+
+
+def style_names(ckpt: dict[str, Any]) -> list[str]:
+    """The styles of a checkpoint's generator, in its order: saved by training since multi-style
+    models exist; for older single-style runs, the style image's stem."""
+    if ckpt.get("styles"):
+        return [str(n) for n in ckpt["styles"]]
+    style = dict(ckpt.get("hyper_parameters") or {}).get("style_image")
+    if not style:
+        return ["style"]
+    text = str(style)
+    return [text.split(":", 1)[1] if text.startswith("skimage:") else Path(text).stem]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -45,7 +64,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def generator_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the generator from a checkpoint dict and load its weights (strict), in eval mode."""
-    arch, kwargs = generator_kwargs(dict(ckpt["hyper_parameters"]))
+    arch, kwargs = generator_kwargs(dict(ckpt["hyper_parameters"]), ckpt["state_dict"])
     generator = build_generator(arch, **kwargs)
     state = {k[len(GENERATOR_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(GENERATOR_PREFIX)}
     if not state:
@@ -57,10 +76,12 @@ def generator_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
 def checkpoint_metadata(ckpt: dict[str, Any], source: str | Path | None = None) -> dict[str, Any]:
     """The metadata describing a checkpoint's generator (what `export` embeds, minus export facts)."""
     hp = dict(ckpt["hyper_parameters"])
-    arch, kwargs = generator_kwargs(hp)
+    arch, kwargs = generator_kwargs(hp, ckpt["state_dict"])
     style = hp.get("style_image")
     return {
-        "style_image": Path(str(style)).name if style else None,
+        "style_image": Path(str(style)).name if style and "," not in str(style) else (str(style) if style else None),
+        "styles": style_names(ckpt),
+        "strength_control": bool(kwargs.get("strength", False)),
         "arch": arch,
         "generator_kwargs": kwargs,
         "vgg_flavour": hp.get("vgg_flavour"),

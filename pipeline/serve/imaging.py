@@ -13,9 +13,9 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -56,11 +56,17 @@ class Options:
     quality: int = 90
     max_side: int | None = None
     preserve_color: bool = False
+    style: str | None = None  # as sent; resolved against the model by pipeline.serve.controls
+    strength: str | None = None
+    conditioning: Any = None  # pipeline.serve.controls.Conditioning once resolved (None: the model's default)
+
+    def with_conditioning(self, conditioning: Any) -> "Options":
+        return replace(self, conditioning=conditioning)
 
 
 def parse_options(params: Mapping[str, str], server_max_side: int) -> Options:
-    """Validate request options (`format`, `quality`, `max_side`, `preserve_color`); `max_side` is
-    capped by the server's."""
+    """Validate request options (`format`, `quality`, `max_side`, `preserve_color`; `style` and
+    `strength` are kept as text for `pipeline.serve.controls`); `max_side` is capped by the server's."""
     p = {k.lower(): str(v).strip() for k, v in params.items() if v is not None}
     raw_format = (p.get("format") or "png").lower()  # empty means default, as for the integer options
     fmt = FORMAT_ALIASES.get(raw_format, raw_format)
@@ -71,7 +77,8 @@ def parse_options(params: Mapping[str, str], server_max_side: int) -> Options:
     preserve = p.get("preserve_color", "").lower()
     if preserve not in BOOLEANS:
         raise BadImageRequest(f"preserve_color={p['preserve_color']!r}: use true or false")
-    return Options(format=fmt, quality=quality, max_side=min(max_side, server_max_side), preserve_color=BOOLEANS[preserve])
+    return Options(format=fmt, quality=quality, max_side=min(max_side, server_max_side), preserve_color=BOOLEANS[preserve],
+                   style=p.get("style") or None, strength=p.get("strength") or None)
 
 
 def _int_option(p: Mapping[str, str], name: str, default: int, lo: int, hi: int | None) -> int:

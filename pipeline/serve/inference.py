@@ -10,15 +10,21 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from pipeline.serve.color import preserve_color
+from pipeline.serve.controls import Conditioning, ModelControls, call_model, conditioning
 from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_side, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
-from pipeline.serve.tiling import generator_output, generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
+from pipeline.serve.tiling import (generator_output, generator_weights, resolve_conditioning, stylize_tiled, tile_for_cap,
+                                   untiled_bytes)
 
 
 def prepare(data: bytes, params: Mapping[str, str], max_side: int = DEFAULT_MAX_SIDE,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[DecodedImage, Options]:
-    """Validate options, decode (pixel cap checked before decoding) and downscale to the allowed side."""
+            max_pixels: int = DEFAULT_MAX_PIXELS, controls: ModelControls | None = None) -> tuple[DecodedImage, Options]:
+    """Validate options (the style controls against the model's `controls`) before anything is
+    decoded, then decode (pixel cap checked before decoding) and downscale to the allowed side.
+    The resolved style weights and strength are in `options.conditioning`."""
     options = parse_options(params, max_side)
+    if controls is not None:
+        options = options.with_conditioning(conditioning({"style": options.style, "strength": options.strength}, controls))
     image = limit_side(decode(data, max_pixels), options.max_side)
     return image, options
 
@@ -35,9 +41,14 @@ def size_groups(images: Sequence[DecodedImage]) -> list[list[int]]:
     return list(groups.values())
 
 
-def run_batch(model: Callable[[torch.Tensor], torch.Tensor], images: Sequence[DecodedImage],
-              device: torch.device | str = "cpu", max_memory_mb: int | None = None) -> list[torch.Tensor]:
+def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage],
+              device: torch.device | str = "cpu", max_memory_mb: int | None = None,
+              conditions: Sequence[Conditioning | None] | None = None) -> list[torch.Tensor]:
     """Stylize same-size images; returns (3, H, W) float CPU tensors in input order.
+
+    `conditions`: each image's style weights and strength (`Options.conditioning`; None: the model's
+    first style at full strength); one batch may mix them. The model's controls are
+    `model.instyle_controls` (set by `load_model`).
 
     Within the memory cap (`max_memory_mb`, else $INSTYLE_MAX_MEMORY_MB, else 2048 MB of
     activations) the images run as one batch; a batch over the cap runs image by image, and an
@@ -45,15 +56,26 @@ def run_batch(model: Callable[[torch.Tensor], torch.Tensor], images: Sequence[De
     when the model's weights are known (see `generator_weights`)."""
     cap = memory_cap_bytes(max_memory_mb)
     h, w = images[0].size
+    controls: ModelControls | None = getattr(model, "instyle_controls", None)
+    if controls is not None and controls.conditioned:
+        default = Conditioning(tuple(1.0 if i == 0 else 0.0 for i in range(len(controls.styles))))
+        conds = [c or default for c in (conditions or [None] * len(images))]
+    else:
+        conds = None
     with torch.inference_mode():
         if untiled_bytes(h, w, len(images)) <= cap:
             batch = torch.stack([img.rgb for img in images]).to(device)
-            return list(model(batch).float().cpu())
+            return list(call_model(model, batch, conds, controls).float().cpu())
         weights = generator_weights(model) if untiled_bytes(h, w, 1) > cap else None
         outputs = []
-        for img in images:
+        for i, img in enumerate(images):
             x = img.rgb[None].to(device)
-            y = stylize_tiled(weights, x, tile_for_cap(cap), generator_output(model)) if weights is not None else model(x)
+            if weights is not None:
+                own = weights if conds is None else resolve_conditioning(weights, torch.tensor(conds[i].weights),
+                                                                          conds[i].strength)
+                y = stylize_tiled(own, x, tile_for_cap(cap), generator_output(model))
+            else:
+                y = call_model(model, x, None if conds is None else [conds[i]], controls)
             outputs.append(y[0].float().cpu())
         return outputs
 

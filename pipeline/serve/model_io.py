@@ -27,6 +27,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from pipeline.serve.controls import controls_from_metadata
+
 METADATA_NAME = "metadata.json"
 WEIGHTS_NAME = "generator_state.pt"  # the generator's state dict inside a .pt, for tiled inference
 
@@ -45,9 +47,11 @@ def quiet_jit() -> Iterator[None]:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model, metadata) for a `.pt2`, `.pt`, `.onnx` or `.ckpt` file; the model maps (B, 3, H, W) in
-    [0, 1] to the same shape in [0, 1], is in eval mode, and is meant to be called under inference_mode.
-    Every form carries `instyle_weights` (the generator's state dict, for tiled inference) and
-    `instyle_output` (its output activation) when they are known."""
+    [0, 1] to the same shape in [0, 1] (a multi-style or strength model also takes the style weights
+    and strengths: `pipeline.serve.controls.call_model`), is in eval mode, and is meant to be called
+    under inference_mode. Every form carries `instyle_weights` (the generator's state dict, for tiled
+    inference) and `instyle_output` (its output activation) when they are known, and
+    `instyle_controls` (its styles and strength control)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -84,6 +88,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     else:
         raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt, .onnx or .ckpt")
     model.instyle_output = (meta.get("generator_kwargs") or {}).get("output", "sigmoid")
+    model.instyle_controls = controls_from_metadata(meta)  # styles and strength (pipeline.serve.controls)
     return model, meta
 
 

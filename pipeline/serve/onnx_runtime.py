@@ -34,10 +34,16 @@ class OnnxGenerator:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]  # image[, style[, strength]]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (y,) = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})
+    def __call__(self, x: torch.Tensor, *conditioning: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → same; a multi-style / strength model also takes style weights (B, N) and strengths (B,)."""
+        inputs = (x, *conditioning)
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"this ONNX model takes {len(self.input_names)} input(s) ({', '.join(self.input_names)}), "
+                             f"got {len(inputs)}")
+        feeds = {name: t.detach().float().cpu().contiguous().numpy() for name, t in zip(self.input_names, inputs)}
+        (y,) = self.session.run(None, feeds)
         return torch.from_numpy(y)
 
     def eval(self) -> "OnnxGenerator":

@@ -1,7 +1,8 @@
 """Offline stylization with the server's exact pre/post-processing.
 
     python -m pipeline stylize --model runs/NAME/export/generator.pt2 [--format png|jpeg|webp]
-        [--quality Q] [--max_side N] [--max_memory_mb MB] INPUT OUTPUT
+        [--quality Q] [--max_side N] [--max_memory_mb MB] [--style NAME | --style 'a:0.7,b:0.3']
+        [--strength S] [--preserve_color true] INPUT OUTPUT
 
 INPUT a file → OUTPUT a file (format from --format, else from OUTPUT's suffix, else png).
 INPUT a folder → every image in it (by suffix, not recursive) → OUTPUT folder as STEM.EXT;
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from pipeline.serve.controls import conditioning
 from pipeline.serve.imaging import FORMAT_ALIASES, FORMATS, IMAGE_SUFFIXES, BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
@@ -32,8 +34,8 @@ def stylize_bytes(model: Any, data: bytes, params: dict[str, str], max_side: int
                   max_memory_mb: int | None = None) -> tuple[bytes, str]:
     """One image's bytes → (stylized bytes, content type), exactly as the server answers.
     Images whose activations would exceed `max_memory_mb` are stylized in tiles (same pixels)."""
-    image, options = prepare(data, params, max_side, max_pixels)
-    (stylized,) = run_batch(model, [image], device, max_memory_mb)
+    image, options = prepare(data, params, max_side, max_pixels, getattr(model, "instyle_controls", None))
+    (stylized,) = run_batch(model, [image], device, max_memory_mb, [options.conditioning])
     return finish(stylized, image, options)
 
 
@@ -46,9 +48,14 @@ def format_for(output: Path, requested: str | None) -> str:
     return suffix if suffix in FORMATS else "png"
 
 
-def _params(fmt: str, quality: int | None, max_side: int | None, preserve_color: bool = False) -> dict[str, str]:
+def _params(fmt: str, quality: int | None, max_side: int | None, preserve_color: bool = False,
+            style: str | None = None, strength: float | None = None) -> dict[str, str]:
     """The request options, as the server receives them."""
     params = {"format": fmt, "preserve_color": "true" if preserve_color else "false"}
+    if style is not None:
+        params["style"] = style
+    if strength is not None:
+        params["strength"] = repr(float(strength))
     if quality is not None:
         params["quality"] = str(quality)
     if max_side is not None:
@@ -58,7 +65,8 @@ def _params(fmt: str, quality: int | None, max_side: int | None, preserve_color:
 
 def command(input: Path, output: Path, *, model: Path, format: OutputFormat | None = None, quality: int | None = None,
             max_side: int | None = None, server_max_side: int = DEFAULT_MAX_SIDE,
-            max_memory_mb: int | None = None, preserve_color: bool = False) -> int:
+            max_memory_mb: int | None = None, preserve_color: bool = False, style: str | None = None,
+            strength: float | None = None) -> int:
     """Stylize an image file, or every image in a folder, with the TorchServe handler's exact processing.
 
     Exit code 0: all stylized; 1: some image failed (reported, the others are written); 2: usage or model error.
@@ -74,6 +82,8 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         max_memory_mb: activation memory per image; larger images are stylized in tiles with whole-image
             instance-norm statistics (default: $INSTYLE_MAX_MEMORY_MB, else 2048).
         preserve_color: keep the photo's colours (the stylized luminance with the photo's chroma).
+        style: a multi-style model's style, by name, or a mix 'a:0.7,b:0.3' (default: its first style).
+        strength: 0..1, the style/content balance of a model trained with the strength control (default 1).
     """
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
     requested = FORMAT_ALIASES.get(format, format) if format else None
@@ -86,11 +96,18 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
-    print(f"model {model}: style {meta.get('style_image')}, step {meta.get('global_step')}")
+    controls = net.instyle_controls
+    print(f"model {model}: {controls.describe()}, step {meta.get('global_step')}")
+    params = _params("png", quality, max_side, preserve_color, style, strength)
+    try:  # the style options are the same for every image: refuse bad ones before any is read
+        conditioning(params, controls)
+    except BadImageRequest as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     def one(path: Path, out: Path, fmt: str) -> None:
         start = time.perf_counter()
-        data, _ = stylize_bytes(net, path.read_bytes(), _params(fmt, quality, max_side, preserve_color), server_max_side,
+        data, _ = stylize_bytes(net, path.read_bytes(), {**params, "format": fmt}, server_max_side,
                                 max_memory_mb=max_memory_mb)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)

@@ -153,6 +153,35 @@ def _grid(h: int, w: int, size: int) -> list[tuple[int, int, int, int]]:
     return [(r0, r1, c0, c1) for r0, r1 in _splits(h, size) for c0, c1 in _splits(w, size)]
 
 
+STRENGTH_NET = "strength_net.linear"
+
+
+def resolve_conditioning(weights: dict[str, torch.Tensor], style: torch.Tensor,
+                         strength: float = 1.0) -> dict[str, torch.Tensor]:
+    """A conditional generator's state dict (pipeline.model.conditional) → the plain generator's, for
+    one style-weight vector `style` (N,) and `strength`: each norm's (N, C) γ/β table becomes the (C,)
+    vector wᵀΓ (+ hᵀG with the strength features h), which is all `stylize_tiled` needs.
+    A plain state dict comes back unchanged."""
+    norms = [k[:-len(".weight")] for k, v in weights.items()
+             if k.endswith(".weight") and v.dim() == 2 and not k.startswith(STRENGTH_NET)]
+    if not norms:
+        return weights
+    w = style.to(weights[norms[0] + ".weight"].dtype).reshape(1, -1)
+    hidden = None
+    if f"{STRENGTH_NET}.weight" in weights:
+        s = torch.full((1, 1), float(strength), dtype=w.dtype)
+        hidden = torch.relu(F.linear(torch.cat([w, s], dim=1), weights[f"{STRENGTH_NET}.weight"],
+                                     weights[f"{STRENGTH_NET}.bias"]))
+    plain = {k: v for k, v in weights.items() if not k.startswith(STRENGTH_NET) and ".strength_" not in k}
+    for name in norms:
+        gamma, beta = w @ weights[f"{name}.weight"], w @ weights[f"{name}.bias"]
+        if hidden is not None:
+            gamma = gamma + hidden @ weights[f"{name}.strength_gamma"]
+            beta = beta + hidden @ weights[f"{name}.strength_beta"]
+        plain[f"{name}.weight"], plain[f"{name}.bias"] = gamma[0], beta[0]
+    return plain
+
+
 def generator_output(model: Any) -> str:
     """The output activation of a loaded model: `sigmoid` (ours) or `clamp` (imported linear-output models)."""
     output = getattr(model, "instyle_output", None)

@@ -16,8 +16,9 @@ def batch_images(batch: Any) -> int:
 
 
 class ImageGridLogger(L.Callback):
-    """The style image once, then `n_images` fixed validation photos beside their stylization every
-    `every_n_steps` (0: only at the start and the end), so a run can be watched converging."""
+    """The style image(s) once, then `n_images` fixed validation photos beside their stylization in
+    every style (one row per photo: content | style 1 | style 2 | ...) every `every_n_steps` (0: only
+    at the start and the end), so a run can be watched converging."""
 
     def __init__(self, every_n_steps: int = 100, n_images: int = 4):
         self.every_n_steps, self.n_images = every_n_steps, n_images
@@ -40,7 +41,11 @@ class ImageGridLogger(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = self._writer(trainer)
         if writer is not None and trainer.is_global_zero:
-            writer.add_image("style", pl_module.style[0].float().cpu(), global_step=trainer.global_step)
+            if len(pl_module.style_images) == 1:
+                writer.add_image("style", pl_module.style_images[0][0].float().cpu(), global_step=trainer.global_step)
+            else:
+                for name, image in zip(pl_module.style_names, pl_module.style_images):
+                    writer.add_image(f"style/{name}", image[0].float().cpu(), global_step=trainer.global_step)
             self._log(trainer, pl_module)  # step-0 grid: what training starts from
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -60,8 +65,12 @@ class ImageGridLogger(L.Callback):
             return
         was_training = pl_module.generator.training
         pl_module.generator.eval()  # what the exported model will do: instance norm is live anyway
-        stylized = pl_module.generator(fixed.to(pl_module.device)).float().cpu()
+        x = fixed.to(pl_module.device)
+        columns = [fixed.float()]
+        for k in range(len(pl_module.style_names)):
+            styles = torch.full((len(x),), k, dtype=torch.long, device=x.device) if len(pl_module.style_names) > 1 else None
+            columns.append(pl_module(x, styles).float().cpu())
         pl_module.generator.train(was_training)
-        # One row per photo: content | stylized.
-        pairs = torch.stack([fixed.float(), stylized], dim=1).flatten(0, 1)
-        writer.add_image("content|stylized", make_grid(pairs, nrow=2, padding=2), global_step=trainer.global_step)
+        # One row per photo: content | its stylization in each style.
+        rows = torch.stack(columns, dim=1).flatten(0, 1)
+        writer.add_image("content|stylized", make_grid(rows, nrow=len(columns), padding=2), global_step=trainer.global_step)

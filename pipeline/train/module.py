@@ -1,4 +1,5 @@
-"""LightningModule: one generator trained for one fixed style image with the perceptual loss."""
+"""LightningModule: one generator trained for one style image, or for N (conditional instance norm),
+optionally with a strength control, with the perceptual loss."""
 from __future__ import annotations
 
 import copy
@@ -6,21 +7,33 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.data.samples import ContentBatch
 from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT, VGG_FLAVOUR,
                                   PerceptualLoss)
 from pipeline.model.generators import build_generator
-from pipeline.serve.imaging import image_exists, load_style
+from pipeline.serve.imaging import load_style
+from pipeline.train.styles import style_name, style_specs
+
+STYLE_SAMPLING = ("sample", "batch")
+FULL_STRENGTH_SHARE = 0.5  # share of training samples drawn at strength 1, the default most requests use
 
 
 class StyleTransferModule(L.LightningModule):
-    """Feed-forward style transfer (Ulyanov et al. 2017, Johnson et al. 2016).
+    """Feed-forward style transfer (Ulyanov et al. 2017, Johnson et al. 2016), N styles in one generator
+    (Dumoulin et al. 2017) and a strength control (after Babaeizadeh & Ghiasi 2020).
 
     Args:
         style_image: the style image: a file, or `skimage:<name>` (an image scikit-image ships, e.g.
-            skimage:hubble_deep_field or its textures skimage:brick, grass, gravel, immunohistochemistry).
+            skimage:hubble_deep_field or its textures skimage:brick, grass, gravel, immunohistochemistry);
+            or several, comma-separated, or a folder of images: one generator for all of them, each
+            style called by its file stem.
+        style_sampling: with several styles, draw a style per `sample` (default) or one per `batch`.
+        strength_control: also train a strength input s ∈ [0, 1] that scales the style-loss weight
+            per sample (half the samples at 1, half uniform), so the style/content balance can be
+            chosen at inference without retraining.
         style_size: long side the style image is resized to before its Gram matrices are taken.
         arch: `residual` (Johnson) or `multiscale` (Ulyanov, with noise input).
         norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`.
@@ -42,20 +55,24 @@ class StyleTransferModule(L.LightningModule):
                  n_residual: int = 5,
                  content_layer: str = CONTENT_LAYER, style_weight: float = STYLE_WEIGHT,
                  content_weight: float = CONTENT_WEIGHT, tv_weight: float = TV_WEIGHT, vgg_flavour: str = VGG_FLAVOUR,
-                 vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10):
+                 vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10,
+                 style_sampling: str = "sample", strength_control: bool = False):
         super().__init__()
         self.save_hyperparameters()
-        if not image_exists(style_image):
-            raise FileNotFoundError(f"style image {style_image} does not exist")
+        specs = style_specs(style_image)
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
+        if style_sampling not in STYLE_SAMPLING:
+            raise ValueError(f"style_sampling={style_sampling!r}: choose {' or '.join(STYLE_SAMPLING)}")
+        self.style_names = [style_name(s) for s in specs]
         extra = {"upsample": upsample, "width": width, "n_residual": n_residual} if arch == "residual" else {}
-        self.generator = build_generator(arch, norm=norm, padding=padding, **extra)
-        style = load_style(style_image, style_size)
-        self.loss = PerceptualLoss(style, content_layer=content_layer, style_layers=STYLE_LAYERS,
+        self.generator = build_generator(arch, norm=norm, padding=padding, n_styles=len(specs), strength=strength_control,
+                                         **extra)
+        # the style images (1, 3, h, w) each, for the loss targets and the TensorBoard header
+        self.style_images = [load_style(s, style_size) for s in specs]
+        self.loss = PerceptualLoss(self.style_images, content_layer=content_layer, style_layers=STYLE_LAYERS,
                                    style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
                                    vgg_flavour=vgg_flavour, vgg_weights=vgg_weights)
-        self.register_buffer("style", style, persistent=False)
         self._nonfinite = 0
         self.skipped_samples = 0  # corrupt samples the data stream skipped on this rank (checkpointed)
         self.failed_shards = 0  # shards the data stream could not read on this rank (checkpointed)
@@ -63,8 +80,33 @@ class StyleTransferModule(L.LightningModule):
         self.flops_per_batch: int | None = None
         self._image_flops: dict[tuple[bool, int, int], int] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.generator(x)
+    @property
+    def n_styles(self) -> int:
+        return len(self.style_names)
+
+    @property
+    def conditioned(self) -> bool:
+        return self.n_styles > 1 or self.hparams.strength_control
+
+    def forward(self, x: torch.Tensor, styles: torch.Tensor | None = None, strength: torch.Tensor | None = None) -> torch.Tensor:
+        """Stylize `x` with per-sample style indices `styles` (B,) (default: the first style) and
+        strengths (B,) (default: 1; only with the strength control)."""
+        if not self.conditioned:
+            return self.generator(x)
+        weights = None if styles is None else F.one_hot(styles, self.n_styles).to(x.dtype)
+        return self.generator(x, weights, strength if self.hparams.strength_control else None)
+
+    def draw_conditions(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-sample style indices (or None with one style) and strengths (or None without the control)."""
+        styles = strength = None
+        if self.n_styles > 1:
+            shape = (batch,) if self.hparams.style_sampling == "sample" else (1,)
+            styles = torch.randint(self.n_styles, shape, device=self.device).expand(batch)
+        if self.hparams.strength_control:
+            uniform = torch.rand(batch, device=self.device)
+            full = torch.rand(batch, device=self.device) < FULL_STRENGTH_SHARE
+            strength = torch.where(full, torch.ones_like(uniform), uniform)
+        return styles, strength
 
     def image_flops(self, images: torch.Tensor, backward: bool) -> int:
         """FLOPs of one image of `images`' size through a training step (generator, loss, backward to
@@ -74,9 +116,10 @@ class StyleTransferModule(L.LightningModule):
         if key not in self._image_flops:
             generator, x = copy.deepcopy(self.generator), images[:1].detach()
             devices = [x.device] if x.device.type == "cuda" else []
+            styles = torch.zeros(1, dtype=torch.long, device=x.device) if self.n_styles > 1 else None
             with torch.random.fork_rng(devices), FlopCounterMode(display=False) as counter, \
                     torch.set_grad_enabled(backward):
-                total = self.loss(generator(x), x)["total"]
+                total = self.loss(generator(x), x, styles)["total"]
                 if backward:
                     torch.autograd.grad(total, [p for p in generator.parameters() if p.requires_grad])
             self._image_flops[key] = counter.get_total_flops()
@@ -88,12 +131,13 @@ class StyleTransferModule(L.LightningModule):
     def on_validation_batch_start(self, batch: ContentBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.flops_per_batch = self.image_flops(batch.images, backward=False) * len(batch.images)
 
-    def _terms(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.loss(self.generator(content), content)
+    def _terms(self, content: torch.Tensor, styles: torch.Tensor | None = None,
+               strength: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.loss(self(content, styles, strength), content, styles, strength)
 
     def training_step(self, batch: ContentBatch, batch_idx: int) -> torch.Tensor | None:
         self._count_data_losses(batch)
-        terms = self._terms(batch.images)
+        terms = self._terms(batch.images, *self.draw_conditions(len(batch.images)))
         finite = bool(torch.isfinite(terms["total"]).item())
         # Every DDP rank must take the same decision, or the skipped rank hangs the all-reduce.
         finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
@@ -118,8 +162,19 @@ class StyleTransferModule(L.LightningModule):
                  batch_size=1)
 
     def validation_step(self, batch: ContentBatch, batch_idx: int) -> None:
-        terms = self._terms(batch.images)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch.images), sync_dist=True)
+        """Every style at full strength; with several styles `val/<name>/<term>` per style and
+        `val/<term>` their mean (what checkpoints monitor)."""
+        n = len(batch.images)
+        if self.n_styles == 1:
+            terms = self._terms(batch.images)
+        else:
+            per_style = []
+            for k, name in enumerate(self.style_names):
+                styles = torch.full((n,), k, dtype=torch.long, device=self.device)
+                per_style.append(self._terms(batch.images, styles))
+                self.log_dict({f"val/{name}/{t}": v for t, v in per_style[-1].items()}, batch_size=n, sync_dist=True)
+            terms = {t: torch.stack([p[t] for p in per_style]).mean() for t in per_style[0]}
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr)
@@ -140,6 +195,7 @@ class StyleTransferModule(L.LightningModule):
             del sd[k]
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["failed_shards"] = self.failed_shards
+        checkpoint["styles"] = list(self.style_names)  # what X-Style names, in the generator's order
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_samples = int(checkpoint.get("skipped_samples", 0))

@@ -1,0 +1,113 @@
+"""Per-request style controls: which style (or mix) and what strength, checked against the model.
+
+    style     "starry_night" | "starry_night:0.7,the_great_wave:0.3" (weights ≥ 0, normalized) |
+              "" / absent → the model's first style
+    strength  a number in [0, 1]; absent → 1 (full style); only for models trained with the control
+
+Shared by the TorchServe handler and the offline CLI; imports only torch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from pipeline.serve.imaging import BadImageRequest
+
+
+@dataclass(frozen=True)
+class ModelControls:
+    """What a loaded model accepts: its style names (in the generator's order), whether it takes a
+    strength, and whether it is conditioned at all (plain single-style models take the image only)."""
+    styles: tuple[str, ...]
+    strength: bool = False
+
+    @property
+    def conditioned(self) -> bool:
+        return len(self.styles) > 1 or self.strength
+
+    def describe(self) -> str:
+        strength = "strength 0..1" if self.strength else "no strength control"
+        return f"styles: {', '.join(self.styles)}; {strength}"
+
+
+def controls_from_metadata(meta: Mapping[str, Any]) -> ModelControls:
+    """The controls of a model from its embedded metadata (exports before multi-style: one style, no strength)."""
+    kwargs = meta.get("generator_kwargs") or {}
+    styles = meta.get("styles")
+    if not styles:
+        style = meta.get("style_image")
+        styles = [str(style).rsplit(".", 1)[0] if style else "style"]
+    n_styles = int(kwargs.get("n_styles", 1))
+    if len(styles) != n_styles:
+        raise ValueError(f"model metadata names {len(styles)} style(s) but the generator has {n_styles}")
+    return ModelControls(tuple(str(s) for s in styles), bool(kwargs.get("strength", False)))
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """One request's resolved controls: convex style weights (N,) and a strength."""
+    weights: tuple[float, ...]
+    strength: float = 1.0
+
+
+def parse_style(spec: str | None, controls: ModelControls) -> tuple[float, ...]:
+    """`name` or `name:weight,name:weight,...` → convex weights over the model's styles (BadImageRequest
+    naming the problem and listing the styles)."""
+    n = len(controls.styles)
+    if spec is None or not spec.strip():
+        return tuple(1.0 if i == 0 else 0.0 for i in range(n))
+    weights = [0.0] * n
+    listing = f"; this model's styles: {', '.join(controls.styles)}"
+    for part in spec.split(","):
+        name, sep, raw = part.strip().partition(":")
+        name = name.strip()
+        if name not in controls.styles:
+            raise BadImageRequest(f"unknown style {name!r}{listing}")
+        try:
+            weight = float(raw) if sep else 1.0
+        except ValueError:
+            raise BadImageRequest(f"style weight {raw.strip()!r} for {name} is not a number{listing}") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise BadImageRequest(f"style weight {raw.strip()} for {name} must be a finite number ≥ 0{listing}")
+        weights[controls.styles.index(name)] += weight
+    total = sum(weights)
+    if total <= 0:
+        raise BadImageRequest(f"style weights in {spec!r} sum to 0; give at least one positive weight{listing}")
+    return tuple(w / total for w in weights)
+
+
+def parse_strength(raw: str | None, controls: ModelControls) -> float:
+    """A strength in [0, 1] (absent or empty: 1); refused on models trained without the control."""
+    if raw is None or not str(raw).strip():
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadImageRequest(f"strength={raw!r} is not a number; use a value in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise BadImageRequest(f"strength={raw} is outside [0, 1]")
+    if not controls.strength and value != 1.0:
+        raise BadImageRequest(f"this model was trained without the strength control; omit strength or use 1 "
+                              f"({controls.describe()})")
+    return value
+
+
+def conditioning(params: Mapping[str, str], controls: ModelControls) -> Conditioning:
+    """The request's `style` and `strength` options, resolved for the model."""
+    return Conditioning(parse_style(params.get("style"), controls), parse_strength(params.get("strength"), controls))
+
+
+def call_model(model: Any, x: torch.Tensor, conditions: Sequence[Conditioning] | None,
+               controls: ModelControls | None) -> torch.Tensor:
+    """model(x) for plain models; model(x, weights (B, N)[, strengths (B,)]) for conditioned ones, one
+    row per image (a batch may mix styles and strengths)."""
+    if controls is None or not controls.conditioned:
+        return model(x)
+    conditions = conditions or [Conditioning(parse_style(None, controls))] * x.shape[0]
+    weights = torch.tensor([c.weights for c in conditions], dtype=x.dtype, device=x.device)
+    if not controls.strength:
+        return model(x, weights)
+    return model(x, weights, torch.tensor([c.strength for c in conditions], dtype=x.dtype, device=x.device))
