@@ -2,16 +2,21 @@
 the optional downscale to `max_side`).
 
 Request: the image as the raw body (Content-Type image/* or application/octet-stream) or as
-one multipart/form-data field of any name. Options as headers (`X-Format`, `X-Quality`,
-`X-Max-Side`, `X-Preserve-Color`), form fields or query parameters; form/query values win over headers.
+one multipart/form-data field of any name (over gRPC: one entry of the request's `input` map).
+Options as headers (`X-Format`, `X-Quality`, `X-Max-Side`, `X-Preserve-Color`, `X-Style`,
+`X-Strength`), form fields, gRPC input fields or query parameters; those win over headers.
 TorchServe 0.12 drops the query string on /predictions/NAME (its frontend passes no query
 decoder there); it forwards it on /invocations?model_name=NAME&... and /NAME/predict?...
   format   png (default) | jpeg | webp
   quality  1..100 for jpeg/webp (default 90)
   max_side downscale so the longer side is ≤ this; capped by the server's limit
   preserve_color  true: the stylized luminance with the photo's colours (default false)
-Bad input → 4xx with a JSON body {"error": ..., "status": ...}; only that request fails, the
-rest of the batch and the worker carry on.
+  style    a style of the model (`starry_night`) or a mix (`starry_night:0.7,the_great_wave:0.3`,
+           weights ≥ 0, normalized); default: the model's first style
+  strength 0..1, the style/content balance of a model trained with the strength control (default 1)
+Bad input → 4xx with a JSON body {"error": ..., "status": ..., "styles": [...]}; only that request
+fails, the rest of the batch and the worker carry on. The model's styles and training config:
+TorchServe's describe API, `GET /models/NAME?customized=true` (management port).
 
 Server limits: `handler: {max_side: 4096, max_pixels: 50000000}` in the archive's
 model-config.yaml, overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS.
@@ -32,6 +37,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from pipeline.serve.controls import ModelControls, call_model
 from pipeline.serve.imaging import BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch, size_groups
 from pipeline.serve.limits import memory_cap_bytes, server_limits
@@ -40,7 +46,7 @@ from pipeline.serve.model_io import load_model
 
 logger = logging.getLogger(__name__)
 
-OPTION_NAMES = ("format", "quality", "max_side", "preserve_color")
+OPTION_NAMES = ("format", "quality", "max_side", "preserve_color", "style", "strength")
 IMAGE_FIELDS = ("data", "body")  # TorchServe's names for a raw body; a multipart field keeps its own name
 ROUTING_PARAMS = ("model_name", "model_version")  # query parameters /invocations uses for routing
 REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
@@ -48,7 +54,8 @@ REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media
 
 
 def header_options(headers: Mapping[str, Any]) -> dict[str, str]:
-    """Options given as headers: X-Format, X-Quality, X-Max-Side, X-Preserve-Color (case-insensitive)."""
+    """Options given as headers: X-Format, X-Quality, X-Max-Side, X-Preserve-Color, X-Style, X-Strength
+    (case-insensitive)."""
     lower = {k.lower(): v for k, v in headers.items() if isinstance(v, str)}  # non-str: per-field content types
     found = {}
     for name in OPTION_NAMES:
@@ -113,8 +120,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (MemoryError, torch.OutOfMemoryError))
 
 
-def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": message, "status": status}).encode("utf-8")
+def error_body(status: int, message: str, styles: tuple[str, ...] = ()) -> bytes:
+    return json.dumps({"error": message, "status": status, "styles": list(styles)}).encode("utf-8")
+
+
+def describe(metadata: Mapping[str, Any], controls: ModelControls) -> dict[str, Any]:
+    """What `GET /models/NAME?customized=true` shows: the styles, the strength control, the options
+    and the training configuration the model was exported with."""
+    return {"styles": list(controls.styles), "default_style": controls.styles[0], "strength_control": controls.strength,
+            "options": list(OPTION_NAMES), "style_image": metadata.get("style_image"),
+            "global_step": metadata.get("global_step"), "run": metadata.get("run"),
+            "generator": {"arch": metadata.get("arch"), **(metadata.get("generator_kwargs") or {})},
+            "hyper_parameters": metadata.get("hyper_parameters")}
 
 
 class StylizeHandler(BaseHandler):
@@ -134,6 +151,7 @@ class StylizeHandler(BaseHandler):
                                "(python -m pipeline archive), which packs runs/<run>/export/generator.pt2")
         self.model_pt_path = os.path.join(model_dir, serialized)
         self.model, self.metadata = load_model(self.model_pt_path, self.device)
+        self.controls: ModelControls = self.model.instyle_controls
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         handler_config = yaml_config.get("handler") or {}
         self.max_side, self.max_pixels = server_limits(handler_config)
@@ -141,15 +159,17 @@ class StylizeHandler(BaseHandler):
         self.max_memory_mb = memory_cap_bytes(config=handler_config) // 2**20
         with torch.inference_mode():  # warm-up: fail at load, not on the first request
             for _ in range(2):
-                self.model(torch.rand(1, 3, 32, 32, device=self.device))
-        logger.info("instyle model %s loaded (style %s, step %s); max_side=%d max_pixels=%d max_memory_mb=%d",
-                    serialized, self.metadata.get("style_image"), self.metadata.get("global_step"), self.max_side,
+                call_model(self.model, torch.rand(1, 3, 32, 32, device=self.device), None, self.controls)
+        logger.info("instyle model %s loaded (%s, step %s); max_side=%d max_pixels=%d max_memory_mb=%d",
+                    serialized, self.controls.describe(), self.metadata.get("global_step"), self.max_side,
                     self.max_pixels, self.max_memory_mb)
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """Answer every request of the batch: image bytes, or a JSON error for that request only."""
         self.context = context
+        if self._is_describe():  # GET /models/NAME?customized=true
+            return [json.dumps(describe(self.metadata, self.controls))]
         metrics = context.metrics  # calls pass a fresh dimensions list: TorchServe's default is a shared mutable one
         # how many requests TorchServe batched into this call (the archive's batchSize / maxBatchDelay)
         metrics.add_metric("BatchSize", len(data), "count", 0, [], MetricTypes.GAUGE)
@@ -159,7 +179,7 @@ class StylizeHandler(BaseHandler):
             start = time.perf_counter()
             try:
                 payload, params = split_request(row, context.get_all_request_header(idx) or {})
-                image, options = prepare(payload, params, self.max_side, self.max_pixels)
+                image, options = prepare(payload, params, self.max_side, self.max_pixels, self.controls)
             except BadImageRequest as e:
                 results[idx] = self._fail(context, idx, e.status, str(e))
                 continue
@@ -171,7 +191,8 @@ class StylizeHandler(BaseHandler):
         for group in size_groups(images):
             start = time.perf_counter()
             try:
-                outputs = run_batch(self.model, [images[i] for i in group], self.device, self.max_memory_mb)
+                outputs = run_batch(self.model, [images[i] for i in group], self.device, self.max_memory_mb,
+                                    [prepared[i][2].conditioning for i in group])
             except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
                 logger.exception("inference failed for a group of %d image(s) of %s", len(group), images[group[0]].size)
                 too_big = is_out_of_memory(e)
@@ -201,7 +222,7 @@ class StylizeHandler(BaseHandler):
         context.set_response_header(idx, "content-type", "application/json")
         if status < 500:
             context.metrics.add_counter("BadRequests", 1, idx, [])
-        return error_body(status, message)
+        return error_body(status, message, self.controls.styles)
 
 
 def _ms(start: float) -> float:

@@ -25,6 +25,7 @@ TOOLS = {
     "ablation": "pipeline.quality.ablation",
     "figure": "pipeline.quality.figures",
     "loadtest": "pipeline.ops.loadtest",
+    "grpc-predict": "pipeline.ops.grpc_client",
 }
 TRAINING = ("fit", "validate", "test", "predict")
 

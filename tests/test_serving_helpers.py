@@ -25,20 +25,32 @@ HPARAMS = dict(style_image="styles/mosaic.jpg", style_size=512, arch="residual",
                max_nonfinite=10)
 
 
-def make_checkpoint(run_dir: Path, seed: int = 0, global_step: int = 42, **overrides: Any) -> Path:
-    """Write run_dir/checkpoints/last.ckpt as training would (generator.* weights, no VGG)."""
+def make_checkpoint(run_dir: Path, seed: int = 0, global_step: int = 42, styles: list[str] | None = None,
+                    strength: bool = False, **overrides: Any) -> Path:
+    """Write run_dir/checkpoints/last.ckpt as training would (generator.* weights, no VGG); `styles`
+    (names) and `strength` make a conditional generator, as multi-style / strength training does.
+    The real chain (a checkpoint written by `make train`) is tested in test_real_chain.py."""
     hp = {**HPARAMS, **overrides}
+    if styles:
+        hp["style_image"] = ",".join(f"styles/{n}.jpg" for n in styles)
+    if styles or strength:  # checkpoints from before multi-style have neither key
+        hp["strength_control"] = strength
     torch.manual_seed(seed)
     extra = {k: hp[k] for k in ("upsample", "width", "n_residual") if k in hp} if hp["arch"] == "residual" else {}
+    if styles or strength:
+        extra.update(n_styles=len(styles or [None]), strength=strength)
     generator = build_generator(hp["arch"], norm=hp["norm"], padding=hp["padding"], **extra)
     with torch.no_grad():  # move the affine norm parameters off 1/0 so they matter in comparisons
-        for p in generator.parameters():
-            if p.dim() == 1:
+        for name, p in generator.named_parameters():
+            if p.dim() == 1 or ".strength_" in name or (p.dim() == 2 and "strength_net" not in name):
                 p.add_(0.1 * torch.randn_like(p))
     path = run_dir / "checkpoints" / "last.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": hp, "state_dict": {"generator." + k: v for k, v in generator.state_dict().items()},
-                "global_step": global_step, "epoch": 0, "pytorch-lightning_version": "2.6.6"}, path)
+    ckpt = {"hyper_parameters": hp, "state_dict": {"generator." + k: v for k, v in generator.state_dict().items()},
+            "global_step": global_step, "epoch": 0, "pytorch-lightning_version": "2.6.6"}
+    if styles:
+        ckpt["styles"] = list(styles)
+    torch.save(ckpt, path)
     return path
 
 

@@ -74,6 +74,7 @@ class LocalTorchServe:
         self.cwd.mkdir(parents=True, exist_ok=True)
         ports = free_ports(6)
         self.inference, self.management, self.metrics = ports[:3]
+        self.grpc_inference, self.grpc_management = ports[3:5]
         derived_config(config, self.cwd / "config.properties", Path(store).resolve(), ports, overrides)
         self.extra_env = dict(env or {})
         self.keys: dict[str, str] = {}
