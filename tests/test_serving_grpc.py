@@ -78,7 +78,8 @@ def test_cli_writes_output_or_reports_the_status(server, tmp_path, capsys):
     photo.write_bytes(encode_pil(rng_image(24, 32, seed=34)))
     key_file = server.cwd / "key_file.json"
     common = ["--port", str(server.grpc_inference), "--key_file", str(key_file)]
-    assert pipeline_main(["grpc-predict", "--model", MODEL, "--format", "webp", *common, str(photo), str(tmp_path / "o.webp")]) == 0
+    args = ["grpc-predict", "--model", MODEL, "--format", "webp", *common, str(photo), str(tmp_path / "o.webp")]
+    assert pipeline_main(args) == 0
     out = decode_pil((tmp_path / "o.webp").read_bytes())
     assert out.format == "WEBP" and out.size == (32, 24)
     # an unknown model: TorchServe answers INTERNAL "Model not found"; exit 1, nothing written

@@ -5,7 +5,6 @@ with the inference key as `authorization: Bearer <key>` metadata. Errors: docs/s
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import re
