@@ -6,9 +6,12 @@ PY      ?= .venv/bin/python
 PRESET  ?= cpu
 STYLE   ?=
 NAME    ?=
-# `make train` alone: a style scikit-image ships; its run is named after the style's stem.
+# `make train` alone: a style scikit-image ships; a run is named after its style's stem (several
+# styles, STYLE=a.jpg,b.jpg: a+b; a folder: the folder's name) unless NAME is given.
+comma := ,
+space := $(subst x, ,x)
 TRAIN_STYLE := $(or $(STYLE),skimage:hubble_deep_field)
-TRAIN_NAME  := $(or $(NAME),$(basename $(notdir $(subst skimage:,,$(TRAIN_STYLE)))))
+TRAIN_NAME  := $(or $(NAME),$(subst $(space),+,$(basename $(notdir $(abspath $(subst skimage:,,$(subst $(comma),$(space),$(TRAIN_STYLE))))))))
 DATA    ?=
 TRAIN_SHARDS ?=
 VAL_SHARDS   ?=
@@ -23,7 +26,7 @@ BENCH_ARGS ?=
 .PHONY: help install test shards train tensorboard export import archive serve stop loadtest eval ablation bench
 
 help:
-	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train STYLE=img [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
+	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
 	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
 	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | bench [BENCH_ARGS=--quick]"
 

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
+from ts.utils.util import PredictionException
 
 from pipeline.serve.controls import ModelControls, call_model
 from pipeline.serve.imaging import BadImageRequest
@@ -114,6 +115,13 @@ def _text(key: str, value: Any) -> str:
     return str(value)
 
 
+def is_grpc(headers: Mapping[str, Any]) -> bool:
+    """Whether a request came over gRPC: TorchServe gives unary gRPC requests no request headers (only
+    per-field content types, which are dicts), while HTTP requests always carry string headers (Host,
+    Content-Length, and TorchServe's own url_path)."""
+    return not any(isinstance(v, str) for v in headers.values())
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """Out of memory, told by the exception's type: host RAM (`MemoryError`) or an accelerator's
     (`torch.OutOfMemoryError`), never by the wording of a message."""
@@ -174,6 +182,7 @@ class StylizeHandler(BaseHandler):
         # how many requests TorchServe batched into this call (the archive's batchSize / maxBatchDelay)
         metrics.add_metric("BatchSize", len(data), "count", 0, [], MetricTypes.GAUGE)
         results: list[bytes | None] = [None] * len(data)
+        self._failed: dict[int, int] = {}  # request index → status of the requests that failed
         prepared = []  # (request index, image, options)
         for idx, row in enumerate(data):
             start = time.perf_counter()
@@ -213,11 +222,29 @@ class StylizeHandler(BaseHandler):
                 # lower-case key: the worker reads the response content type as "content-type"
                 context.set_response_header(idx, "content-type", content_type)
                 metrics.add_time("EncodeMs", _ms(start), idx, "ms", [])
+        self._raise_for_grpc(results, context)
         return results  # type: ignore[return-value]
+
+    def _raise_for_grpc(self, results: list[bytes | None], context: Any) -> None:
+        """A failed gRPC request alone in its batch fails as a gRPC error status.
+
+        TorchServe's gRPC path ignores the per-request status `_fail` sets (GRPCJob.response sends
+        any body as an OK prediction); only a failed *batch* becomes a gRPC status (400 →
+        INVALID_ARGUMENT, 413 → RESOURCE_EXHAUSTED, other 4xx → FAILED_PRECONDITION, 5xx → INTERNAL),
+        and it fails every request of the batch. So it is raised only when the batch is this one
+        request. A bad gRPC request batched with others (batchSize > 1) still gets the JSON error as
+        an OK reply, which the others must not pay for: docs/serving.md says so, and
+        `python -m pipeline grpc-predict` treats such a reply as an error."""
+        if len(results) != 1 or not self._failed.get(0):
+            return
+        if is_grpc(context.get_all_request_header(0) or {}):
+            status, body = self._failed[0], results[0]
+            raise PredictionException(body.decode("utf-8"), status)
 
     def _fail(self, context: Any, idx: int, status: int, message: str) -> bytes:
         """Mark one request as failed: status line, JSON body, a BadRequests count for 4xx."""
         logger.info("request %d refused with %d: %s", idx, status, message)
+        self._failed[idx] = status
         context.set_response_status(status, REASONS.get(status, "Error"), idx)
         context.set_response_header(idx, "content-type", "application/json")
         if status < 500:

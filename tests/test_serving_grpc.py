@@ -16,24 +16,39 @@ import shutil
 import grpc
 import pytest
 
+import numpy as np
+
 from pipeline.__main__ import main as pipeline_main
 from pipeline.export.archive import archive_run
+from pipeline.export.exporter import export_run
 from pipeline.ops.grpc_client import PredictError, load_stubs, predict
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe
-from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
+from pipeline.serve.model_io import load_model
+from pipeline.serve.stylize import stylize_bytes
+from test_serving_helpers import decode_pil, encode_pil, make_checkpoint, rng_image
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("java") is None or not TORCHSERVE.exists(), reason="needs Java and torchserve")]
 
-MODEL = "demo"
+MODEL = "trio"
+STYLES = ["mosaic", "wave", "scream"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def run(tmp_path_factory):
+    """A three-style model with the strength control, exported."""
+    run = tmp_path_factory.mktemp("grpc_runs") / MODEL
+    make_checkpoint(run, styles=STYLES, strength=True)
+    export_run(run, formats=("pt2",))
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, run):
     """One TorchServe (HTTP + gRPC on free loopback ports) serving MODEL, with stubs generated."""
     load_stubs(tmp_path_factory.mktemp("grpc_stubs"))
     store = tmp_path_factory.mktemp("grpc_store")
-    archive_run(shared_export(tmp_path_factory), store, name=MODEL)
+    archive_run(run, store, name=MODEL)
     ts = LocalTorchServe(tmp_path_factory.mktemp("grpc_server"), store)
     ts.start()
     try:
@@ -98,3 +113,25 @@ def test_bad_body_is_a_grpc_error_with_the_json_error(server):
     assert e.error is not None and e.error["status"] == 400 and "cannot decode" in e.error["error"], e.details
     assert json.loads(e.details.split("\n")[0]) == e.error
     assert decode_pil(call(server, encode_pil(rng_image(16, 16, seed=35)))).size == (16, 16)  # the worker carries on
+
+
+def test_style_options_as_input_fields_equal_the_offline_cli(server, run):
+    model, _ = load_model(run / "export" / "generator.pt2")
+    photo = encode_pil(rng_image(33, 47, seed=36))
+    outputs = []
+    for options in ({}, {"style": "wave"}, {"style": "mosaic:0.3,scream:0.7", "strength": "0.4"},
+                    {"style": "scream", "preserve_color": "true"}):
+        got = np.asarray(decode_pil(call(server, photo, **options)))
+        assert np.array_equal(got, np.asarray(decode_pil(stylize_bytes(model, photo, options)[0]))), options
+        outputs.append(got)
+    assert all(np.abs(outputs[0].astype(int) - o.astype(int)).mean() > 0.5 for o in outputs[1:])
+
+
+@pytest.mark.parametrize("options,message", [({"style": "mona_lisa"}, "unknown style 'mona_lisa'"),
+                                             ({"strength": "2"}, "outside [0, 1]")])
+def test_bad_style_options_are_invalid_argument_listing_the_styles(server, options, message):
+    with pytest.raises(PredictError) as info:
+        call(server, encode_pil(rng_image(16, 16, seed=37)), **options)
+    e = info.value
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT and message in e.error["error"], e.details
+    assert e.error["styles"] == STYLES
