@@ -38,7 +38,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
-from pipeline.serve.controls import ModelControls, call_model
+from pipeline.serve.controls import ModelControls, call_model, model_description
 from pipeline.serve.imaging import BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch, size_groups
 from pipeline.serve.limits import memory_cap_bytes, server_limits
@@ -133,13 +133,9 @@ def error_body(status: int, message: str, styles: tuple[str, ...] = ()) -> bytes
 
 
 def describe(metadata: Mapping[str, Any], controls: ModelControls) -> dict[str, Any]:
-    """What `GET /models/NAME?customized=true` shows: the styles, the strength control, the options
-    and the training configuration the model was exported with."""
-    return {"styles": list(controls.styles), "default_style": controls.styles[0], "strength_control": controls.strength,
-            "options": list(OPTION_NAMES), "style_image": metadata.get("style_image"),
-            "global_step": metadata.get("global_step"), "run": metadata.get("run"),
-            "generator": {"arch": metadata.get("arch"), **(metadata.get("generator_kwargs") or {})},
-            "hyper_parameters": metadata.get("hyper_parameters")}
+    """What `GET /models/NAME?customized=true` shows: the model's styles, strength control and training
+    configuration (`model_description`) and the request options."""
+    return {**model_description(metadata, controls), "options": list(OPTION_NAMES)}
 
 
 class StylizeHandler(BaseHandler):

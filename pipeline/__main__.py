@@ -20,10 +20,13 @@ TOOLS = {
     "archive": "pipeline.export.archive",
     "import": "pipeline.export.importer",
     "stylize": "pipeline.serve.stylize",
+    "describe": "pipeline.serve.describe",
     "evaluate": "pipeline.quality.evaluate",
     "gatys": "pipeline.quality.gatys",
     "ablation": "pipeline.quality.ablation",
     "figure": "pipeline.quality.figures",
+    "style-grid": "pipeline.quality.style_grid",
+    "style-report": "pipeline.quality.style_report",
     "loadtest": "pipeline.ops.loadtest",
     "grpc-predict": "pipeline.ops.grpc_client",
 }

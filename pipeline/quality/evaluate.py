@@ -26,6 +26,8 @@ from pipeline.quality.gatys import GATYS_ITERS, build_loss, optimize
 from pipeline.serve.imaging import IMAGE_SUFFIXES, encode, image_exists, load_image_file, load_style, resize_short
 from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.metrics import border_artifact_index, psnr
+from pipeline.serve.controls import call_model, conditioning
+from pipeline.train.styles import style_specs
 
 CONTRAST = (0.5, 0.25)  # g(x) vs g(a·x + b): a low-contrast version of the same photo
 
@@ -133,8 +135,28 @@ def gatys_caption(gatys_mean: list[dict[str, Any]]) -> str:
     return f" | Gatys ({', '.join(str(g['iters']) for g in gatys_mean)} it)" if gatys_mean else ""
 
 
+def conditioned_model(net: Any, style_name: str | None, strength: float | None) -> tuple[Callable, int]:
+    """`net` as a one-argument callable for one style (by name; default the first) and strength, and
+    that style's index (a clear ValueError for a style or strength the model does not have)."""
+    controls = net.instyle_controls
+    cond = conditioning({"style": style_name, "strength": None if strength is None else repr(float(strength))}, controls)
+    return (lambda x: call_model(net, x, [cond] * x.shape[0], controls)), cond.weights.index(max(cond.weights))
+
+
+def training_style(hp: dict[str, Any], index: int) -> str | None:
+    """The style image (file or skimage:<name>) of style `index` of a run, from its hyper-parameters."""
+    spec = hp.get("style_image")
+    if not spec:
+        return None
+    try:
+        return style_specs(spec)[index]
+    except (ValueError, FileNotFoundError, IndexError):
+        return None
+
+
 def command(*, model: Path, content: Path, out: Path, style: str | None = None, size: int = 256,
-            limit: int | None = None, gatys: int = 0, gatys_iters: list[int] = list(GATYS_ITERS)) -> int:
+            limit: int | None = None, gatys: int = 0, gatys_iters: list[int] = list(GATYS_ITERS),
+            style_name: str | None = None, strength: float | None = None) -> int:
     """Measure a model on a folder of photos: losses, time, contrast PSNR, border index (+ Gatys).
 
     Writes OUT/metrics.json and OUT/report.html.
@@ -144,6 +166,8 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         content: folder of photos.
         out: report folder.
         style: style image, a file or skimage:<name> (default: the model's training style, from its metadata).
+        style_name: a multi-style model's style to evaluate (default: its first).
+        strength: the strength to evaluate a model with the strength control at (default 1).
         size: short side the photos are resized to, px.
         limit: evaluate the first N photos only.
         gatys: run the Gatys baseline on the first N photos.
@@ -158,7 +182,12 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         return 2
     net, meta = load_model(model)
     hp = meta.get("hyper_parameters") or {}
-    style = style or hp.get("style_image")  # a file or skimage:<name>
+    try:
+        run_model, index = conditioned_model(net, style_name, strength)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    style = style or training_style(hp, index)  # a file or skimage:<name>
     if style is None or not image_exists(style):
         print(f"error: style image {style} not found: pass --style", file=sys.stderr)
         return 2
@@ -168,7 +197,7 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         print(f"error: {e}", file=sys.stderr)
         return 2
     loss = build_loss(load_style(style, hp.get("style_size", 256)), hp)
-    result = evaluate(net, loss, photos, size, out, gatys, gatys_iters)
+    result = evaluate(run_model, loss, photos, size, out, gatys, gatys_iters)
     print(json.dumps(result["mean"], indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     return 0

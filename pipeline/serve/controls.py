@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -37,13 +38,23 @@ def controls_from_metadata(meta: Mapping[str, Any]) -> ModelControls:
     """The controls of a model from its embedded metadata (exports before multi-style: one style, no strength)."""
     kwargs = meta.get("generator_kwargs") or {}
     styles = meta.get("styles")
-    if not styles:
-        style = meta.get("style_image")
-        styles = [str(style).rsplit(".", 1)[0] if style else "style"]
+    if not styles:  # exports from before multi-style recorded only the style image's file name
+        style = str(meta.get("style_image") or "style")
+        styles = [style[len("skimage:"):] if style.startswith("skimage:") else PurePath(style).stem]
     n_styles = int(kwargs.get("n_styles", 1))
     if len(styles) != n_styles:
         raise ValueError(f"model metadata names {len(styles)} style(s) but the generator has {n_styles}")
     return ModelControls(tuple(str(s) for s in styles), bool(kwargs.get("strength", False)))
+
+
+def model_description(meta: Mapping[str, Any], controls: ModelControls) -> dict[str, Any]:
+    """What a model offers and how it was made: its styles (the first is the default), the strength
+    control, the generator and the training hyper-parameters (TorchServe's describe API and
+    `python -m pipeline describe`)."""
+    return {"styles": list(controls.styles), "default_style": controls.styles[0], "strength_control": controls.strength,
+            "style_image": meta.get("style_image"), "global_step": meta.get("global_step"), "run": meta.get("run"),
+            "generator": {"arch": meta.get("arch"), **(meta.get("generator_kwargs") or {})},
+            "hyper_parameters": meta.get("hyper_parameters")}
 
 
 @dataclass(frozen=True)

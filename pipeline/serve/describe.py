@@ -1,0 +1,25 @@
+"""`python -m pipeline describe --model FILE`: what a model offers (its styles, the strength control)
+and how it was trained, as JSON: the same description TorchServe's describe API gives for its archive."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from pipeline.serve.controls import model_description
+from pipeline.serve.model_io import load_model
+
+
+def command(*, model: Path) -> int:
+    """Print a model's styles, strength control, generator and training hyper-parameters as JSON.
+
+    Args:
+        model: generator.pt2, generator.pt, generator.onnx or a training .ckpt.
+    """
+    try:
+        net, meta = load_model(model)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: cannot load model: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(model_description(meta, net.instyle_controls), indent=2))
+    return 0
