@@ -170,3 +170,17 @@ def test_strength_on_a_model_without_the_control_is_refused():
     x = torch.rand(1, 3, 20, 20)
     with torch.no_grad():
         torch.testing.assert_close(call_model(g, x, None, plain), g(x))
+
+
+def test_bf16_autocast_training_step_of_the_conditional_generator(trio):
+    """The gpu preset trains in bf16-mixed: the style tables and strength path run under autocast."""
+    g = ResidualGenerator(width=8, n_residual=1, n_styles=3, strength=True).train()
+    x = torch.rand(2, 3, 32, 32)
+    w, s = torch.tensor([[1.0, 0, 0], [0, 0.5, 0.5]]), torch.tensor([1.0, 0.2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = g(x, w, s)
+    y.float().mean().backward()
+    assert torch.isfinite(y.float()).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for n, p in g.named_parameters() if ".strength_" not in n)
+    with torch.no_grad():
+        torch.testing.assert_close(y.float(), g(x, w, s), rtol=0, atol=0.05)

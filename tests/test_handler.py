@@ -232,3 +232,26 @@ def test_out_of_memory_is_told_by_the_exception_type(served, error, status):
         handler.model = original
     message = _error(res, status)
     assert ("too large for this server's memory" in message) == (status == 507), message
+
+
+def grpc_request(fields: dict[str, bytes], rid: str = "g") -> dict:
+    """A request as TorchServe's gRPC path hands it to the worker: the `input` map's entries as
+    parameters with an empty content type, and no request headers at all."""
+    return {"requestId": rid.encode(), "headers": [],
+            "parameters": [{"name": k, "contentType": "", "value": bytearray(v)} for k, v in fields.items()]}
+
+
+def test_a_failed_grpc_request_alone_in_its_batch_raises_the_status(served):
+    from ts.utils.util import PredictionException
+
+    handler, context = served
+    photo = encode_pil(rng_image(20, 30, seed=40))
+    assert _ok(run_handler(handler, context, [grpc_request({"data": photo, "format": b"jpeg"})])[0], "image/jpeg")
+    with pytest.raises(PredictionException) as info:
+        run_handler(handler, context, [grpc_request({"data": b"not an image"})])
+    assert info.value.error_code == 400 and "cannot decode" in json.loads(info.value.message)["error"]
+    # over HTTP, or batched with others, the failed request gets its own 4xx and JSON instead
+    _error(run_handler(handler, context, [ts_request(b"not an image")])[0], 400)
+    results = run_handler(handler, context, [grpc_request({"data": b"not an image"}, "a"), grpc_request({"data": photo}, "b")])
+    _error(results[0], 400)
+    _ok(results[1])

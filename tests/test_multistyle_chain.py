@@ -38,17 +38,23 @@ def trained(tmp_path_factory, vgg_weights) -> Path:
     """runs/duo trained by `make train` with the strength control, exported by `make export`."""
     work = tmp_path_factory.mktemp("work")
     data = write_case(tmp_path_factory.mktemp("shards"), 2)
-    args = TINY[2:] + ["--data.steps_per_epoch=12", "--trainer.max_steps=24", "--model.strength_control=true"]
+    args = TINY[2:] + ["--data.steps_per_epoch=24", "--trainer.max_steps=48", "--model.strength_control=true"]
     make("train", work, "STYLE=" + ",".join(f"skimage:{s}" for s in STYLES), f"DATA={data}", "ARGS=" + " ".join(args))
     run = work / "runs" / "+".join(STYLES)  # the default run name of several styles
     assert (run / "checkpoints" / "last.ckpt").is_file()
     shutil.move(str(run), str(work / "runs" / NAME))
     make("export", work, f"NAME={NAME}")
+    (work / "runs" / NAME / "test-shards").symlink_to(data)
     return work / "runs" / NAME
 
 
-def photos() -> torch.Tensor:
-    return torch.stack([torch.from_numpy(rng_image(64, 64, seed=s)).permute(2, 0, 1).float() / 255 for s in (1, 2)])
+def val_photos(run: Path) -> torch.Tensor:
+    """The run's fixed validation photos (what val/* logs)."""
+    from pipeline.data.datamodule import ContentDataModule
+
+    dm = ContentDataModule(str(run / "test-shards"), image_size=64, val_size=64, batch_size=2, num_workers=0)
+    dm.setup("fit")
+    return torch.cat([b.images for b in dm.val_dataloader()])
 
 
 def test_both_styles_losses_fall_and_outputs_differ(trained):
@@ -60,14 +66,14 @@ def test_both_styles_losses_fall_and_outputs_differ(trained):
     fresh = StyleTransferModule(**{k: v for k, v in hp.items() if not k.startswith("_")}).eval()
     after = StyleTransferModule.load_from_checkpoint(ckpt, weights_only=True).eval()
     assert after.style_names == list(STYLES) and after.generator.n_styles == 2 and after.generator.has_strength
-    x = photos()
+    x = val_photos(trained)
     with torch.no_grad():
         for k, name in enumerate(STYLES):
             idx = torch.full((len(x),), k)
             before_k, after_k = fresh._terms(x, idx), after._terms(x, idx)
             for term in ("style", "total"):
                 assert after_k[term].item() < 0.9 * before_k[term].item(), (name, term, before_k, after_k)
-        a, b = after(x, torch.zeros(2, dtype=torch.long)), after(x, torch.ones(2, dtype=torch.long))
+        a, b = after(x, torch.zeros(len(x), dtype=torch.long)), after(x, torch.ones(len(x), dtype=torch.long))
     assert (a - b).abs().mean().item() > 0.02
 
 
