@@ -75,3 +75,24 @@ def test_old_checkpoint_loads_into_the_training_module(vgg_weights):
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.isfinite(module._terms(x)["total"])
+
+
+def test_resuming_an_old_run_with_the_new_presets_says_which_flag_to_pass(tmp_path, vgg_weights):
+    """The presets now turn the strength control on; an old run resumed with them gets a clear error
+    naming the flag, and resumes with it."""
+    import subprocess
+    import sys
+
+    from test_data_scale import write_case
+    from test_train import TINY
+
+    data = write_case(tmp_path / "shards", 1)
+    cmd = [sys.executable, "-m", "pipeline", "fit", *TINY, "--model.style_image=skimage:coffee", "--model.width=8",
+           "--model.n_residual=1", f"--data.data_dir={data}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+           "--trainer.max_steps=6", "--data.steps_per_epoch=2", f"--ckpt_path={FIXTURE / 'last.ckpt'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "--model.strength_control=false" in res.stderr, res.stderr[-2000:]
+    res = subprocess.run(cmd + ["--model.strength_control=false"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "runs" / "default" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6 and ckpt["styles"] == ["coffee"]

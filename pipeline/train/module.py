@@ -198,6 +198,23 @@ class StyleTransferModule(L.LightningModule):
         checkpoint["styles"] = list(self.style_names)  # what X-Style names, in the generator's order
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_generator_matches(checkpoint)
         self.skipped_samples = int(checkpoint.get("skipped_samples", 0))
         self.failed_shards = int(checkpoint.get("failed_shards", 0))
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
+
+    def _check_generator_matches(self, checkpoint: dict[str, Any]) -> None:
+        """A clear error when a resumed checkpoint's generator is not the one this run builds (e.g. a run
+        from before the strength control, resumed with the presets that now turn it on)."""
+        saved = {k[len("generator."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
+        ours = self.generator.state_dict()
+        if saved.keys() == ours.keys() and all(saved[k].shape == v.shape for k, v in ours.items()):
+            return
+        has_strength = any(k.startswith("strength_net.") for k in saved)
+        first_norm = saved.get("down.0.1.weight")
+        n_styles = int(first_norm.shape[0]) if first_norm is not None and first_norm.dim() == 2 else 1
+        raise ValueError(
+            f"the checkpoint's generator ({n_styles} style(s), strength control {'on' if has_strength else 'off'}) is not "
+            f"the one this run builds ({self.n_styles} style(s), strength control "
+            f"{'on' if self.hparams.strength_control else 'off'}): resume with the checkpoint's own settings, e.g. "
+            f"--model.strength_control={'true' if has_strength else 'false'} and the same styles and width")
