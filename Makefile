@@ -33,7 +33,7 @@ help:
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
 install:
 	python3 -m venv .venv
-	$(PY) -m pip install -e '.[test,onnx]'
+	$(PY) -m pip install -e '.[test,onnx,video]'
 	$(PY) -m pipeline vgg-weights
 
 test:
@@ -80,6 +80,16 @@ REQUESTS ?= 200
 loadtest:
 	$(PY) -m pipeline loadtest $(if $(NAME),--model "$(NAME)") --clients $(CLIENTS) --requests $(REQUESTS) \
 		--out benchmarks/loadtest-results.json
+
+# A film frame by frame (or an animated GIF/WebP, or a folder of frames → OUT.mp4): H.264 with the input's
+# timing, size and rotation, audio copied; each frame exactly as `stylize` does one image (pipeline/serve/video.py).
+# (OUT must be given: its default above is the shards folder.)
+IN  ?=
+VIDEO_OUT = $(if $(filter file,$(origin OUT)),,$(OUT))
+.PHONY: stylize-video
+stylize-video:
+	@test -n "$(MODEL)" -a -n "$(IN)" -a -n "$(VIDEO_OUT)" || { echo "usage: make stylize-video MODEL=<generator.pt2> IN=<film.mp4 | anim.gif | frames/> OUT=<out.mp4 | out.gif> [ARGS='--batch 4 --style NAME --strength 0.7']"; exit 2; }
+	$(PY) -m pipeline stylize --model "$(MODEL)" $(ARGS) "$(IN)" "$(VIDEO_OUT)"
 
 # Quality of a model on a folder of photos: reports/eval-NAME/{metrics.json,report.html}.
 CONTENT ?=

@@ -31,7 +31,7 @@ def make_checkpoint(run_dir: Path, seed: int = 0, global_step: int = 42, styles:
     (names) and `strength` make a conditional generator, as multi-style / strength training does.
     The real chain (a checkpoint written by `make train`) is tested in test_real_chain.py."""
     hp = {**HPARAMS, **overrides}
-    if styles:
+    if styles and "style_image" not in overrides:
         hp["style_image"] = ",".join(f"styles/{n}.jpg" for n in styles)
     if styles or strength:  # checkpoints from before multi-style have neither key
         hp["strength_control"] = strength

@@ -6,7 +6,8 @@ same steps per style, on the same validation photos, with the same loss.
   style for content monotonically;
 - the default strength (1) against a model trained without the control (`--plain`), same steps;
 - ms per image of the exported `.pt2` (the served form) at 512², all models timed in turn in one
-  process: N styles should cost nothing extra.
+  process: N styles should cost nothing extra;
+- with `--per_batch`, the validation curves of a style drawn per sample vs per batch.
 
 Writes OUT/report.md and OUT/metrics.json.
 
@@ -75,7 +76,28 @@ def ms_per_image(models: dict[str, Any], rounds: int = 5) -> dict[str, float]:
     return {name: round(statistics.median(t), 1) for name, t in times.items()}
 
 
-def build_report(multi: Path, singles: list[Path], plain: Path | None, content: Path, size: int, limit: int) -> dict[str, Any]:
+def val_curve(run: Path, tag: str = "val/total") -> dict[int, float]:
+    """step → value of a TensorBoard scalar the run logged (validation after every epoch)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
+    if tag not in acc.Tags()["scalars"]:
+        raise ValueError(f"{run} logged no {tag}")
+    return {e.step + 1: e.value for e in acc.Scalars(tag)}
+
+
+def sampling_table(per_sample: Path, per_batch: Path, names: list[str]) -> list[dict[str, Any]]:
+    """Validation losses (mean over styles, and per style) at the steps both runs reached: a style
+    drawn per sample vs one per batch, same budget."""
+    curves = {label: {tag: val_curve(run, tag) for tag in ["val/total", *[f"val/{n}/total" for n in names]]}
+              for label, run in (("sample", per_sample), ("batch", per_batch))}
+    steps = sorted(set(curves["sample"]["val/total"]) & set(curves["batch"]["val/total"]))
+    return [{"step": step, **{f"{label}/{tag[4:]}": curves[label][tag][step] for label in curves for tag in curves[label]}}
+            for step in steps]
+
+
+def build_report(multi: Path, singles: list[Path], plain: Path | None, content: Path, size: int, limit: int,
+                 per_batch: Path | None = None) -> dict[str, Any]:
     net, meta = load_model(exported(multi))
     names, hp = list(net.instyle_controls.styles), meta.get("hyper_parameters") or {}
     if len(singles) != len(names):
@@ -107,6 +129,8 @@ def build_report(multi: Path, singles: list[Path], plain: Path | None, content: 
         report["default_vs_plain"] = {"style": names[0], "with_control": losses(first, loss, photos, 0, one_hot(0, 1)),
                                       "without_control": losses(plain_model, loss, photos, 0, one_hot(0, 1))}
     report["ms_per_image"] = ms_per_image(timed)
+    if per_batch is not None:
+        report["sampling"] = sampling_table(multi, per_batch, names)
     return report
 
 
@@ -133,11 +157,19 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {t} | {a:.3f} | {b:.3f} | {100 * (a - b) / b:+.1f} % |")
     lines += ["", f"ms per {TIMING_SIZE}² image (.pt2, CPU, median of 5):", "", "| model | ms |", "|---|---|"]
     lines += [f"| {name} | {ms} |" for name, ms in r["ms_per_image"].items()]
+    if r.get("sampling"):
+        names = r["styles"]
+        lines += ["", "Validation total loss during training (TensorBoard `val/…`), a style per sample vs one per batch:", "",
+                  "| step | per sample: mean | per batch: mean | " + " | ".join(f"sample / batch: {n}" for n in names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for row in r["sampling"]:
+            per = " | ".join(f"{row[f'sample/{n}/total']:.3f} / {row[f'batch/{n}/total']:.3f}" for n in names)
+            lines.append(f"| {row['step']} | {row['sample/total']:.3f} | {row['batch/total']:.3f} | {per} |")
     return "\n".join(lines) + "\n"
 
 
 def command(*, multi: Path, singles: list[Path], content: Path, out: Path, plain: Path | None = None,
-            size: int = 256, limit: int = 8) -> int:
+            per_batch: Path | None = None, size: int = 256, limit: int = 8) -> int:
     """Compare an N-style model with N single-style models: per-style losses, strength sweep, ms/image.
 
     Args:
@@ -146,6 +178,7 @@ def command(*, multi: Path, singles: list[Path], content: Path, out: Path, plain
         content: folder of validation photos.
         out: report folder (report.md, metrics.json).
         plain: run trained without the strength control, for the first style, with the same steps.
+        per_batch: the multi-style run trained with --model.style_sampling=batch, to compare validation curves.
         size: short side the photos are resized to, px.
         limit: the first N photos.
     """
@@ -153,7 +186,7 @@ def command(*, multi: Path, singles: list[Path], content: Path, out: Path, plain
 
     reuse_freed_memory()
     try:
-        report = build_report(multi, singles, plain, content, size, limit)
+        report = build_report(multi, singles, plain, content, size, limit, per_batch)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

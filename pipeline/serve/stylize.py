@@ -2,12 +2,20 @@
 
     python -m pipeline stylize --model runs/NAME/export/generator.pt2 [--format png|jpeg|webp]
         [--quality Q] [--max_side N] [--max_memory_mb MB] [--style NAME | --style 'a:0.7,b:0.3']
-        [--strength S] [--preserve_color true] INPUT OUTPUT
+        [--strength S] [--preserve_color true] [--batch N] [--fps F] INPUT OUTPUT
 
 INPUT a file → OUTPUT a file (format from --format, else from OUTPUT's suffix, else png).
 INPUT a folder → every image in it (by suffix, not recursive) → OUTPUT folder as STEM.EXT;
 files that cannot be read are reported and skipped, and the exit code is then 1.
 Same functions as the TorchServe handler (`pipeline.serve.inference`), so the pixels are the same.
+
+Video mode (`pipeline.serve.video`, needs the `video` extra), chosen by the paths:
+INPUT a video (.mp4 .mov .mkv .avi .webm .m4v) → OUTPUT .mp4/.mkv/.mov (H.264, the input's timing,
+size, rotation; audio copied) or a folder (frame_000000.png, ...); INPUT an animated .gif/.webp →
+OUTPUT the same kind (frame durations, loop count kept); INPUT a folder of frames and OUTPUT
+.mp4/.mkv/.mov → a video at --fps (frames in natural name order). A folder into a folder stays the
+image mode above. `--batch` frames go through the model per call; every frame is stylized as this
+command stylizes one image.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from pipeline.serve.inference import finish, prepare, run_batch
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.serve.memory import reuse_freed_memory
 from pipeline.serve.model_io import load_model
+from pipeline.serve.video import job_kind, stylize_video
 
 SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 OutputFormat = Literal["png", "jpeg", "jpg", "webp"]  # FORMATS and FORMAT_ALIASES (pipeline.serve.imaging)
@@ -66,8 +75,10 @@ def _params(fmt: str, quality: int | None, max_side: int | None, preserve_color:
 def command(input: Path, output: Path, *, model: Path, format: OutputFormat | None = None, quality: int | None = None,
             max_side: int | None = None, server_max_side: int = DEFAULT_MAX_SIDE,
             max_memory_mb: int | None = None, preserve_color: bool = False, style: str | None = None,
-            strength: float | None = None) -> int:
+            strength: float | None = None, batch: int = 4, fps: float = 25.0) -> int:
     """Stylize an image file, or every image in a folder, with the TorchServe handler's exact processing.
+
+    Also a video, an animated GIF/WebP, or a folder of frames into a video (see the module docstring).
 
     Exit code 0: all stylized; 1: some image failed (reported, the others are written); 2: usage or model error.
 
@@ -84,12 +95,26 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         preserve_color: keep the photo's colours (the stylized luminance with the photo's chroma).
         style: a multi-style model's style, by name, or a mix 'a:0.7,b:0.3' (default: its first style).
         strength: 0..1, the style/content balance of a model trained with the strength control (default 1).
+        batch: video mode: frames per model call (1 gives each frame the image command's exact pixels;
+            larger batches are faster and may differ from them by float rounding, ≤ 1 level in 8 bit).
+        fps: video mode: frame rate of a video made from a folder of frames.
     """
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
     requested = FORMAT_ALIASES.get(format, format) if format else None
     src, dst = Path(input), Path(output)
     if not src.exists():
         print(f"error: {src} does not exist", file=sys.stderr)
+        return 2
+    try:
+        video = job_kind(src, dst)
+        if video and format is not None:
+            raise ValueError("--format is for images; a video's or animation's format comes from OUTPUT's suffix")
+        if video and batch < 1:
+            raise ValueError(f"--batch {batch}: give at least 1 frame per model call")
+        if video == "frames-to-video" and not fps > 0:
+            raise ValueError(f"--fps {fps}: give a positive frame rate")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         net, meta = load_model(model)
@@ -104,6 +129,8 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
     except BadImageRequest as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if video:
+        return _video(net, src, dst, params, server_max_side, max_memory_mb, batch, fps)
 
     def one(path: Path, out: Path, fmt: str) -> None:
         start = time.perf_counter()
@@ -141,3 +168,18 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
             failed.append(path)
     print(f"{len(files) - len(failed)} of {len(files)} images stylized into {dst}")
     return 1 if failed else 0
+
+
+def _video(net: Any, src: Path, dst: Path, params: dict[str, str], server_max_side: int,
+           max_memory_mb: int | None, batch: int, fps: float) -> int:
+    """Video mode of `command`: 0 when written, 1 when the input cannot be read or the output written."""
+    start = time.perf_counter()
+    try:
+        frames = stylize_video(net, src, dst, params=params, batch=batch, max_side=server_max_side,
+                               max_memory_mb=max_memory_mb, fps=fps, progress=True)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - start
+    print(f"{src} → {dst} ({frames} frames in {seconds:.1f} s, {frames / max(seconds, 1e-9):.2f} frames/s)")
+    return 0

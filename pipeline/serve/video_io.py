@@ -21,10 +21,11 @@ Choices, each for a reason:
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -42,6 +43,22 @@ def import_av() -> Any:
     except ImportError:
         raise ValueError("video needs PyAV: pip install -e '.[video]' (av==18.1.0)") from None
     return av
+
+
+@contextmanager
+def ffmpeg_log() -> Iterator[list]:
+    """FFmpeg's error messages kept (not printed) while the body runs, so PyAV's exceptions say
+    what went wrong ("last error log: ...") instead of a bare errno."""
+    av = import_av()
+    previous, repeats = av.logging.get_level(), av.logging.get_skip_repeated()
+    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)  # else a message seen in an earlier run is swallowed in this one
+    try:
+        with av.logging.Capture() as logs:
+            yield logs
+    finally:
+        av.logging.set_level(previous)
+        av.logging.set_skip_repeated(repeats)
 
 
 @dataclass
@@ -80,8 +97,11 @@ class VideoReader:
                 raise ValueError(f"{self.path}: has no video stream (streams: {kinds})")
             self.video = self.container.streams.video[0]
             ctx = self.video.codec_context
-            if ctx is None or not ctx.width or not ctx.height:
-                raise ValueError(f"{self.path}: video codec {self.video.codec.name!r} cannot be decoded here")
+            if ctx is None:  # PyAV found no decoder for the stream's codec
+                raise ValueError(f"{self.path}: its video codec cannot be decoded by this FFmpeg build "
+                                 f"(PyAV {av.__version__})")
+            if not ctx.width or not ctx.height:
+                raise ValueError(f"{self.path}: its {ctx.name} video stream declares no frame size")
             if ctx.width * ctx.height > max_pixels:
                 raise ValueError(f"{self.path}: frames are {ctx.width}×{ctx.height}, over the "
                                  f"{max_pixels / 1e6:.1f} MP limit")
@@ -100,20 +120,27 @@ class VideoReader:
         av = import_av()
         tick = max(1, round(1 / (self.rate * self.time_base)))  # one frame in time-base units
         last, count = None, 0
-        try:
-            for packet in self.container.demux(self.video, *self.audio):
-                if packet.stream.type == "audio":
-                    if packet.dts is not None:  # dts None: demux's end-of-stream marker, not data
-                        yield packet
-                    continue
-                for frame in packet.decode():
-                    # Containers without timestamps (some AVI) or repeated ones: one frame later.
-                    pts = frame.pts if frame.pts is not None and (last is None or frame.pts > last) else \
-                        (0 if last is None else last + tick)
-                    last, count = pts, count + 1
-                    yield Frame(frame.to_ndarray(format="rgb24"), pts, display_matrix(frame))
-        except av.FFmpegError as e:
-            raise ValueError(f"{self.path}: damaged video data after frame {count} ({_reason(e)})") from None
+        with ffmpeg_log() as logs:
+            try:
+                for packet in self.container.demux(self.video, *self.audio):
+                    if packet.stream.type == "audio":
+                        if packet.dts is not None:  # dts None: demux's end-of-stream marker, not data
+                            yield packet
+                        continue
+                    for frame in packet.decode():
+                        # Containers without timestamps (some AVI) or repeated ones: one frame later.
+                        pts = frame.pts if frame.pts is not None and (last is None or frame.pts > last) else \
+                            (0 if last is None else last + tick)
+                        last, count = pts, count + 1
+                        yield Frame(frame.to_ndarray(format="rgb24"), pts, display_matrix(frame))
+            except av.FFmpegError as e:
+                raise ValueError(f"{self.path}: damaged video data after frame {count} ({_reason(e)})") from None
+            # The demuxer reports a cut-off file ("File ended prematurely") as an error message and
+            # then just ends: without this check a truncated Matroska file would pass as a short one.
+            cut = [text.strip() for level, name, text in logs
+                   if name == self.container.format.name and level <= av.logging.ERROR]
+        if cut:
+            raise ValueError(f"{self.path}: truncated or damaged file after frame {count} ({cut[0]})")
         if count == 0:
             raise ValueError(f"{self.path}: no frame could be decoded from the video stream")
         if self.expected_frames and count < self.expected_frames:
@@ -131,36 +158,39 @@ class VideoReader:
 
 
 class VideoWriter:
-    """H.264 into .mp4/.mkv/.mov with the reader's time base, frame rate, aspect, rotation and audio."""
+    """H.264 into .mp4/.mkv/.mov: the given time base, frame rate, pixel aspect and display matrix, and
+    the `audio` streams of an input (`VideoReader.audio`) to be copied packet for packet."""
 
-    def __init__(self, path: Path, reader: VideoReader, width: int, height: int, matrix: tuple[int, ...] | None,
-                 container_format: str | None = None):
+    def __init__(self, path: Path, width: int, height: int, *, rate: Fraction, time_base: Fraction,
+                 matrix: tuple[int, ...] | None = None, sample_aspect_ratio: Fraction | None = None,
+                 audio: Sequence[Any] = (), target: Path | None = None):
+        """`path`: the file written; `target`: the name errors give (the final name of a temporary file)."""
         av = import_av()
-        self.path = Path(path)
-        self.out = av.open(str(self.path), "w", format=container_format)
+        self.path, self.target = Path(path), Path(target or path)
+        self.out = av.open(str(self.path), "w")
         try:
-            self.audio = {}
-            for stream in reader.audio:  # refuse up front what the container cannot hold
-                name = stream.codec_context.name
-                if name not in self.out.supported_codecs:
-                    raise ValueError(f"{reader.path}: its {name} audio cannot be copied into a "
-                                     f"{self.path.suffix} file; write .mkv, which holds it")
-                self.audio[stream.index] = self.out.add_stream_from_template(stream)
-            v = self.out.add_stream("libx264", rate=reader.rate, options={"crf": CRF})
+            v = self.out.add_stream("libx264", rate=rate, options={"crf": CRF})  # stream 0, as players expect
             v.width, v.height = width, height
             v.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-            v.time_base = reader.time_base
+            v.time_base = time_base
             ctx = v.codec_context
-            ctx.time_base = reader.time_base
+            ctx.time_base = time_base
             ctx.colorspace = ctx.color_primaries = ctx.color_trc = _BT709
             ctx.color_range = _LIMITED_RANGE
-            if reader.sample_aspect_ratio:
-                ctx.sample_aspect_ratio = reader.sample_aspect_ratio
+            if sample_aspect_ratio:
+                ctx.sample_aspect_ratio = sample_aspect_ratio
             if matrix is not None:
                 v.set_display_matrix(list(matrix))
-            self.video, self.time_base, self.frames = v, reader.time_base, 0
+            self.audio = {stream.index: self.out.add_stream_from_template(stream) for stream in audio}
+            self.video, self.time_base, self.frames = v, time_base, 0
+            try:
+                self.out.start_encoding()  # the header now: a codec the container refuses fails here
+            except av.FFmpegError as e:
+                codecs = " + ".join(["h264"] + [getattr(s.codec_context, "name", "audio") for s in audio])
+                raise ValueError(f"{self.target}: cannot write {codecs} into a {self.path.suffix} file "
+                                 f"({_reason(e)}); .mkv holds nearly any codec") from None
         except BaseException:
-            self.out.close()
+            self.abort()
             raise
 
     def write(self, rgb: np.ndarray, pts: int) -> None:
@@ -169,20 +199,31 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame = frame.reformat(format=self.video.pix_fmt, dst_colorspace="itu709", dst_color_range="MPEG")
         frame.pts, frame.time_base = pts, self.time_base
-        self.out.mux(self.video.encode(frame))
+        with self._errors("encoding"):
+            self.out.mux(self.video.encode(frame))
         self.frames += 1
 
     def copy_audio(self, packet: Any) -> None:
         """An input audio packet, unchanged, into its output stream (the muxer interleaves by time)."""
         packet.stream = self.audio[packet.stream.index]
-        self.out.mux(packet)
+        with self._errors("copying audio"):
+            self.out.mux(packet)
 
     def close(self) -> None:
         """Flush the encoder and finish the file."""
+        with self._errors("finishing"):
+            try:
+                self.out.mux(self.video.encode(None))
+            finally:
+                self.out.close()
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        av = import_av()
         try:
-            self.out.mux(self.video.encode(None))
-        finally:
-            self.out.close()
+            yield
+        except av.FFmpegError as e:
+            raise ValueError(f"{self.target}: {doing} failed after {self.frames} frames ({_reason(e)})") from None
 
     def abort(self) -> None:
         """Close without flushing (the file is discarded by the caller)."""
@@ -193,6 +234,8 @@ class VideoWriter:
 
 
 def _reason(e: BaseException) -> str:
-    """An FFmpeg error's own words, without PyAV's errno prefix."""
+    """An FFmpeg error's own words and FFmpeg's last logged message (see `ffmpeg_log`), without the
+    file name PyAV adds (a temporary file's, for outputs)."""
     text = getattr(e, "strerror", None) or str(e)
-    return f"{type(e).__name__}: {text}"
+    _, found, log = str(e).partition("last error log: ")
+    return f"{type(e).__name__}: {text}" + (f"; {log.strip()}" if found else "")
