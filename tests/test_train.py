@@ -198,3 +198,14 @@ def test_flops_per_batch_against_a_hand_count_of_the_layers(style_image, vgg_wei
     module.on_validation_batch_start(ContentBatch(x, 0, ["a", "b"]), 0)
     # validation runs the generator's inference decoder (same function, regrouped arithmetic)
     assert module.flops_per_batch == pytest.approx(2 * forward, rel=0.02)
+
+
+def test_stability_regularizer_trains_and_is_logged(shards, style_image, vgg_weights):
+    """--model.stability_weight adds the temporal-stability term to training (not to validation)."""
+    fit(shards, style_image, "--trainer.max_steps=4", "--data.steps_per_epoch=2", "--model.stability_weight=50",
+        name="stable")
+    run = shards / "runs" / "stable"
+    stab = scalars(run, "train/stability")
+    assert len(stab) >= 2 and all(math.isfinite(v) and v > 0 for _, v in stab)
+    assert scalars(run, "val/total") and not scalars(run, "val/stability")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["stability_weight"] == 50

@@ -4,9 +4,11 @@ For every photo (short side resized to `--size`): the style, content, TV and tot
 stylized output with the model's own training loss (same VGG layers, weights and flavour; the
 weighted terms as training logs them), the model time per image, the contrast-invariance PSNR
 between g(x) and g(0.5·x + 0.25) (paper Fig. 2) and the border-artifact index (paper Fig. 3,
-see pipeline/quality/metrics.py). With `--gatys N` the first N photos also get the Gatys baseline at
-`--gatys_iters`, and loss / speed ratios. Writes `<out>/metrics.json` (per image and mean) and
-`<out>/report.html` (the image grid).
+see pipeline/quality/metrics.py). The first `--flicker N` photos (default 2) also get the flicker
+metric (pipeline/quality/stability.py: the warping error of the stylized frames of a synthetic pan
+and zoom over the photo, the input clip's own error, their ratio). With `--gatys N` the first N photos
+also get the Gatys baseline at `--gatys_iters`, and loss / speed ratios. Writes `<out>/metrics.json`
+(per image and mean) and `<out>/report.html` (the image grid).
 
     python -m pipeline evaluate --model runs/NAME/export/generator.pt2 --style style.jpg --content photos/ --out reports/NAME
 """
@@ -26,6 +28,7 @@ from pipeline.quality.gatys import GATYS_ITERS, build_loss, optimize
 from pipeline.serve.imaging import IMAGE_SUFFIXES, encode, image_exists, load_image_file, load_style, resize_short
 from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.metrics import border_artifact_index, psnr
+from pipeline.quality.stability import flicker_settings, photo_flicker
 from pipeline.serve.controls import call_model, conditioning
 from pipeline.train.styles import style_specs
 
@@ -60,13 +63,16 @@ def evaluate_image(model: Callable, loss: PerceptualLoss, x: torch.Tensor) -> tu
 
 
 def mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return {k: statistics.fmean(r[k] for r in rows) for k in keys}
+    """Each numeric metric's mean over the rows that have it (flicker: only the first few photos)."""
+    keys = dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return {k: statistics.fmean(r[k] for r in rows if k in r) for k in keys}
 
 
 def evaluate(model: Callable, loss: PerceptualLoss, photos: list[Path], size: int, out: Path,
-             gatys: int = 0, gatys_iters: list[int] | None = None, label: str = "model") -> dict[str, Any]:
-    """Evaluate on `photos`, save images under out/images, return the metrics dict (also written)."""
+             gatys: int = 0, gatys_iters: list[int] | None = None, label: str = "model",
+             flicker: int = 0) -> dict[str, Any]:
+    """Evaluate on `photos`, save images under out/images, return the metrics dict (also written).
+    The first `flicker` photos also get `photo_flicker` (seeded by the photo's index)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     with torch.inference_mode():  # warm-up so the first photo's time is not the allocator's
@@ -77,6 +83,8 @@ def evaluate(model: Callable, loss: PerceptualLoss, photos: list[Path], size: in
         row: dict[str, Any] = {"image": path.name, "height": x.shape[2], "width": x.shape[3], **metrics}
         save(out / "images" / f"{path.stem}-content.jpg", x)
         save(out / "images" / f"{path.stem}-{label}.jpg", y)
+        if i < flicker:
+            row.update(photo_flicker(model, x[0], seed=i))
         if i < gatys:
             row["gatys"] = []
             for rec in optimize(loss, x, gatys_iters or list(GATYS_ITERS)):
@@ -87,9 +95,10 @@ def evaluate(model: Callable, loss: PerceptualLoss, photos: list[Path], size: in
         rows.append(row)
         print(f"[evaluate] {path.name}: total {row['total']:.3f} style {row['style']:.3f} content "
               f"{row['content']:.3f} {row['seconds'] * 1000:.0f} ms, contrast PSNR {row['contrast_psnr_db']} dB, "
-              f"border index {row['border_index']}", flush=True)
+              f"border index {row['border_index']}{flicker_text(row)}", flush=True)
     result = {"label": label, "size": size, "contrast": {"a": CONTRAST[0], "b": CONTRAST[1]}, "images": rows,
-              "mean": mean_metrics(rows), "gatys_mean": gatys_means(rows)}
+              "mean": mean_metrics(rows), "gatys_mean": gatys_means(rows),
+              "flicker": {"photos": min(flicker, len(rows)), **flicker_settings()} if flicker else None}
     (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "report.html").write_text(report_html(result))
     return result
@@ -103,6 +112,14 @@ def gatys_means(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
             by_iter.setdefault(rec["iters"], []).append(rec)
     return [{"iters": it, **{k: statistics.fmean(r[k] for r in recs) for k in recs[0] if k != "iters"}}
             for it, recs in sorted(by_iter.items())]
+
+
+def flicker_text(row: dict[str, Any]) -> str:
+    """', flicker 0.0312 (floor 0.0150, 2.08×)' for a row with the flicker metric, else ''."""
+    if "flicker_output" not in row:
+        return ""
+    return (f", flicker {row['flicker_output']:.4f} (floor {row['flicker_input']:.4f}, "
+            f"{row['flicker_ratio']:.2f}×)")
 
 
 def save(path: Path, img: torch.Tensor) -> None:
@@ -122,12 +139,24 @@ def report_html(result: dict[str, Any]) -> str:
         cells += [f'<img src="images/{esc(stem)}-gatys{g["iters"]}.jpg" height="200" title="Gatys {g["iters"]} it">'
                   for g in r.get("gatys", [])]
         text = (f"{esc(r['image'])}: total {r['total']:.3f}, style {r['style']:.3f}, content {r['content']:.3f}, "
-                f"{r['seconds'] * 1000:.0f} ms, contrast PSNR {r['contrast_psnr_db']} dB, border index {r['border_index']}")
+                f"{r['seconds'] * 1000:.0f} ms, contrast PSNR {r['contrast_psnr_db']} dB, border index {r['border_index']}"
+                f"{esc(flicker_text(r))}")
         rows.append(f"<p>{text}</p><p>{' '.join(cells)}</p>")
     return (f"<!doctype html><meta charset='utf-8'><title>{esc(label)}</title><h1>{esc(label)}</h1>"
             f"<p>resolution: short side {result['size']} px; contrast pair: g(x) vs g({result['contrast']['a']}·x + "
-            f"{result['contrast']['b']})</p><table border=1><tr>{head}</tr><tr>{mean}</tr></table>"
+            f"{result['contrast']['b']})</p>{flicker_caption(result['flicker'])}"
+            f"<table border=1><tr>{head}</tr><tr>{mean}</tr></table>"
             f"<p>content | stylized{gatys_caption(result['gatys_mean'])}</p>" + "".join(rows))
+
+
+def flicker_caption(settings: dict[str, Any] | None) -> str:
+    """What the flicker numbers are, for the report page ('' when not measured)."""
+    if not settings:
+        return ""
+    return (f"<p>flicker (first {settings['photos']} photos): warping error (RMSE, known motion) of the stylized "
+            f"frames of synthetic {' and '.join(settings['motions'])} clips of {settings['frames']} frames (noise σ "
+            f"{settings['noise_std']}, JPEG q{settings['jpeg_quality']}); floor: the input clip's own error; ratio: "
+            f"output / floor (1 = as steady as the input)</p>")
 
 
 def gatys_caption(gatys_mean: list[dict[str, Any]]) -> str:
@@ -156,8 +185,8 @@ def training_style(hp: dict[str, Any], index: int) -> str | None:
 
 def command(*, model: Path, content: Path, out: Path, style: str | None = None, size: int = 256,
             limit: int | None = None, gatys: int = 0, gatys_iters: list[int] = list(GATYS_ITERS),
-            style_name: str | None = None, strength: float | None = None) -> int:
-    """Measure a model on a folder of photos: losses, time, contrast PSNR, border index (+ Gatys).
+            style_name: str | None = None, strength: float | None = None, flicker: int = 2) -> int:
+    """Measure a model on a folder of photos: losses, time, contrast PSNR, border index, flicker (+ Gatys).
 
     Writes OUT/metrics.json and OUT/report.html.
 
@@ -170,6 +199,7 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         strength: the strength to evaluate a model with the strength control at (default 1).
         size: short side the photos are resized to, px.
         limit: evaluate the first N photos only.
+        flicker: measure flicker (synthetic pan and zoom clips) on the first N photos; 0: off.
         gatys: run the Gatys baseline on the first N photos.
         gatys_iters: Gatys iteration counts to record.
     """
@@ -179,6 +209,9 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
     if not model.is_file():
         print(f"error: model {model} does not exist", file=sys.stderr)
+        return 2
+    if flicker < 0:
+        print(f"error: --flicker {flicker}: give a number of photos ≥ 0", file=sys.stderr)
         return 2
     net, meta = load_model(model)
     hp = meta.get("hyper_parameters") or {}
@@ -197,7 +230,7 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         print(f"error: {e}", file=sys.stderr)
         return 2
     loss = build_loss(load_style(style, hp.get("style_size", 256)), hp)
-    result = evaluate(run_model, loss, photos, size, out, gatys, gatys_iters)
+    result = evaluate(run_model, loss, photos, size, out, gatys, gatys_iters, flicker=flicker)
     print(json.dumps(result["mean"], indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     return 0

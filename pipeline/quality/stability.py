@@ -13,7 +13,9 @@ an all-ones image warped the same way, exactly 1 where all bilinear taps were in
 then eroded so the seam next to newly entered pixels is left out too), averaged over consecutive
 pairs. RMSE because the noise floor then has a closed form: two frames with independent noise σ
 differ by √2·σ. `clip_stability` reports it for the stylized clip and for the input clip itself
-(the floor a perfectly stable model that reproduces its input would reach).
+(the floor a perfectly stable model that reproduces its input would reach). `photo_flicker` is what
+`python -m pipeline evaluate` reports per photo: a pan and a zoom with realistic noise and JPEG
+(FLICKER_* below), the output's error, the input's, and output / input.
 
 Coordinates: pixel centres, (x, y) = (column, row); an `affine` is (2, 3), mapping frame-t
 coordinates (x, y, 1) to frame-(t+1) coordinates.
@@ -169,3 +171,49 @@ def clip_stability(model: Callable[[torch.Tensor], torch.Tensor], frames: torch.
     if out.shape != frames.shape:
         raise ValueError(f"the model returned {tuple(out.shape)} for frames {tuple(frames.shape)}")
     return {"output": clip_warping_error(out, affines, erode), "input": clip_warping_error(frames, affines, erode)}
+
+
+# The clips `python -m pipeline evaluate --flicker N` makes from each of its first N photos: footage
+# of a good camera, not a worst case. σ = 0.01 is ≈ 2.5 of 255 levels, the sensor noise left in a
+# phone's or camcorder's video after its own denoising; JPEG quality 90 re-quantizes each frame about
+# as much as a good H.264 encode (CRF ~18) does. Frames are 3/4 of the photo per side, so the camera
+# has room to move at one photo pixel per frame pixel.
+FLICKER_FRAMES = 8
+FLICKER_NOISE_STD = 0.01
+FLICKER_JPEG_QUALITY = 90
+FLICKER_CROP = 0.75
+FLICKER_MOTIONS: dict[str, dict] = {"pan": {"motion": "pan", "pan": (2.0, 1.0)},  # px per frame, right and down
+                                    "zoom": {"motion": "zoom", "zoom": 1.02}}  # 2 % closer per frame
+
+
+def flicker_settings() -> dict:
+    """The clip parameters `photo_flicker` uses by default (recorded beside its numbers)."""
+    return {"frames": FLICKER_FRAMES, "noise_std": FLICKER_NOISE_STD, "jpeg_quality": FLICKER_JPEG_QUALITY,
+            "crop": FLICKER_CROP, "motions": {k: {n: list(v) if isinstance(v, tuple) else v for n, v in m.items()}
+                                             for k, m in FLICKER_MOTIONS.items()}}
+
+
+def photo_flicker(model: Callable[[torch.Tensor], torch.Tensor], photo: torch.Tensor, seed: int = 0,
+                  n_frames: int = FLICKER_FRAMES, batch: int = 4) -> dict:
+    """Flicker of `model` on clips made from one (3, H, W) photo in [0, 1], one per motion of
+    FLICKER_MOTIONS (motion k's noise drawn with seed `seed + k`): per motion {"output", "input",
+    "ratio" = output / input}, and over the motions "flicker_output" and "flicker_input" (their means)
+    and "flicker_ratio" (the quotient of those). Outputs are clamped to [0, 1], as images are saved.
+    A ratio of 1 is a model exactly as steady as its input; ∞ when the input clip has no error at all."""
+    if photo.dim() != 3 or photo.shape[0] != 3:
+        raise ValueError(f"photo must be (3, H, W), got {tuple(photo.shape)}")
+    size = (max(2, round(photo.shape[1] * FLICKER_CROP)), max(2, round(photo.shape[2] * FLICKER_CROP)))
+    per_motion = {}
+    for k, (name, motion) in enumerate(FLICKER_MOTIONS.items()):
+        frames, affines = synthetic_clip(photo, n_frames, size, noise_std=FLICKER_NOISE_STD,
+                                         jpeg_quality=FLICKER_JPEG_QUALITY, seed=seed + k, **motion)
+        s = clip_stability(lambda x: model(x).clamp(0, 1), frames, affines, batch)
+        per_motion[name] = {**s, "ratio": _ratio(s["output"], s["input"])}
+    output = float(np.mean([m["output"] for m in per_motion.values()]))
+    floor = float(np.mean([m["input"] for m in per_motion.values()]))
+    return {"flicker_output": output, "flicker_input": floor, "flicker_ratio": _ratio(output, floor),
+            "flicker": per_motion}
+
+
+def _ratio(output: float, floor: float) -> float:
+    return output / floor if floor > 0 else (1.0 if output == 0 else math.inf)

@@ -15,6 +15,7 @@ from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, S
                                   PerceptualLoss)
 from pipeline.model.generators import build_generator
 from pipeline.serve.imaging import load_style
+from pipeline.train.regularizers import stability_loss
 from pipeline.train.styles import style_name, style_specs
 
 STYLE_SAMPLING = ("sample", "batch")
@@ -34,6 +35,9 @@ class StyleTransferModule(L.LightningModule):
         strength_control: also train a strength input s ∈ [0, 1] that scales the style-loss weight
             per sample (half the samples at 1, half uniform), so the style/content balance can be
             chosen at inference without retraining.
+        stability_weight: weight of the temporal-stability term (pipeline/train/regularizers.py): the
+            output's change under input noise and under small warps, for video with less flicker.
+            0 (default): off, no extra cost; on, each step runs the generator three times.
         style_size: long side the style image is resized to before its Gram matrices are taken.
         arch: `residual` (Johnson) or `multiscale` (Ulyanov, with noise input).
         norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`.
@@ -56,12 +60,14 @@ class StyleTransferModule(L.LightningModule):
                  content_layer: str = CONTENT_LAYER, style_weight: float = STYLE_WEIGHT,
                  content_weight: float = CONTENT_WEIGHT, tv_weight: float = TV_WEIGHT, vgg_flavour: str = VGG_FLAVOUR,
                  vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10,
-                 style_sampling: str = "sample", strength_control: bool = False):
+                 style_sampling: str = "sample", strength_control: bool = False, stability_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         specs = style_specs(style_image)
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
+        if stability_weight < 0:
+            raise ValueError(f"stability_weight must be ≥ 0, got {stability_weight}")
         if style_sampling not in STYLE_SAMPLING:
             raise ValueError(f"style_sampling={style_sampling!r}: choose {' or '.join(STYLE_SAMPLING)}")
         self.style_names = [style_name(s) for s in specs]
@@ -119,7 +125,10 @@ class StyleTransferModule(L.LightningModule):
             styles = torch.zeros(1, dtype=torch.long, device=x.device) if self.n_styles > 1 else None
             with torch.random.fork_rng(devices), FlopCounterMode(display=False) as counter, \
                     torch.set_grad_enabled(backward):
-                total = self.loss(generator(x), x, styles)["total"]
+                output = generator(x)
+                total = self.loss(output, x, styles)["total"]
+                if backward and self.hparams.stability_weight > 0:  # two more generator passes per step
+                    total = total + stability_loss(generator, x, output)
                 if backward:
                     torch.autograd.grad(total, [p for p in generator.parameters() if p.requires_grad])
             self._image_flops[key] = counter.get_total_flops()
@@ -132,12 +141,19 @@ class StyleTransferModule(L.LightningModule):
         self.flops_per_batch = self.image_flops(batch.images, backward=False) * len(batch.images)
 
     def _terms(self, content: torch.Tensor, styles: torch.Tensor | None = None,
-               strength: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self.loss(self(content, styles, strength), content, styles, strength)
+               strength: torch.Tensor | None = None, stability: bool = False) -> dict[str, torch.Tensor]:
+        output = self(content, styles, strength)
+        terms = self.loss(output, content, styles, strength)
+        if stability:  # training only: validation totals stay comparable between runs
+            terms["stability"] = self.hparams.stability_weight * stability_loss(
+                lambda x: self(x, styles, strength), content, output)
+            terms["total"] = terms["total"] + terms["stability"]
+        return terms
 
     def training_step(self, batch: ContentBatch, batch_idx: int) -> torch.Tensor | None:
         self._count_data_losses(batch)
-        terms = self._terms(batch.images, *self.draw_conditions(len(batch.images)))
+        terms = self._terms(batch.images, *self.draw_conditions(len(batch.images)),
+                            stability=self.hparams.stability_weight > 0)
         finite = bool(torch.isfinite(terms["total"]).item())
         # Every DDP rank must take the same decision, or the skipped rank hangs the all-reduce.
         finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
