@@ -27,6 +27,7 @@ TOOLS = {
     "figure": "pipeline.quality.figures",
     "style-grid": "pipeline.quality.style_grid",
     "style-report": "pipeline.quality.style_report",
+    "flicker-report": "pipeline.quality.flicker_report",
     "loadtest": "pipeline.ops.loadtest",
     "grpc-predict": "pipeline.ops.grpc_client",
 }
