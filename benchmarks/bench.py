@@ -1,10 +1,11 @@
 """`make bench` (= `python -m benchmarks.bench`): the reference and the project's paths side by side.
 
-    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling] [--variants ...] [--out FILE]
+    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling,video] [--variants ...] [--out FILE]
 
 Inference (256², 512², 1920×1080; batch 1 and 4), training (128² and 256², batch 4), serving
-(TorchServe, 512², concurrency 1/4/8, with and without batching) and tiled 4K inference, each
-case in a fresh process. Prints a table with ratios to the reference and writes
+(TorchServe, 512², concurrency 1/4/8, with and without batching), tiled 4K inference and video
+(frames/s of the video path at 640×360 and 1920×1080, batch 1 and 4, and decode + stylize + encode
+of a short H.264 clip; on a CUDA machine also bf16 autocast at batch 8), each case in a fresh process. Prints a table with ratios to the reference and writes
 benchmarks/results-<machine>.json. Not a test: numbers depend on the machine and on whatever
 else runs on it, so run it on an otherwise idle machine. See docs/benchmarks.md.
 """
@@ -30,7 +31,11 @@ REPEATS = {"256": (2, 10, 5), "512": (1, 5, 3), "1080p": (1, 2, 1)}
 QUICK_REPEATS = {"256": (1, 3, 2), "512": (1, 2, 1)}
 TRAIN_STEPS = {128: (1, 4), 256: (1, 3)}  # (warm-up, timed) steps
 QUICK_TRAIN_STEPS = {128: (1, 2)}
-SECTIONS = ("infer", "train", "serve", "tiling")
+SECTIONS = ("infer", "train", "serve", "tiling", "video")
+# video: (WxH, frames) per size through the per-frame path; frames of the end-to-end clip
+VIDEO_SIZES, QUICK_VIDEO_SIZES = (("640x360", 16), ("1920x1080", 4)), (("640x360", 6),)
+VIDEO_CLIP_FRAMES, QUICK_VIDEO_CLIP_FRAMES = 48, 12
+CUDA_VIDEO_FRAMES, CUDA_VIDEO_MAX_MEMORY_MB = 32, 16384  # GPU: batch 8 in one call even at 1080p
 DEFAULT_VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime")
 
 
@@ -86,9 +91,29 @@ def bench_training(run: Path, work: Path, quick: bool, log) -> list[dict]:
     return rows
 
 
+def bench_video(run: Path, work: Path, quick: bool, log) -> dict[str, Any]:
+    """The served .pt2 on video frames (CPU fp32, batch 1 and the `stylize` default 4; CUDA bf16 autocast,
+    batch 1 and 8, when there is a GPU), and decode + stylize + encode of a synthetic clip."""
+    rows = []
+    for size, frames in QUICK_VIDEO_SIZES if quick else VIDEO_SIZES:
+        log(f"video cpu {size}")
+        rows.append(run_worker("benchmarks.video", ["--run", str(run), "--size", size, "--frames", str(frames)]))
+        if torch.cuda.is_available():  # not run on the 2-vCPU VM (no GPU)
+            log(f"video cuda {size}")
+            rows.append(run_worker("benchmarks.video", ["--run", str(run), "--size", size, "--device", "cuda",
+                                                        "--batches", "1,8", "--frames", str(CUDA_VIDEO_FRAMES),
+                                                        "--max-memory", str(CUDA_VIDEO_MAX_MEMORY_MB)]))
+    log("video end to end")
+    clip = run_worker("benchmarks.video", ["--run", str(run), "--end-to-end", "--size", "640x360", "--work",
+                                           str(work / "video"), "--frames",
+                                           str(QUICK_VIDEO_CLIP_FRAMES if quick else VIDEO_CLIP_FRAMES)])
+    return {"rows": rows, "end_to_end": clip}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="256² and 512² only, fewer repeats, short training")
+    p.add_argument("--quick", action="store_true", help="256² and 512² only, fewer repeats, short training, "
+                   "video at 640×360 only")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="inference variants (benchmarks.infer)")
     p.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results-<machine>.json)")
@@ -145,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 "large_untiled": None if args.quick else run_worker(
                     "benchmarks.tiling", ["--run", str(run), "--size", "2160x3840", "--untiled"]),
             }
+        if "video" in sections:
+            results["video"] = bench_video(run, work, args.quick, log)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)

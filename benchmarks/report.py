@@ -84,7 +84,33 @@ def table(results: dict[str, Any]) -> str:
             diff = r.get("max_abs_diff")
             lines.append(f"| {key} | {r['size']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
                          f"{'–' if diff is None else f'{diff:.1e}'} |")
+    lines += _video_lines(results.get("video"))
     return "\n".join(lines)
+
+
+def _video_lines(video: dict[str, Any] | None) -> list[str]:
+    """The video section: frames/s of the per-frame path per size, device and batch; the end-to-end line."""
+    if not video:
+        return []
+    lines = ["", "| video (served .pt2, per-frame path) | device | precision | batch | frames | frames/s | "
+                 "ms / frame | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for row in video.get("rows", []):
+        if "error" in row:
+            lines.append(f"| ERROR {row['error'][:300]} | | | | | | | |")
+            continue
+        for batch, m in row["batches"].items():
+            calls = "" if m["one_call_per_batch"] else " (frame by frame: over the memory cap)"
+            lines.append(f"| {row['size'].replace('x', '×')} | {row['device']} | {row['precision']} | {batch}{calls} | "
+                         f"{m['frames']} | {m['frames_per_s']:.2f} | {m['ms_per_frame']:.0f} | {m['peak_rss_mb']:.0f} |")
+    clip = video.get("end_to_end")
+    if clip and "error" in clip:
+        lines.append(f"\nvideo end to end ERROR: {clip['error'][:500]}")
+    elif clip:
+        lines.append(f"\nvideo end to end (decode + stylize + H.264 encode, {clip['size'].replace('x', '×')}, "
+                     f"{clip['frames']} frames, batch {clip['batch']}): {clip['frames_per_s']:.2f} frames/s; "
+                     f"decode alone {clip['decode_frames_per_s']:.0f} frames/s, encode alone "
+                     f"{clip['encode_frames_per_s']:.0f} frames/s; peak RSS {clip['peak_rss_mb']:.0f} MB")
+    return lines
 
 
 def _model_only(results: dict[str, Any]) -> float | None:

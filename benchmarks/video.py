@@ -88,7 +88,7 @@ def end_to_end(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
 
     from pipeline.serve.model_io import load_model
     from pipeline.serve.video import stylize_video
-    from pipeline.serve.video_io import VideoReader, VideoWriter
+    from pipeline.serve.video_io import Frame, VideoReader, VideoWriter
 
     args.work.mkdir(parents=True, exist_ok=True)
     src, dst = args.work / f"clip-{w}x{h}.mp4", args.work / f"stylized-{w}x{h}.mp4"
@@ -105,7 +105,7 @@ def end_to_end(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
 
     start = time.perf_counter()
     with VideoReader(src, 50_000_000) as reader:
-        decoded = sum(1 for item in reader.items() if hasattr(item, "rgb"))
+        decoded = sum(isinstance(item, Frame) for item in reader.items())
     decode_s = time.perf_counter() - start
     start = time.perf_counter()
     writer = VideoWriter(args.work / "encode-only.mp4", w, h, rate=reader.rate, time_base=reader.time_base)

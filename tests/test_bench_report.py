@@ -56,3 +56,21 @@ def test_allocator_setting_applies_once_and_can_be_turned_off(monkeypatch):
     assert reuse_freed_memory() is True  # Linux/glibc, as CI
     monkeypatch.setenv(ENV_REUSE_MEMORY, "0")
     assert reuse_freed_memory() is False
+
+
+def test_table_renders_the_video_section():
+    def row(device: str, precision: str, batches: dict[str, tuple[float, bool]]) -> dict:
+        return {"size": "1920x1080", "device": device, "precision": precision,
+                "batches": {b: {"frames": 4, "seconds": 4 / fps, "frames_per_s": fps, "ms_per_frame": 1000 / fps,
+                                "peak_rss_mb": 2100.0, "one_call_per_batch": one} for b, (fps, one) in batches.items()}}
+
+    video = {"rows": [row("cpu", "fp32", {"1": (0.25, True), "4": (0.2, False)}),
+                      row("cuda", "bf16-autocast", {"8": (40.0, True)}), {"error": "benchmarks.video exited 1: boom"}],
+             "end_to_end": {"size": "640x360", "frames": 12, "batch": 4, "frames_per_s": 1.5,
+                            "decode_frames_per_s": 900.0, "encode_frames_per_s": 120.0, "peak_rss_mb": 900.0}}
+    text = table({"video": video})
+    assert "| 1920×1080 | cpu | fp32 | 1 | 4 | 0.25 | 4000 | 2100 |" in text
+    assert "| 4 (frame by frame: over the memory cap) | 4 | 0.20 | 5000 |" in text
+    assert "| cuda | bf16-autocast | 8 | 4 | 40.00 | 25 |" in text and "ERROR benchmarks.video exited 1" in text
+    assert "640×360, 12 frames, batch 4): 1.50 frames/s; decode alone 900 frames/s, encode alone 120" in text
+    assert table({"video": {"rows": [], "end_to_end": {"error": "no PyAV"}}}).endswith("ERROR: no PyAV")

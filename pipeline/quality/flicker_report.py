@@ -117,7 +117,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def animation(made: dict, outputs: dict, clip: str, path: Path, cell: int = 160) -> None:
-    """A looping GIF: the input clip beside every run's stylized clip, labelled."""
+    """The input clip beside every run's stylized clip, labelled: a looping GIF, or an MP4 (H.264)."""
     frames_in = made[clip][0]
     columns = [("input", frames_in), *[(name, outs[clip]) for name, outs in outputs.items()]]
     h = round(cell * frames_in.shape[2] / frames_in.shape[3])
@@ -128,9 +128,21 @@ def animation(made: dict, outputs: dict, clip: str, path: Path, cell: int = 160)
         for i, (name, frames) in enumerate(columns):
             canvas.paste(Image.fromarray(to_uint8(frames[t])).resize((cell, h), Image.BILINEAR), (i * (cell + 4), 14))
             draw.text((i * (cell + 4) + 2, 1), name, fill="black")
-        images.append(canvas.convert("P", palette=Image.ADAPTIVE))
+        images.append(canvas)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=80, loop=0, optimize=True)
+    if path.suffix.lower() == ".gif":
+        frames = [im.convert("P", palette=Image.ADAPTIVE) for im in images]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=80, loop=0, optimize=True)
+        return
+    import av  # an H.264 MP4: a tenth of the GIF's size
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=12, options={"crf": "20"})
+        stream.width, stream.height, stream.pix_fmt = images[0].width // 2 * 2, images[0].height // 2 * 2, "yuv420p"
+        for im in images:
+            frame = av.VideoFrame.from_image(im.crop((0, 0, stream.width, stream.height)))
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
 
 
 def command(*, runs: list[Path], content: Path, out: Path, gif: Path | None = None, limit: int = 4, size: int = 256) -> int:
@@ -140,7 +152,7 @@ def command(*, runs: list[Path], content: Path, out: Path, gif: Path | None = No
         runs: run directories (exported when needed); the first is the baseline of the ratios.
         content: folder of validation photos (clips are made from the first LIMIT, losses measured on them).
         out: report folder (report.md, metrics.json).
-        gif: also write a side-by-side animation of the first photo's pan clip here.
+        gif: also write a side-by-side animation of the first photo's pan clip here (.gif, or .mp4: H.264).
         limit: photos used.
         size: short side of the photos for the losses, px.
     """
