@@ -28,6 +28,7 @@ BENCH_ARGS ?=
 help:
 	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
 	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
+	@echo "make stylize-video MODEL=generator.pt2 IN=film.mp4 OUT=out.mp4 [ARGS='--style NAME --strength 0.7']"
 	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | bench [BENCH_ARGS=--quick]"
 
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
@@ -110,7 +111,7 @@ ablation:
 stop:
 	.venv/bin/torchserve --stop
 
-# Reference vs our paths side by side (inference, training, TorchServe, tiled 4K): prints a table and
+# Reference vs our paths side by side (inference, training, TorchServe, tiled 4K, video): prints a table and
 # writes benchmarks/results-<machine>.json. ~10 min on 2 cores; BENCH_ARGS=--quick for ~3 min. Run it
 # on an otherwise idle machine (see docs/benchmarks.md).
 bench:

@@ -78,7 +78,7 @@ def per_frame(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
         result["batches"][str(batch)] = {
             "frames": len(frames), "seconds": seconds, "frames_per_s": len(frames) / seconds,
             "ms_per_frame": 1000 * seconds / len(frames), "peak_rss_mb": peak_rss_mb(),
-            "one_call_per_batch": untiled_bytes(h, w, batch) <= cap}  # else run_batch goes frame by frame
+            "one_call_per_batch": untiled_bytes(h, w, min(batch, len(frames))) <= cap}  # else frame by frame
     return result
 
 

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.__main__ import main as cli
-from pipeline.model.generators import build_generator
 from pipeline.quality.evaluate import conditioned_model, evaluate, list_photos
 from pipeline.quality.gatys import build_loss
 from pipeline.quality.stability import clip_warping_error, photo_flicker, synthetic_clip

@@ -24,15 +24,15 @@ from PIL import Image, ImageDraw
 
 from pipeline.quality.evaluate import list_photos
 from pipeline.quality.gatys import build_loss
-from pipeline.quality.stability import clip_warping_error, synthetic_clip
+from pipeline.quality.stability import FLICKER_JPEG_QUALITY, FLICKER_NOISE_STD, clip_warping_error, synthetic_clip
 from pipeline.quality.style_report import exported, losses, one_hot
 from pipeline.serve.controls import call_model
 from pipeline.serve.imaging import load_image, load_image_file, load_style, resize_short, to_uint8
 from pipeline.serve.model_io import load_model
 from pipeline.train.styles import style_specs
 
-FRAMES, SIZE = 16, (180, 240)  # (h, w) of the clips
-NOISE, JPEG = 0.02, 85  # per-frame sensor noise σ and JPEG quality of the synthetic clips
+FRAMES, SIZE = 16, (180, 240)  # (h, w) of the clips: longer and larger than `evaluate`'s quick check
+NOISE, JPEG = FLICKER_NOISE_STD, FLICKER_JPEG_QUALITY  # per-frame noise and JPEG: the same as `evaluate`
 REAL_PHOTO, REAL_CRF = "skimage:astronaut", 23
 
 
