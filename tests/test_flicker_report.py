@@ -1,7 +1,6 @@
 """flicker-report: the H.264 clip is a faithful round trip, and the report's numbers are the metric's."""
 from __future__ import annotations
 
-import torch
 
 from pipeline.export.exporter import export_run
 from pipeline.quality import flicker_report

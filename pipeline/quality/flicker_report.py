@@ -13,7 +13,6 @@ scored by the warping error of its stylized clip next to the input clip's (the f
 from __future__ import annotations
 
 import io
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from PIL import Image, ImageDraw
 from pipeline.quality.evaluate import list_photos
 from pipeline.quality.gatys import build_loss
 from pipeline.quality.stability import FLICKER_JPEG_QUALITY, FLICKER_NOISE_STD, clip_warping_error, synthetic_clip
-from pipeline.quality.style_report import exported, losses, one_hot
+from pipeline.quality.style_report import exported, losses, one_hot, write_report
 from pipeline.serve.controls import call_model
 from pipeline.serve.imaging import load_image, load_image_file, load_style, resize_short, to_uint8
 from pipeline.serve.model_io import load_model
@@ -161,10 +160,7 @@ def command(*, runs: list[Path], content: Path, out: Path, gif: Path | None = No
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(out, report, markdown(report))
     if gif is not None:
         first = next(k for k in data["made"] if k.endswith("-pan"))
         animation(data["made"], data["outputs"], first, gif)

@@ -190,8 +190,13 @@ def command(*, multi: Path, singles: list[Path], content: Path, out: Path, plain
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    write_report(out, report, markdown(report))
+    return 0
+
+
+def write_report(out: Path, report: dict[str, Any], text: str) -> None:
+    """OUT/metrics.json and OUT/report.md, and the markdown on stdout."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    (out / "report.md").write_text(text)
+    print(text)
