@@ -89,7 +89,7 @@ IN  ?=
 VIDEO_OUT = $(if $(filter file,$(origin OUT)),,$(OUT))
 .PHONY: stylize-video
 stylize-video:
-	@test -n "$(MODEL)" -a -n "$(IN)" -a -n "$(VIDEO_OUT)" || { echo "usage: make stylize-video MODEL=<generator.pt2> IN=<film.mp4 | anim.gif | frames/> OUT=<out.mp4 | out.gif> [ARGS='--batch 4 --style NAME --strength 0.7']"; exit 2; }
+	@test -n "$(MODEL)" -a -n "$(IN)" -a -n "$(VIDEO_OUT)" || { echo "usage: make stylize-video MODEL=<generator.pt2> IN=<film.mp4 | anim.gif | frames/> OUT=<out.mp4 | out.gif> [ARGS='--style NAME --strength 0.7']"; exit 2; }
 	$(PY) -m pipeline stylize --model "$(MODEL)" $(ARGS) "$(IN)" "$(VIDEO_OUT)"
 
 # Quality of a model on a folder of photos: reports/eval-NAME/{metrics.json,report.html}.

@@ -75,7 +75,7 @@ def _params(fmt: str, quality: int | None, max_side: int | None, preserve_color:
 def command(input: Path, output: Path, *, model: Path, format: OutputFormat | None = None, quality: int | None = None,
             max_side: int | None = None, server_max_side: int = DEFAULT_MAX_SIDE,
             max_memory_mb: int | None = None, preserve_color: bool = False, style: str | None = None,
-            strength: float | None = None, batch: int = 4, fps: float = 25.0) -> int:
+            strength: float | None = None, batch: int = 1, fps: float = 25.0) -> int:
     """Stylize an image file, or every image in a folder, with the TorchServe handler's exact processing.
 
     Also a video, an animated GIF/WebP, or a folder of frames into a video (see the module docstring).
@@ -95,8 +95,9 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         preserve_color: keep the photo's colours (the stylized luminance with the photo's chroma).
         style: a multi-style model's style, by name, or a mix 'a:0.7,b:0.3' (default: its first style).
         strength: 0..1, the style/content balance of a model trained with the strength control (default 1).
-        batch: video mode: frames per model call (1 gives each frame the image command's exact pixels;
-            larger batches are faster and may differ from them by float rounding, ≤ 1 level in 8 bit).
+        batch: video mode: frames per model call. 1 (default) gives each frame the image command's exact
+            pixels and is the fastest on a 2-core CPU (docs/benchmarks.md); larger batches pay off on a
+            GPU and may differ by float rounding, ≤ 1 level in 8 bit.
         fps: video mode: frame rate of a video made from a folder of frames.
     """
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
