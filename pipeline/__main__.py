@@ -2,12 +2,13 @@
 
 Every tool's options are the parameters of its module's `command()` function, read by
 jsonargparse from the signature and docstring, so `python -m pipeline <tool> --help` and the
-code cannot disagree. Options are spelled as in the signature (`--max_side`); lists as
+code cannot disagree. Options are spelled as in the signature (`--max_side`, or `--max-side`); lists as
 `--iters '[50,100]'`; every tool also takes `--config FILE` (YAML of its options).
 """
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from typing import Callable
 
@@ -49,6 +50,19 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+OPTION = re.compile(r"--[a-z][a-z0-9_-]*(?==|$)")
+
+
+def dashes_to_underscores(args: list[str]) -> list[str]:
+    """`--preserve-color` → `--preserve_color` (the name jsonargparse gives the parameter), so either
+    spelling of a tool's option works; values, and anything that is not an option name, are kept."""
+    out = []
+    for arg in args:
+        match = OPTION.match(arg)
+        out.append(match.group(0).replace("-", "_").replace("__", "--", 1) + arg[match.end():] if match else arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a tool or to LightningCLI; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -60,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from jsonargparse import auto_cli
 
         # Tools return an exit code (0 = success) so `make` sees failures.
-        return int(auto_cli(tool(cmd), args=rest, prog=f"python -m pipeline {cmd}") or 0)
+        return int(auto_cli(tool(cmd), args=dashes_to_underscores(rest), prog=f"python -m pipeline {cmd}") or 0)
     if cmd not in TRAINING:
         print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2

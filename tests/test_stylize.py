@@ -96,3 +96,15 @@ def test_module_entry_point(run, tmp_path):
                            str(src), str(tmp_path / "o.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert decode_pil((tmp_path / "o.png").read_bytes()).size == (13, 12)
+
+
+def test_options_may_be_spelled_with_dashes(run, tmp_path):
+    """`--preserve-color` / `--max-side` (the issue's and curl's spelling) are the same options as
+    `--preserve_color` / `--max_side`: the same bytes come out."""
+    src = tmp_path / "in.png"
+    src.write_bytes(encode_pil(rng_image(40, 60, seed=7)))
+    model = str(run / "export" / "generator.pt2")
+    assert cli(["stylize", "--model", model, "--preserve_color", "true", "--max_side=32", str(src), str(tmp_path / "a.png")]) == 0
+    assert cli(["stylize", "--model", model, "--preserve-color", "true", "--max-side=32", str(src), str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert decode_pil((tmp_path / "a.png").read_bytes()).size == (32, 21)
