@@ -7,11 +7,11 @@ PRESET  ?= cpu
 STYLE   ?=
 NAME    ?=
 # `make train` alone: a style scikit-image ships; a run is named after its style's stem (several
-# styles, STYLE=a.jpg,b.jpg: a+b; a folder: the folder's name) unless NAME is given.
+# styles, STYLE=a.jpg,b.jpg: a-b (TorchServe model names allow letters, digits, _ - . only); a folder: the folder's name) unless NAME is given.
 comma := ,
 space := $(subst x, ,x)
 TRAIN_STYLE := $(or $(STYLE),skimage:hubble_deep_field)
-TRAIN_NAME  := $(or $(NAME),$(subst $(space),+,$(basename $(notdir $(abspath $(subst skimage:,,$(subst $(comma),$(space),$(TRAIN_STYLE))))))))
+TRAIN_NAME  := $(or $(NAME),$(subst $(space),-,$(basename $(notdir $(abspath $(subst skimage:,,$(subst $(comma),$(space),$(TRAIN_STYLE))))))))
 DATA    ?=
 TRAIN_SHARDS ?=
 VAL_SHARDS   ?=

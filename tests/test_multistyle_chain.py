@@ -26,21 +26,19 @@ from test_serving_helpers import decode_pil, encode_pil, rng_image
 from test_train import TINY
 
 STYLES = ("astronaut", "coffee")  # colour images scikit-image ships, far from a fresh generator's grey output
-NAME = "duo"
+NAME = "-".join(STYLES)  # the run name `make train` gives several styles, also the served model's name
 
 pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, vgg_weights) -> Path:
-    """runs/duo trained by `make train` with the strength control, exported by `make export`."""
+    """runs/astronaut-coffee trained by `make train` with the strength control, exported by `make export`."""
     work = tmp_path_factory.mktemp("work")
     data = write_case(tmp_path_factory.mktemp("shards"), 2)
     args = TINY[2:] + ["--data.steps_per_epoch=24", "--trainer.max_steps=48", "--model.strength_control=true"]
     make("train", work, "STYLE=" + ",".join(f"skimage:{s}" for s in STYLES), f"DATA={data}", "ARGS=" + " ".join(args))
-    run = work / "runs" / "+".join(STYLES)  # the default run name of several styles
-    assert (run / "checkpoints" / "last.ckpt").is_file()
-    shutil.move(str(run), str(work / "runs" / NAME))
+    assert (work / "runs" / NAME / "checkpoints" / "last.ckpt").is_file()
     make("export", work, f"NAME={NAME}")
     (work / "runs" / NAME / "test-shards").symlink_to(data)
     return work / "runs" / NAME
