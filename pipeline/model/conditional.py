@@ -21,7 +21,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from pipeline.model.layers import ConvLayer, Padding
+from pipeline.model.layers import ConvLayer, Padding, channels_last_instance_norm
 
 STRENGTH_HIDDEN = 32  # width of h: the strength path's capacity per layer is a 32 → C linear map
 
@@ -69,13 +69,7 @@ class CondInstanceNorm2d(nn.Module):
         gamma, beta = gamma[:, :, None, None], beta[:, :, None, None]
         if x.is_contiguous():  # NCHW: the native kernel for the statistics
             return F.instance_norm(x, None, None, None, None, True, 0.0, self.eps) * gamma + beta
-        # Channels-last inference (see layers.InstanceNorm2d): layout-preserving two-pass statistics.
-        centred = x - x.mean(dim=(2, 3), keepdim=True)
-        scale = torch.rsqrt((centred * centred).mean(dim=(2, 3), keepdim=True) + self.eps) * gamma
-        if torch.is_grad_enabled():
-            return centred * scale + beta
-        centred.mul_(scale)
-        return centred.add_(beta)
+        return channels_last_instance_norm(x, self.eps, gamma, beta)  # channels-last inference
 
 
 class CondConvNormAct(nn.ModuleList):

@@ -6,7 +6,7 @@ statistics exist anywhere, so eval mode cannot silently switch to stored ones.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -42,16 +42,24 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_contiguous():  # NCHW: the native kernel
             return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        centred = x - x.mean(dim=(2, 3), keepdim=True)
-        scale = torch.rsqrt((centred * centred).mean(dim=(2, 3), keepdim=True) + self.eps)
-        weight, bias = self.weight, self.bias
-        if weight is not None:
-            scale = scale * weight.view(1, -1, 1, 1)
-        if torch.is_grad_enabled():
-            y = centred * scale
-            return y + bias.view(1, -1, 1, 1) if bias is not None else y
-        centred.mul_(scale)  # inference: reuse the buffer instead of allocating the output
-        return centred.add_(bias.view(1, -1, 1, 1)) if bias is not None else centred
+        weight = self.weight.view(1, -1, 1, 1) if self.weight is not None else None
+        bias = self.bias.view(1, -1, 1, 1) if self.bias is not None else None
+        return channels_last_instance_norm(x, self.eps, weight, bias)
+
+
+def channels_last_instance_norm(x: torch.Tensor, eps: float, weight: Optional[torch.Tensor],
+                                bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Instance norm of channels-last `x` with layout-preserving ops (see `InstanceNorm2d`); `weight` and
+    `bias` broadcast against (B, C, 1, 1) (per channel, or per sample and channel)."""
+    centred = x - x.mean(dim=(2, 3), keepdim=True)
+    scale = torch.rsqrt((centred * centred).mean(dim=(2, 3), keepdim=True) + eps)
+    if weight is not None:
+        scale = scale * weight
+    if torch.is_grad_enabled():
+        y = centred * scale
+        return y + bias if bias is not None else y
+    centred.mul_(scale)  # inference: reuse the buffer instead of allocating the output
+    return centred.add_(bias) if bias is not None else centred
 
 
 def make_norm(norm: Norm, channels: int) -> nn.Module:
