@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pipeline.quality.gatys import GATYS_ITERS
-from pipeline.serve.imaging import SKIMAGE, image_exists
+from pipeline.serve.imaging import image_exists, style_name
 from pipeline.train.cli import preset_path
 
 
@@ -48,7 +48,7 @@ VARIANTS = [
 
 def style_stem(style: str | Path) -> str:
     """The name a style goes by in run and report names: its file stem, or the skimage image's name."""
-    return str(style)[len(SKIMAGE):] if str(style).startswith(SKIMAGE) else Path(style).stem
+    return style_name(style)
 
 
 def run_name(style: str | Path, v: Variant) -> str:

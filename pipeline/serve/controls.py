@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from pipeline.serve.imaging import BadImageRequest
+from pipeline.serve.imaging import BadImageRequest, style_name
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,7 @@ def controls_from_metadata(meta: Mapping[str, Any]) -> ModelControls:
     kwargs = meta.get("generator_kwargs") or {}
     styles = meta.get("styles")
     if not styles:  # exports from before multi-style recorded only the style image's file name
-        style = str(meta.get("style_image") or "style")
-        styles = [style[len("skimage:"):] if style.startswith("skimage:") else PurePath(style).stem]
+        styles = [style_name(meta.get("style_image") or "style")]
     n_styles = int(kwargs.get("n_styles", 1))
     if len(styles) != n_styles:
         raise ValueError(f"model metadata names {len(styles)} style(s) but the generator has {n_styles}")

@@ -246,6 +246,11 @@ def load_image(spec: str | Path) -> torch.Tensor:
     return load_image_file(Path(spec))
 
 
+def style_name(spec: str | Path) -> str:
+    """The name a style goes by (run names, TensorBoard tags, `X-Style`): its file stem or skimage name."""
+    return str(spec)[len(SKIMAGE):] if str(spec).startswith(SKIMAGE) else Path(spec).stem
+
+
 def image_exists(spec: str | Path) -> bool:
     """Whether `load_image(spec)` can find it (a file, or a name in scikit-image's data module)."""
     if str(spec).startswith(SKIMAGE):

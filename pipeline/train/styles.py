@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.serve.imaging import IMAGE_SUFFIXES, SKIMAGE, image_exists
-
-
-def style_name(spec: str | Path) -> str:
-    """The name a style goes by (run names, TensorBoard tags, `X-Style`): its file stem or skimage name."""
-    return str(spec)[len(SKIMAGE):] if str(spec).startswith(SKIMAGE) else Path(spec).stem
+from pipeline.serve.imaging import IMAGE_SUFFIXES, SKIMAGE, image_exists, style_name  # noqa: F401 (re-exported)
 
 
 def style_specs(spec: str | Path) -> list[str]:
