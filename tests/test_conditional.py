@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.model.conditional import CondInstanceNorm2d
+from pipeline.model.norms import InstanceNorm2d
 from pipeline.model.generators import ResidualGenerator, build_generator
 from pipeline.serve.controls import Conditioning, ModelControls, call_model, conditioning, parse_strength, parse_style
 from pipeline.serve.imaging import BadImageRequest, DecodedImage
 from pipeline.serve.inference import run_batch
-from pipeline.serve.tiling import resolve_conditioning, stylize_tiled
+from pipeline.serve.tiling import stylize_tiled
 
 
 def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -35,7 +35,7 @@ def one_hot(k: int, n: int, batch: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_one_hot_weights_are_plain_instance_norm_with_that_styles_parameters(channels_last):
-    norm = randomized(CondInstanceNorm2d(6, n_styles=3, strength=False))
+    norm = randomized(InstanceNorm2d(6, n_styles=3, strength=False))
     x = torch.randn(2, 6, 9, 11) * 3 + 1
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -48,7 +48,7 @@ def test_one_hot_weights_are_plain_instance_norm_with_that_styles_parameters(cha
 
 
 def test_mixes_are_convex_in_gamma_and_beta():
-    norm = randomized(CondInstanceNorm2d(5, n_styles=3, strength=False))
+    norm = randomized(InstanceNorm2d(5, n_styles=3, strength=False))
     mix = torch.tensor([[0.2, 0.5, 0.3]])
     gamma, beta = norm.affine(mix, torch.zeros(1, 0))
     torch.testing.assert_close(gamma[0], 0.2 * norm.weight[0] + 0.5 * norm.weight[1] + 0.3 * norm.weight[2])
@@ -103,17 +103,15 @@ def test_bad_configurations_are_refused():
         g(torch.rand(1, 3, 16, 16), torch.ones(1, 2), torch.ones(1))
 
 
-def test_resolved_state_dict_gives_the_same_image_tiled(trio):
-    """Tiled inference works on a plain state dict resolved for one style/mix/strength: its result
-    equals the conditional generator's (so tiling keeps whole-image statistics per style)."""
+def test_tiled_inference_keeps_each_style_and_strength(trio):
+    """Tiled inference runs the conditioned generator's own norms with whole-image statistics: its
+    result equals the untiled conditional generator's for a style, a mix and a strength."""
     x = torch.rand(1, 3, 70, 90)
     for weights, strength in (((0, 1, 0), 1.0), ((0.6, 0.0, 0.4), 0.25)):
-        w = torch.tensor(weights, dtype=torch.float32)
-        plain = resolve_conditioning(dict(trio.state_dict()), w, strength)
-        assert not any("strength" in k for k in plain) and plain["down.0.1.weight"].shape == (8,)
+        w, s = torch.tensor([weights], dtype=torch.float32), torch.tensor([strength])
         with torch.no_grad():
-            expected = trio(x, w[None], torch.tensor([strength]))
-        torch.testing.assert_close(stylize_tiled(plain, x, tile=32), expected, rtol=0, atol=2e-4)
+            expected = trio(x, w, s)
+        torch.testing.assert_close(stylize_tiled(trio, x, tile=32, style=w, strength=s), expected, rtol=0, atol=2e-4)
 
 
 def test_run_batch_mixes_styles_in_one_batch_and_tiles_per_style(trio, monkeypatch):
@@ -127,7 +125,7 @@ def test_run_batch_mixes_styles_in_one_batch_and_tiles_per_style(trio, monkeypat
                     trio(images[2].rgb[None], torch.tensor([[0.5, 0.0, 0.5]]), torch.tensor([0.3]))]
     for got, want in zip(out, expected):
         torch.testing.assert_close(got, want[0], rtol=0, atol=1e-5)
-    monkeypatch.setattr("pipeline.serve.inference.untiled_bytes", lambda h, w, b=1: 10**12)  # force tiles
+    monkeypatch.setattr("pipeline.serve.inference.untiled_bytes", lambda h, w, b=1, width=32: 10**12)  # force tiles
     tiled = run_batch(trio, images, conditions=conds, max_memory_mb=64)
     for got, want in zip(tiled, expected):
         torch.testing.assert_close(got, want[0], rtol=0, atol=2e-4)

@@ -50,8 +50,9 @@ def test_generator_inference_path_matches_the_training_path(kwargs, fast):
     g = _generator(**kwargs)
     assert g.fast_decoder is fast
     x = torch.rand(2, 3, 37, 53, generator=torch.Generator().manual_seed(3))
-    with torch.enable_grad():
-        plain = g(x)  # grad enabled: the plain layers, as in training
+    with torch.no_grad():
+        plain = g(x)  # the module as built: the plain layers, as in training (whatever the grad mode)
+    g.for_inference()
     with torch.inference_mode():
         fast_out = g(x)
         with warnings.catch_warnings():

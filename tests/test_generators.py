@@ -6,6 +6,8 @@ import itertools
 import pytest
 import torch
 
+from pipeline.model.norms import InstanceNorm2d
+
 from pipeline.model.generators import MultiScaleGenerator, ResidualGenerator, build_generator
 
 SIZES = [(37, 53), (64, 96), (101, 77), (1, 1), (5, 300), (16, 16)]
@@ -52,9 +54,42 @@ def test_full_size_residual_generator_has_johnson_parameter_count():
 
 def test_instance_norm_has_no_running_statistics():
     g = ResidualGenerator()
-    norms = [m for m in g.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
-    assert norms and all(not m.track_running_stats and m.running_mean is None for m in norms)
+    norms = [m for m in g.modules() if isinstance(m, InstanceNorm2d)]
+    assert len(norms) == 3 + 2 * 5 + 2 and norms == g.norms()
+    assert all(not list(m.buffers()) for m in norms)
     assert not any(k.startswith("running") or "running_" in k for k in g.state_dict())
+
+
+FORMS = [dict(), dict(n_styles=3, strength=True), dict(n_styles=2), dict(strength=True), dict(norm="batch"),
+         dict(norm="none"), dict(padding="zero"), dict(upsample="transposed"), dict(upsample="transposed", n_styles=2),
+         dict(padding="zero", strength=True), dict(output="clamp")]
+
+
+@pytest.mark.parametrize("kwargs", FORMS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "plain")
+def test_inference_form_computes_the_training_form(kwargs):
+    """for_inference (channels-last, regrouped decoder) is the same function as the module as trained,
+    on odd sizes, batches mixing styles and strengths; the training form does not change with grad mode."""
+    torch.manual_seed(0)
+    g = ResidualGenerator(width=8, n_residual=2, **kwargs)
+    with torch.no_grad():  # move every parameter off its initial value so each one matters
+        for p in g.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    if kwargs.get("norm") == "batch":
+        g.train()(torch.rand(4, 3, 32, 32))  # running statistics
+    g.eval()
+    x = torch.rand(2, 3, 37, 53)
+    args = (x,)
+    if g.conditioned:
+        args = (x, torch.rand(2, g.n_styles) + 0.1) + ((torch.tensor([0.2, 1.0]),) if g.has_strength else ())
+    trained = g(*args)
+    with torch.no_grad():
+        assert torch.equal(g(*args), trained)  # no grad-mode switch: the same code either way
+    g.for_inference()
+    assert g.inference and not g.training and not any(p.requires_grad for p in g.parameters())
+    with torch.inference_mode():
+        served = g(*args)
+    assert served.is_contiguous() and served.shape == x.shape
+    torch.testing.assert_close(served, trained.detach(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["residual", "multiscale"])

@@ -179,5 +179,5 @@ def test_width_and_residual_blocks_travel_from_hyper_parameters_to_the_export(tm
     meta = json.loads(written["metadata"].read_text())
     assert meta["generator_kwargs"]["width"] == 8 and meta["generator_kwargs"]["n_residual"] == 2
     model, _ = load_model(written["pt2"])
-    assert model.instyle_weights["down.0.0.1.weight"].shape[0] == 8
+    assert model.instyle_generator.width == 8 and model.instyle_generator.down[0][0][1].weight.shape[0] == 8
     assert Path(written["pt2"]).stat().st_size < 1_000_000  # a quarter-width model is small

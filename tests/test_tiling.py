@@ -11,7 +11,7 @@ from pipeline.serve import inference, limits
 from pipeline.model.generators import ResidualGenerator
 from pipeline.serve.imaging import DecodedImage
 from pipeline.serve.inference import run_batch
-from pipeline.serve.tiling import generator_weights, stylize_tiled
+from pipeline.serve.tiling import stylize_tiled, tileable_generator
 from pipeline.serve.model_io import load_model
 from pipeline.__main__ import main as cli
 from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
@@ -35,7 +35,7 @@ def test_tiled_equals_untiled(generator, size, tile):
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(size[0]))
     with torch.inference_mode():
         ref = generator(x)
-        out = stylize_tiled(generator_weights(generator), x, tile)
+        out = stylize_tiled(generator, x, tile)
     assert out.shape == ref.shape
     diff = (out - ref).abs().max().item()
     assert diff < TOL, f"{size} in {tile}-px tiles: max abs diff {diff:.3g}"
@@ -49,7 +49,7 @@ def test_per_tile_statistics_would_show_seams(generator):
     with torch.inference_mode():
         ref = generator(x)
         naive = torch.cat([generator(x[..., :64]), generator(x[..., 64:])], dim=-1)
-        ours = stylize_tiled(generator_weights(generator), x, 64)
+        ours = stylize_tiled(generator, x, 64)
     assert (naive - ref).abs().max().item() > 0.05
     assert (ours - ref).abs().max().item() < TOL
 
@@ -57,25 +57,25 @@ def test_per_tile_statistics_would_show_seams(generator):
 def test_batch_is_tiled_image_by_image(generator):
     x = torch.rand(2, 3, 48, 80, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        diff = (stylize_tiled(generator_weights(generator), x, 32) - generator(x)).abs().max().item()
+        diff = (stylize_tiled(generator, x, 32) - generator(x)).abs().max().item()
     assert diff < TOL
 
 
 @pytest.mark.parametrize("kind", ["pt", "pt2"])
-def test_exported_models_carry_their_weights(tmp_path_factory, kind):
+def test_exported_models_carry_their_generator(tmp_path_factory, kind):
     run = shared_export(tmp_path_factory)
     model, _ = load_model(run / "export" / f"generator.{kind}")
-    weights = generator_weights(model)
-    assert weights is not None
+    generator = tileable_generator(model)
+    assert generator is not None and generator is not model
     x = torch.rand(1, 3, 70, 90, generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
-        diff = (stylize_tiled(weights, x, 32) - model(x)).abs().max().item()
+        diff = (stylize_tiled(generator, x, 32) - model(x)).abs().max().item()
     assert diff < TOL
 
 
 @pytest.mark.parametrize("kwargs", [{"padding": "zero"}, {"norm": "batch"}, {"upsample": "transposed"}, {"norm": "none"}])
 def test_other_generators_are_not_tiled(kwargs):
-    assert generator_weights(ResidualGenerator(**kwargs)) is None
+    assert tileable_generator(ResidualGenerator(**kwargs)) is None
 
 
 def test_run_batch_tiles_over_the_memory_cap(generator, monkeypatch):

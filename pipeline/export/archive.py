@@ -2,9 +2,9 @@
 
 runs/NAME/export/{generator.pt|generator.pt2, metadata.json} → model_store/NAME.mar with
 - the handler `handlers/stylize_handler.py`;
-- the serving package whole (`pipeline/__init__.py` + `pipeline/serve/`, found by its package path),
-  so the worker's Python needs torch, Pillow and numpy but not this project, and runs exactly the
-  code that was archived;
+- the serving package and the generator's definition whole (`pipeline/__init__.py`, `pipeline/serve/`,
+  `pipeline/model/`, found by their package paths), so the worker's Python needs torch, Pillow and
+  numpy but not this project, and runs exactly the code that was archived;
 - `metadata.json`, and `model-config.yaml` (batching, timeout, the handler's limits).
 Without --name every run with an export is archived. An existing .mar is replaced atomically.
 """
@@ -26,6 +26,7 @@ from model_archiver.model_packaging import package_model
 from model_archiver.model_packaging_utils import ModelExportUtils
 
 import pipeline
+import pipeline.model
 import pipeline.serve
 from pipeline.serve.limits import DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
@@ -58,14 +59,17 @@ def handler_path() -> Path:
 
 
 def stage_extra_files(dest: Path, metadata: dict[str, Any]) -> None:
-    """The archive's extra files: the serving package whole, under its import path, and metadata.json.
+    """The archive's extra files: the serving package and the model stage whole, under their import
+    paths, and metadata.json.
 
     `pipeline/__init__.py` is the project's own (it imports nothing), so `pipeline.serve.*` imports
-    the bundled copy; no other stage is bundled, so training code cannot leak into the worker."""
-    serve_dir = Path(pipeline.serve.__file__).parent
+    the bundled copy; `pipeline.model` (torch only) is what tiled inference runs; no other stage is
+    bundled, so training code cannot leak into the worker."""
     (dest / "pipeline").mkdir(parents=True)
     shutil.copy2(pipeline.__file__, dest / "pipeline" / "__init__.py")
-    shutil.copytree(serve_dir, dest / "pipeline" / "serve", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in (pipeline.serve, pipeline.model):
+        source = Path(package.__file__).parent
+        shutil.copytree(source, dest / "pipeline" / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (dest / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 

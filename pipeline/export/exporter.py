@@ -10,11 +10,14 @@ Writes into `runs/NAME/export/`:
 Every model file also embeds the same metadata (`metadata.json` extra file / ONNX metadata_props).
 
 A multi-style or strength model's graphs take (image, style weights (B, N)[, strength (B,)]); see
-`pipeline.serve.controls.call_model`. Every file is checked against the eager generator on an
-odd-sized image (and random style mixes and strengths) before it is kept.
+`pipeline.serve.controls.call_model`. `.pt` and `.pt2` capture the generator's inference form
+(`for_inference()`: channels-last, regrouped decoder), `.onnx` the form as trained (runtimes choose
+their own layouts). Every file is checked against the generator as trained and validated, on
+odd-sized images (and random style mixes and strengths), before it is kept.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import importlib.metadata
 import io
@@ -90,8 +93,13 @@ def export_torchscript(generator: nn.Module, path: Path, metadata_json: str) -> 
     weights = io.BytesIO()
     torch.save(generator.state_dict(), weights)
     with quiet_jit():
-        scripted = torch.jit.freeze(torch.jit.script(generator.eval()))
+        scripted = torch.jit.freeze(torch.jit.script(serving_form(generator)))
         torch.jit.save(scripted, str(path), _extra_files={METADATA_NAME: metadata_json, WEIGHTS_NAME: weights.getvalue()})
+
+
+def serving_form(generator: nn.Module) -> nn.Module:
+    """A copy of `generator` in its inference form (the module given is left as trained)."""
+    return copy.deepcopy(generator).for_inference()
 
 
 def example_inputs(generator: nn.Module, shape: Sequence[int], seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -118,15 +126,15 @@ def input_dims(generator: nn.Module) -> tuple[dict[int, Any], ...]:
 def export_program(generator: nn.Module, path: Path, metadata_json: str) -> None:
     """torch.export with dynamic batch, H and W (any size ≥ 1)."""
     with torch.no_grad():
-        program = torch.export.export(generator.eval(), example_inputs(generator, EXAMPLE_SHAPE),
+        program = torch.export.export(serving_form(generator), example_inputs(generator, EXAMPLE_SHAPE),
                                       dynamic_shapes=input_dims(generator))
     torch.export.save(program, str(path), extra_files={METADATA_NAME: metadata_json})
 
 
 def check_matches(path: Path, generator: nn.Module) -> float:
-    """Reload an exported file and return its max abs difference from eager on odd, non-square sizes
-    (and a batch of two; for conditioned generators with random style mixes and strengths, one per
-    sample); raise if too large."""
+    """Reload an exported file and return its max abs difference from the generator as trained (its
+    training form, in eval mode) on odd, non-square sizes (and a batch of two; for conditioned
+    generators with random style mixes and strengths, one per sample); raise if too large."""
     model, _ = load_model(path)
     diff = 0.0
     for i, shape in enumerate(CHECK_SHAPES):

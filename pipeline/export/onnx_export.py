@@ -1,8 +1,8 @@
 """ONNX export of a generator, for ONNX Runtime, Triton's ONNX backend, mobile and the web.
 
 `torch.onnx.export` (the torch.export-based exporter) with dynamic batch, height and width, opset
-18, instance norm kept live as the ONNX `InstanceNormalization` op: the graph is captured with
-gradients enabled, i.e. the generator's plain NCHW layers (its channels-last inference path and
+18, instance norm kept live as the ONNX `InstanceNormalization` op: the graph is captured from the
+generator as trained, its plain NCHW layers (its inference form's channels-last layout and
 regrouped decoder are CPU-specific speed-ups that ONNX runtimes do their own way). The metadata
 goes into the model's `metadata_props` under the key `instyle`. Needs the `onnx` extra
 (onnxscript to export, onnxruntime to check and run): `pip install 'instyle[onnx]'`.
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.model.conditional import CondInstanceNorm2d
+from pipeline.model.norms import InstanceNorm2d
 from pipeline.serve.onnx_runtime import ONNX_METADATA_KEY
 
 OPSET = 18
@@ -46,13 +46,13 @@ def export_onnx(generator: nn.Module, path: Path, metadata_json: str, example: t
     require_onnx()
     import onnx
 
-    with torch.enable_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
         program = torch.onnx.export(generator.eval(), example, dynamo=True, dynamic_shapes=dims, opset_version=OPSET,
                                     input_names=list(INPUT_NAMES[:len(example)]), output_names=["stylized"],
                                     verbose=False)
     model = program.model_proto
     if not any(node.op_type == "InstanceNormalization" for node in model.graph.node) and \
-            any(isinstance(m, (nn.InstanceNorm2d, CondInstanceNorm2d)) for m in generator.modules()):
+            any(isinstance(m, (nn.InstanceNorm2d, InstanceNorm2d)) for m in generator.modules()):
         raise RuntimeError("the ONNX graph has no InstanceNormalization node: instance norm was not kept live")
     entry = model.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, metadata_json

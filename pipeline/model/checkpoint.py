@@ -37,6 +37,18 @@ def generator_kwargs(hparams: dict[str, Any], state: dict[str, Any] | None = Non
     return arch, kwargs
 
 
+def generator_from_weights(arch: str, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module | None:
+    """The eager generator `arch(**kwargs)` with `state` loaded (strict), in eval mode; None when the
+    description or the weights do not make one (an unknown option, a missing or misshapen tensor).
+    What lets an exported model's loader rebuild the module its graph was made from."""
+    try:
+        generator = build_generator(arch, **kwargs)
+        generator.load_state_dict(state, strict=True)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return generator.eval()
+
+
 def style_names(ckpt: dict[str, Any]) -> list[str]:
     """The styles of a checkpoint's generator, in its order: saved by training since multi-style
     models exist; for older single-style runs, the style image's stem."""

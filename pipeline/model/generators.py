@@ -14,10 +14,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from pipeline.model.conditional import (CondConvNormAct, CondNearestUp, CondResidualBlock, CondTransposedUp, StrengthNet,
-                                        strength_values, style_weights)
 from pipeline.model.fast_ops import space_to_depth_conv, upsample_conv
-from pipeline.model.layers import ConvLayer, ConvNormAct, Norm, Padding, ResidualBlock, check_choice, crop_to, make_norm, pad_to_multiple
+from pipeline.model.layers import (ConvLayer, ConvNormAct, NearestUp, Padding, ResidualBlock, TransposedUp, check_choice,
+                                   crop_to, pad_to_multiple)
+from pipeline.model.norms import InstanceNorm2d, Norm, StrengthNet, make_norm, strength_values, style_weights
 
 Upsample = Literal["nearest", "transposed"]
 Output = Literal["sigmoid", "clamp"]
@@ -33,13 +33,20 @@ class ResidualGenerator(nn.Module):
     elsewhere with a linear output (pipeline.model.importers), whose 0..255 scale is folded into
     the first and last convolutions.
 
-    `n_styles` > 1 or `strength=True` make every instance norm conditional (pipeline.model.conditional):
+    `n_styles` > 1 or `strength=True` condition every instance norm (pipeline.model.norms):
     `forward(x, style, strength)` takes per-sample style weights (B, N) and strengths (B,); None means
-    the first style at full strength. With one style and no strength the network, its state dict and
-    its forward(x) are exactly the plain generator's (checkpoints from before the change load as is)."""
+    the first style at full strength. One style without strength is the special case of the same
+    network: its state dict and `forward(x)` are those of the plain generator since the first release.
+
+    Two forms of one function. The module as built is the training form (NCHW, the decoder as
+    declared). `for_inference()` switches it, explicitly, to the serving form that export and the
+    serving loader use: channels-last activations and, for nearest upsampling with reflection
+    padding, the regrouped decoder of pipeline.model.fast_ops (`decode`). Both give the same output up
+    to float rounding (tests/test_generators.py; every export is checked against the training form).
+    """
 
     # TorchScript: the branches not taken are not compiled
-    __constants__ = ["fast_decoder", "clamp_output", "conditioned", "has_strength", "n_styles"]
+    __constants__ = ["fast_decoder", "clamp_output", "conditioned", "has_strength", "n_styles", "inference"]
 
     def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", upsample: Upsample = "nearest",
                  n_residual: int = 5, width: int = 32, output: Output = "sigmoid", n_styles: int = 1,
@@ -51,103 +58,97 @@ class ResidualGenerator(nn.Module):
             raise ValueError(f"width and n_styles must be ≥ 1 and n_residual ≥ 0, got width={width}, "
                              f"n_residual={n_residual}, n_styles={n_styles}")
         self.conditioned, self.has_strength, self.n_styles = n_styles > 1 or strength, strength, n_styles
-        if self.conditioned and norm != "instance":
-            raise ValueError(f"several styles or a strength control need norm='instance' (conditional instance norm), "
-                             f"got norm={norm!r}")
+        self.width, self.n_residual, self.norm_kind = width, n_residual, norm
         self.clamp_output = output == "clamp"
+        self.inference = False
         w1, w2, w3 = width, width * 2, width * 4
-        if self.conditioned:
-            cond = (n_styles, strength)
-            self.down = nn.ModuleList([CondConvNormAct(3, w1, 9, 1, padding, *cond),
-                                       CondConvNormAct(w1, w2, 3, 2, padding, *cond), CondConvNormAct(w2, w3, 3, 2, padding, *cond)])
-            self.res = nn.ModuleList([CondResidualBlock(w3, padding, *cond) for _ in range(n_residual)])
-            up = (lambda i, o: CondNearestUp(i, o, padding, *cond)) if upsample == "nearest" else \
-                (lambda i, o: CondTransposedUp(i, o, *cond))
-            self.up = nn.ModuleList([up(w3, w2), up(w2, w1)])
-            if strength:
-                self.strength_net = StrengthNet(n_styles)
-        else:
-            self.down = nn.Sequential(
-                ConvNormAct(3, w1, 9, 1, norm=norm, padding=padding),
-                ConvNormAct(w1, w2, 3, 2, norm=norm, padding=padding),
-                ConvNormAct(w2, w3, 3, 2, norm=norm, padding=padding),
-            )
-            self.res = nn.Sequential(*[ResidualBlock(w3, norm=norm, padding=padding) for _ in range(n_residual)])
-            self.up = nn.Sequential(self._up(w3, w2, norm, padding, upsample), self._up(w2, w1, norm, padding, upsample))
+        opts = {"norm": norm, "n_styles": n_styles, "strength": strength}
+        self.down = nn.ModuleList([ConvNormAct(3, w1, 9, 1, padding=padding, **opts),
+                                   ConvNormAct(w1, w2, 3, 2, padding=padding, **opts),
+                                   ConvNormAct(w2, w3, 3, 2, padding=padding, **opts)])
+        self.res = nn.ModuleList([ResidualBlock(w3, padding=padding, **opts) for _ in range(n_residual)])
+        up = (lambda i, o: NearestUp(i, o, padding=padding, **opts)) if upsample == "nearest" else \
+            (lambda i, o: TransposedUp(i, o, **opts))
+        self.up = nn.ModuleList([up(w3, w2), up(w2, w1)])
+        if strength:
+            self.strength_net = StrengthNet(n_styles)
         self.out = ConvLayer(w1, 3, 9, 1, padding)
-        # Inference decoder with the same arithmetic regrouped (pipeline.model.fast_ops); the layouts it
-        # reads (Upsample → ConvNormAct(ReflectionPad, Conv)) exist only for these choices.
+        # The regrouped decoder reads the layout NearestUp(Upsample, ConvNormAct(ReflectionPad, Conv)),
+        # which exists only for these choices.
         self.fast_decoder = padding == "reflect" and upsample == "nearest"
+        # Tiled inference (pipeline.serve.tiling) implements instance norm, reflection padding and nearest upsampling.
+        self.tileable = self.fast_decoder and norm == "instance"
 
-    @staticmethod
-    def _up(cin: int, cout: int, norm: Norm, padding: Padding, upsample: Upsample) -> nn.Sequential:
-        if upsample == "nearest":  # resize-convolution: no checkerboard artifacts
-            return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(cin, cout, 3, 1, norm=norm, padding=padding))
-        return nn.Sequential(nn.ConvTranspose2d(cin, cout, 3, 2, padding=1, output_padding=1), make_norm(norm, cout), nn.ReLU(inplace=True))
+    def for_inference(self) -> "ResidualGenerator":
+        """The serving form, in place (returns self): eval mode, no gradients, channels-last activations
+        and the regrouped decoder. Export and `pipeline.serve.model_io.load_model` apply it; training,
+        validation and the TensorBoard grids run the module as built."""
+        self.eval().requires_grad_(False)
+        self.inference = True
+        return self
+
+    def conditioning(self, x: torch.Tensor, style: Optional[torch.Tensor] = None,
+                     strength: Optional[torch.Tensor] = None) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(style weights (B, N), strength features (B, STRENGTH_HIDDEN)) that every norm reads, for a
+        batch like `x`; None for what the generator does not have (a plain generator: (None, None))."""
+        if not self.conditioned:
+            if style is not None or strength is not None:
+                raise ValueError("this generator has one style and no strength control: call it with the image only")
+            return None, None
+        b = x.shape[0]
+        wts = style_weights(style, b, self.n_styles, x)
+        hid: Optional[torch.Tensor] = None
+        if self.has_strength:
+            hid = self.strength_net(wts, strength_values(strength, b, x))
+        elif strength is not None:
+            raise ValueError("this generator was trained without the strength control: call it without strength")
+        return wts, hid
 
     def forward(self, x: torch.Tensor, style: Optional[torch.Tensor] = None,
                 strength: Optional[torch.Tensor] = None) -> torch.Tensor:
         # min_size 16: after two stride-2 convs the 3×3 reflection pad still has ≥ 4 px to reflect.
         xp, h, w = pad_to_multiple(x, 4, 16)
-        # Inference runs channels-last (NHWC): oneDNN's convolutions then work without reordering
-        # every activation to and from their blocked layout, and pad, norm (layers.InstanceNorm2d),
-        # ReLU and upsampling keep the layout. Same values; the output is handed back as NCHW.
-        # Training stays NCHW: there the native instance-norm backward beats the channels-last one.
-        if not torch.is_grad_enabled():
+        if self.inference:
+            # Channels-last (NHWC): oneDNN's convolutions then work without reordering every activation
+            # to and from their blocked layout, and pad, norm (norms.channels_last_instance_norm), ReLU and
+            # upsampling keep the layout. Same values; the output is handed back as NCHW. Training stays
+            # NCHW: there the native instance-norm backward beats the channels-last one.
             xp = xp.contiguous(memory_format=torch.channels_last)
-        if self.conditioned:
-            y = self._forward_conditioned(xp, style, strength)
-        else:
-            if style is not None or strength is not None:
-                raise ValueError("this generator has one style and no strength control: call it with the image only")
-            y = self.res(self.down(xp))
-            if self.fast_decoder:  # a constant: TorchScript compiles the fast path only where its layout exists
-                if not torch.is_grad_enabled():
-                    return crop_to(self._activate(self._decode_fast(y)), h, w).contiguous()
-            y = self.out(self.up(y))
-        return crop_to(self._activate(y), h, w).contiguous()
+        wts, hid = self.conditioning(xp, style, strength)
+        y = self.encode(xp, wts, hid)
+        return crop_to(self.activate(self.decode(y, wts, hid)), h, w).contiguous()
 
-    def _forward_conditioned(self, xp: torch.Tensor, style: Optional[torch.Tensor],
-                             strength: Optional[torch.Tensor]) -> torch.Tensor:
-        b = xp.shape[0]
-        wts = style_weights(style, b, self.n_styles, xp)
-        if self.has_strength:
-            s = strength_values(strength, b, xp)
-            hid = self.strength_net(wts, s)
-        else:
-            if strength is not None:
-                raise ValueError("this generator was trained without the strength control: call it without strength")
-            hid = xp.new_zeros((b, 0))
-        y = xp
+    def encode(self, x: torch.Tensor, wts: Optional[torch.Tensor], hid: Optional[torch.Tensor]) -> torch.Tensor:
+        """Down-sampling convolutions and residual blocks: (B, 3, H, W) padded → (B, 4·width, H/4, W/4)."""
         for layer in self.down:
-            y = layer(y, wts, hid)
+            x = layer(x, wts, hid)
         for block in self.res:
-            y = block(y, wts, hid)
-        if self.fast_decoder:
-            if not torch.is_grad_enabled():
-                return self._decode_fast_conditioned(y, wts, hid)
+            x = block(x, wts, hid)
+        return x
+
+    def decode(self, y: torch.Tensor, wts: Optional[torch.Tensor], hid: Optional[torch.Tensor]) -> torch.Tensor:
+        """Upsampling stages and the output convolution, before the output activation. In the inference
+        form with nearest upsampling and reflection padding, the same sums regrouped
+        (pipeline.model.fast_ops): each stage as a low-resolution conv + pixel shuffle, the 9×9 output
+        conv in space-to-depth form."""
+        if self.fast_decoder:  # a constant: TorchScript compiles this only where its layout exists
+            if self.inference:
+                for stage in self.up:  # NearestUp(Upsample, ConvNormAct(ConvLayer(pad, conv), norm, act))
+                    unit = stage[1]
+                    conv = unit[0][1]
+                    y = unit[2](unit[1](upsample_conv(y, conv.weight, conv.bias), wts, hid))
+                return space_to_depth_conv(self.out[0](y), self.out[1].weight, self.out[1].bias)
         for stage in self.up:
             y = stage(y, wts, hid)
         return self.out(y)
 
-    def _decode_fast_conditioned(self, y: torch.Tensor, wts: torch.Tensor, hid: torch.Tensor) -> torch.Tensor:
-        """`_decode_fast` with conditional norms."""
-        for stage in self.up:  # CondNearestUp(Upsample, CondConvNormAct(ConvLayer(pad, conv), norm, act))
-            unit = stage[1]
-            conv = unit[0][1]
-            y = unit[2](unit[1](upsample_conv(y, conv.weight, conv.bias), wts, hid))
-        return space_to_depth_conv(self.out[0](y), self.out[1].weight, self.out[1].bias)
-
-    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+    def activate(self, y: torch.Tensor) -> torch.Tensor:
+        """The output activation: sigmoid (ours) or clamp to [0, 1] (imported linear-output models)."""
         return y.clamp(0.0, 1.0) if self.clamp_output else torch.sigmoid(y)
 
-    def _decode_fast(self, y: torch.Tensor) -> torch.Tensor:
-        """self.out(self.up(y)) for nearest upsampling and reflection padding, via pipeline.model.fast_ops."""
-        for stage in self.up:  # Sequential(Upsample, ConvNormAct(ConvLayer(pad, conv), norm, act))
-            unit = stage[1]
-            conv = unit[0][1]
-            y = unit[2](unit[1](upsample_conv(y, conv.weight, conv.bias)))
-        return space_to_depth_conv(self.out[0](y), self.out[1].weight, self.out[1].bias)
+    def norms(self) -> list[InstanceNorm2d]:
+        """The instance-norm layers in the order the forward pass meets them (empty for other norms)."""
+        return [m for m in self.modules() if isinstance(m, InstanceNorm2d)]
 
 
 class MultiScaleGenerator(nn.Module):
@@ -201,6 +202,11 @@ class MultiScaleGenerator(nn.Module):
             y = F.interpolate(y, scale_factor=2.0, mode="nearest")
             y = join(torch.cat([norm_coarse(y), norm_fine(fine)], dim=1))
         return crop_to(torch.sigmoid(self.out(y)), h, w)
+
+    def for_inference(self) -> "MultiScaleGenerator":
+        """The serving form, in place: eval mode (zero noise), no gradients. Its layers have no faster form."""
+        self.eval().requires_grad_(False)
+        return self
 
     def _noise(self, img: torch.Tensor) -> torch.Tensor:
         shape = (img.shape[0], self.noise_channels, img.shape[2], img.shape[3])

@@ -1,8 +1,11 @@
-"""Building blocks shared by both generators: norm and padding choices, conv blocks.
+"""Building blocks of the generators: padding and convolution, the conv-norm-activation unit, the
+residual block and the two ×2 upsampling stages, and the pad/crop that lets any H×W through.
 
-`norm="instance"` is the paper's change: statistics per image and per channel over
-H×W, at train *and* test time. `track_running_stats=False` guarantees no running
-statistics exist anywhere, so eval mode cannot silently switch to stored ones.
+Every unit takes `(x, w, h)`: the image batch and its conditioning (per-sample style weights and
+strength features, or None), which only the norms read (pipeline.model.norms). They are ModuleLists
+with explicit forwards rather than Sequentials so the conditioning can be passed along (TorchScript
+compiles every submodule's `forward`), and their indices are those of the Sequentials they replaced:
+state-dict keys (`down.0.0.1.weight`, `res.0.body.4.bias`, …) are the same since the first release.
 """
 from __future__ import annotations
 
@@ -12,64 +15,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-Norm = Literal["instance", "batch", "none"]
+from pipeline.model.norms import Norm, check_choice, make_norm
+
 Padding = Literal["reflect", "zero"]
-NORMS = ("instance", "batch", "none")
 PADDINGS = ("reflect", "zero")
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raise a clear ValueError when a config string is not one of `allowed`."""
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}")
-
-
-class InstanceNorm2d(nn.InstanceNorm2d):
-    """`nn.InstanceNorm2d(affine=True, track_running_stats=False)`: the same module, parameters,
-    state dict and statistics (per image and channel over H×W, live in train and eval alike),
-    with a fast path for channels-last input.
-
-    The CPU kernel of `instance_norm` makes its input NCHW-contiguous, so in a channels-last
-    network every norm would cost two full copies of the activation and hand the next convolution
-    a layout oneDNN has to reorder again. For channels-last input the same formula is computed
-    with layout-preserving ops: the mean (a vectorised cascade sum), then the variance of the
-    centred values (two-pass: as accurate as instance_norm), then one scale-and-shift, in place
-    when no gradient is needed. (`group_norm`, `batch_norm` and `var_mean` also keep the layout,
-    but the first two accumulate E[x²] − E[x]² in fp32, 1e-3..1e-2 off on 1080p activations,
-    and `var_mean`'s Welford loop is 4× slower here.)
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_contiguous():  # NCHW: the native kernel
-            return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        weight = self.weight.view(1, -1, 1, 1) if self.weight is not None else None
-        bias = self.bias.view(1, -1, 1, 1) if self.bias is not None else None
-        return channels_last_instance_norm(x, self.eps, weight, bias)
-
-
-def channels_last_instance_norm(x: torch.Tensor, eps: float, weight: Optional[torch.Tensor],
-                                bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """Instance norm of channels-last `x` with layout-preserving ops (see `InstanceNorm2d`); `weight` and
-    `bias` broadcast against (B, C, 1, 1) (per channel, or per sample and channel)."""
-    centred = x - x.mean(dim=(2, 3), keepdim=True)
-    scale = torch.rsqrt((centred * centred).mean(dim=(2, 3), keepdim=True) + eps)
-    if weight is not None:
-        scale = scale * weight
-    if torch.is_grad_enabled():
-        y = centred * scale
-        return y + bias if bias is not None else y
-    centred.mul_(scale)  # inference: reuse the buffer instead of allocating the output
-    return centred.add_(bias) if bias is not None else centred
-
-
-def make_norm(norm: Norm, channels: int) -> nn.Module:
-    """Instance norm (live statistics, learnable affine), batch norm (paper's baseline) or none."""
-    check_choice("norm", norm, NORMS)
-    if norm == "instance":
-        return InstanceNorm2d(channels, affine=True, track_running_stats=False)
-    if norm == "batch":
-        return nn.BatchNorm2d(channels)
-    return nn.Identity()
+__all__ = ["ConvLayer", "ConvNormAct", "NearestUp", "Padding", "ResidualBlock", "TransposedUp", "check_choice",
+           "crop_to", "pad_to_multiple"]
 
 
 class ConvLayer(nn.Sequential):
@@ -85,27 +36,60 @@ class ConvLayer(nn.Sequential):
             super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding=pad))
 
 
-class ConvNormAct(nn.Sequential):
-    """Conv → norm → ReLU (or LeakyReLU), the unit both generators are made of."""
+class ConvNormAct(nn.ModuleList):
+    """[0] padding + conv → [1] norm → [2] ReLU (or LeakyReLU): the unit both generators are made of."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, norm: Norm = "instance",
-                 padding: Padding = "reflect", act: str = "relu"):
+                 padding: Padding = "reflect", act: str = "relu", n_styles: int = 1, strength: bool = False):
         activation = nn.ReLU(inplace=True) if act == "relu" else nn.LeakyReLU(0.01, inplace=True)
-        super().__init__(ConvLayer(cin, cout, kernel, stride, padding), make_norm(norm, cout), activation)
+        super().__init__([ConvLayer(cin, cout, kernel, stride, padding), make_norm(norm, cout, n_styles, strength),
+                          activation])
+
+    def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None,  # type: ignore[override]
+                h: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self[2](self[1](self[0](x), w, h))
 
 
 class ResidualBlock(nn.Module):
     """Two 3×3 conv-norm layers with an identity shortcut (Johnson et al.)."""
 
-    def __init__(self, channels: int, *, norm: Norm = "instance", padding: Padding = "reflect"):
+    def __init__(self, channels: int, *, norm: Norm = "instance", padding: Padding = "reflect", n_styles: int = 1,
+                 strength: bool = False):
         super().__init__()
-        self.body = nn.Sequential(
-            ConvLayer(channels, channels, 3, 1, padding), make_norm(norm, channels), nn.ReLU(inplace=True),
-            ConvLayer(channels, channels, 3, 1, padding), make_norm(norm, channels),
-        )
+        self.body = nn.ModuleList([
+            ConvLayer(channels, channels, 3, 1, padding), make_norm(norm, channels, n_styles, strength),
+            nn.ReLU(inplace=True),
+            ConvLayer(channels, channels, 3, 1, padding), make_norm(norm, channels, n_styles, strength),
+        ])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None, h: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.body[2](self.body[1](self.body[0](x), w, h))
+        return x + self.body[4](self.body[3](y), w, h)
+
+
+class NearestUp(nn.ModuleList):
+    """[0] nearest ×2 upsampling → [1] `ConvNormAct` 3×3 (resize-convolution: no checkerboard artifacts)."""
+
+    def __init__(self, cin: int, cout: int, *, norm: Norm = "instance", padding: Padding = "reflect", n_styles: int = 1,
+                 strength: bool = False):
+        super().__init__([nn.Upsample(scale_factor=2, mode="nearest"),
+                          ConvNormAct(cin, cout, 3, 1, norm=norm, padding=padding, n_styles=n_styles, strength=strength)])
+
+    def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None,  # type: ignore[override]
+                h: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self[1](self[0](x), w, h)
+
+
+class TransposedUp(nn.ModuleList):
+    """[0] ConvTranspose ×2 → [1] norm → [2] ReLU (the `upsample="transposed"` stage)."""
+
+    def __init__(self, cin: int, cout: int, *, norm: Norm = "instance", n_styles: int = 1, strength: bool = False):
+        super().__init__([nn.ConvTranspose2d(cin, cout, 3, 2, padding=1, output_padding=1),
+                          make_norm(norm, cout, n_styles, strength), nn.ReLU(inplace=True)])
+
+    def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None,  # type: ignore[override]
+                h: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self[2](self[1](self[0](x), w, h))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int) -> tuple[torch.Tensor, int, int]:

@@ -76,7 +76,8 @@ def train_variant(style: str, v: Variant, data: Path | None, preset: str, steps:
         return run
     cmd = [sys.executable, "-m", "pipeline", "fit", "--config", str(preset_path(preset)),
            f"--model.style_image={style}", f"--model.arch={v.arch}", f"--model.norm={v.norm}",
-           f"--model.padding={v.padding}", f"--trainer.max_steps={steps}",
+           # the paper's variants: no strength path, whatever the preset's default
+           f"--model.padding={v.padding}", "--model.strength_control=false", f"--trainer.max_steps={steps}",
            f"--trainer.logger.init_args.save_dir={runs}", f"--trainer.logger.init_args.name={name}",
            "--trainer.enable_progress_bar=false"]
     if data is not None:

@@ -109,14 +109,24 @@ def conditioning(params: Mapping[str, str], controls: ModelControls) -> Conditio
     return Conditioning(parse_style(params.get("style"), controls), parse_strength(params.get("strength"), controls))
 
 
+def condition_tensors(conditions: Sequence[Conditioning] | None, controls: ModelControls | None,
+                      x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The generator's (style weights (B, N), strengths (B,)) inputs for a batch like `x`, one row per
+    image; None for what the model does not take."""
+    if controls is None or not controls.conditioned:
+        return None, None
+    conditions = conditions or [Conditioning(parse_style(None, controls))] * x.shape[0]
+    weights = torch.tensor([c.weights for c in conditions], dtype=x.dtype, device=x.device)
+    if not controls.strength:
+        return weights, None
+    return weights, torch.tensor([c.strength for c in conditions], dtype=x.dtype, device=x.device)
+
+
 def call_model(model: Any, x: torch.Tensor, conditions: Sequence[Conditioning] | None,
                controls: ModelControls | None) -> torch.Tensor:
     """model(x) for plain models; model(x, weights (B, N)[, strengths (B,)]) for conditioned ones, one
     row per image (a batch may mix styles and strengths)."""
-    if controls is None or not controls.conditioned:
+    style, strength = condition_tensors(conditions, controls, x)
+    if style is None:
         return model(x)
-    conditions = conditions or [Conditioning(parse_style(None, controls))] * x.shape[0]
-    weights = torch.tensor([c.weights for c in conditions], dtype=x.dtype, device=x.device)
-    if not controls.strength:
-        return model(x, weights)
-    return model(x, weights, torch.tensor([c.strength for c in conditions], dtype=x.dtype, device=x.device))
+    return model(x, style) if strength is None else model(x, style, strength)

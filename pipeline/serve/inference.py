@@ -10,11 +10,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from pipeline.serve.color import preserve_color
-from pipeline.serve.controls import Conditioning, ModelControls, call_model, conditioning
+from pipeline.serve.controls import Conditioning, ModelControls, call_model, condition_tensors, conditioning
 from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_side, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
-from pipeline.serve.tiling import (generator_output, generator_weights, resolve_conditioning, stylize_tiled, tile_for_cap,
-                                   untiled_bytes)
+from pipeline.serve.tiling import model_width, stylize_tiled, tile_for_cap, tileable_generator, untiled_bytes
 
 
 def prepare(data: bytes, params: Mapping[str, str], max_side: int = DEFAULT_MAX_SIDE,
@@ -53,7 +52,8 @@ def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage]
     Within the memory cap (`max_memory_mb`, else $INSTYLE_MAX_MEMORY_MB, else 2048 MB of
     activations) the images run as one batch; a batch over the cap runs image by image, and an
     image over the cap on its own runs tiled (`stylize_tiled`: same result, bounded memory)
-    when the model's weights are known (see `generator_weights`)."""
+    when the model's generator is known (see `tileable_generator`). The activation estimate follows
+    the generator's width (`tiling.untiled_bytes`)."""
     cap = memory_cap_bytes(max_memory_mb)
     h, w = images[0].size
     controls: ModelControls | None = getattr(model, "instyle_controls", None)
@@ -62,18 +62,18 @@ def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage]
         conds = [c or default for c in (conditions or [None] * len(images))]
     else:
         conds = None
+    width = model_width(model)
     with torch.inference_mode():
-        if untiled_bytes(h, w, len(images)) <= cap:
+        if untiled_bytes(h, w, len(images), width) <= cap:
             batch = torch.stack([img.rgb for img in images]).to(device)
             return list(call_model(model, batch, conds, controls).float().cpu())
-        weights = generator_weights(model) if untiled_bytes(h, w, 1) > cap else None
+        generator = tileable_generator(model) if untiled_bytes(h, w, 1, width) > cap else None
         outputs = []
         for i, img in enumerate(images):
             x = img.rgb[None].to(device)
-            if weights is not None:
-                own = weights if conds is None else resolve_conditioning(weights, torch.tensor(conds[i].weights),
-                                                                          conds[i].strength)
-                y = stylize_tiled(own, x, tile_for_cap(cap), generator_output(model))
+            if generator is not None:
+                style, strength = condition_tensors(None if conds is None else [conds[i]], controls, x)
+                y = stylize_tiled(generator, x, tile_for_cap(cap, width), style, strength)
             else:
                 y = call_model(model, x, None if conds is None else [conds[i]], controls)
             outputs.append(y[0].float().cpu())

@@ -8,12 +8,14 @@
 - `.onnx`: an ONNX model written by `pipeline.export.onnx_export`, run by ONNX Runtime
   (`pipeline.serve.onnx_runtime`; the optional `onnx` extra).
 
-`.pt` and `.pt2` models get the generator's state dict as `model.instyle_weights`, which lets
-`pipeline.serve.inference` stylize images too large for memory in tiles.
+Every form is run in the generator's inference form (`ResidualGenerator.for_inference`: what export
+captured; a `.ckpt` is switched to it here). `.pt`, `.pt2` and `.onnx` models also get the eager
+generator their graph was made from, rebuilt from the embedded metadata and weights, as
+`model.instyle_generator`: `pipeline.serve.tiling` runs its modules to stylize images too large for
+memory in tiles, and sizes its memory estimate from it.
 
-Part of the serving package bundled whole into the `.mar`: it imports only torch and the standard
-library at module level; `pipeline.model` is imported lazily, for `.ckpt` files only (which the
-TorchServe handler never loads).
+Part of the serving package bundled into the `.mar` with `pipeline.model` (the generator's
+definition, torch only); it imports nothing of training.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from pipeline.model.checkpoint import (checkpoint_metadata, generator_from_checkpoint, generator_from_weights,
+                                       read_checkpoint)
 from pipeline.serve.controls import controls_from_metadata
 
 METADATA_NAME = "metadata.json"
@@ -49,9 +53,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """(model, metadata) for a `.pt2`, `.pt`, `.onnx` or `.ckpt` file; the model maps (B, 3, H, W) in
     [0, 1] to the same shape in [0, 1] (a multi-style or strength model also takes the style weights
     and strengths: `pipeline.serve.controls.call_model`), is in eval mode, and is meant to be called
-    under inference_mode. Every form carries `instyle_weights` (the generator's state dict, for tiled
-    inference) and `instyle_output` (its output activation) when they are known, and
-    `instyle_controls` (its styles and strength control)."""
+    under inference_mode. Every form carries `instyle_generator` (the eager generator, for tiled
+    inference; None when it cannot be rebuilt) and `instyle_controls` (its styles and strength control)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -60,8 +63,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         extra = {METADATA_NAME: "", WEIGHTS_NAME: ""}
         with quiet_jit():
             model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        weights = None
         if extra[WEIGHTS_NAME]:  # exports since the tiling change carry the weights next to the frozen graph
-            model.instyle_weights = torch.load(io.BytesIO(extra[WEIGHTS_NAME]), map_location=device, weights_only=True)
+            weights = torch.load(io.BytesIO(extra[WEIGHTS_NAME]), map_location=device, weights_only=True)
         model, meta = model.eval(), _parse_metadata(extra[METADATA_NAME], path)
     elif suffix == ".pt2":
         extra = {METADATA_NAME: ""}
@@ -73,23 +77,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             m.training = False
         if torch.device(device).type != "cpu":
             model = model.to(device)
-        model.instyle_weights = dict(model.state_dict())  # for tiled inference (pipeline.serve.inference)
-        meta = _parse_metadata(extra[METADATA_NAME], path)
+        weights, meta = dict(model.state_dict()), _parse_metadata(extra[METADATA_NAME], path)
     elif suffix == ".onnx":
         from pipeline.serve.onnx_runtime import OnnxGenerator
 
         model = OnnxGenerator(path)
-        meta = _parse_metadata(model.metadata_json, path)
+        weights, meta = model.weights, _parse_metadata(model.metadata_json, path)
     elif suffix == ".ckpt":
-        from pipeline.model.checkpoint import checkpoint_metadata, generator_from_checkpoint, read_checkpoint
-
         ckpt = read_checkpoint(path)
-        model, meta = generator_from_checkpoint(ckpt).to(device), checkpoint_metadata(ckpt, path)
+        model, meta = generator_from_checkpoint(ckpt).to(device).for_inference(), checkpoint_metadata(ckpt, path)
+        weights = None
     else:
         raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt, .onnx or .ckpt")
-    model.instyle_output = (meta.get("generator_kwargs") or {}).get("output", "sigmoid")
+    if weights is not None:
+        # in the instance dict, not as a submodule: the graph module's state dict and .to() stay its own
+        model.__dict__["instyle_generator"] = _eager_twin(meta, weights, device)
     model.instyle_controls = controls_from_metadata(meta)  # styles and strength (pipeline.serve.controls)
     return model, meta
+
+
+def _eager_twin(meta: dict[str, Any], weights: dict[str, torch.Tensor], device: str | torch.device) -> nn.Module | None:
+    """The eager generator an exported graph was made from (metadata's arch and kwargs, the file's
+    weights), or None for files without that description (then nothing is tiled)."""
+    if "generator_kwargs" not in meta:
+        return None
+    generator = generator_from_weights(meta.get("arch", "residual"), dict(meta["generator_kwargs"]), weights)
+    return None if generator is None else generator.to(device).for_inference()
 
 
 def _parse_metadata(text: str | bytes, path: Path) -> dict[str, Any]:

@@ -13,8 +13,9 @@ ONNX_METADATA_KEY = "instyle"
 
 
 class OnnxGenerator:
-    """Callable like the generator; also carries the weights (`instyle_weights`, from the graph's
-    initializers, whose names are the generator's state-dict keys) for tiled inference."""
+    """Callable like the generator; also carries its weights (`weights`, from the graph's initializers,
+    whose names are the generator's state-dict keys), from which the loader rebuilds the eager
+    generator for tiled inference."""
 
     training = False
 
@@ -29,7 +30,7 @@ class OnnxGenerator:
         model = onnx.load(str(path))
         props = {p.key: p.value for p in model.metadata_props}
         self.metadata_json = props.get(ONNX_METADATA_KEY, "")
-        self.instyle_weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
+        self.weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
                                 if "." in i.name}  # parameters; constants the exporter made have other names
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)

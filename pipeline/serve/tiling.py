@@ -2,15 +2,21 @@
 
 `run_batch` (pipeline.serve.inference) calls `stylize_tiled` for an image whose activations would exceed
 the memory cap ($INSTYLE_MAX_MEMORY_MB, the archive's `handler.max_memory_mb`, the CLI's
---max_memory_mb; pipeline.serve.limits). Imports only torch.
+--max_memory_mb; pipeline.serve.limits). It runs the generator's own modules
+(pipeline.model.generators.ResidualGenerator): its convolutions tile by tile, its norms with
+statistics gathered over the whole image (`InstanceNorm2d.with_statistics`), its output activation.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from pipeline.model.generators import ResidualGenerator
+from pipeline.model.norms import InstanceNorm2d
 
 
 # How it works.
@@ -20,7 +26,7 @@ import torch.nn.functional as F
 # colour shifts). `stylize_tiled` runs the residual generator layer group by layer group:
 #   head   (full → ¼ resolution): three passes over overlapping tiles; pass k recomputes the
 #          cheap first layers and accumulates the whole-image sums of layer k (float64), the
-#          third writes the ¼-resolution 128-channel result into one buffer;
+#          third writes the ¼-resolution result into one buffer;
 #   middle (the residual blocks, ¼ resolution, 1/16 of the pixels): whole-tensor statistics,
 #          convolutions tile by tile into two preallocated buffers, norms in place;
 #   tail   (¼ → full resolution): three passes again (two gather statistics, one writes the
@@ -29,36 +35,42 @@ import torch.nn.functional as F
 # pixels are used elsewhere, so every layer sees exactly what it sees untiled: the result equals
 # the untiled model's up to float rounding (tests/test_tiling.py), for ~1.5× the compute.
 
-IN_EPS = 1e-5  # nn.InstanceNorm2d's default, what the generator uses
-UNTILED_BYTES_PER_PIXEL = 800  # peak activation bytes per input pixel of one untiled call (measured)
-TILE_SCRATCH_BYTES_PER_PIXEL = 1200  # per pixel of one output tile, halo and all intermediates included
+# Memory per input pixel, in float32 values, as a function of the generator's width (the residual
+# blocks run at 1/16 of the pixels: their depth does not move the peak). Untiled: the full-resolution
+# decoder stage holds ~6·width values per pixel at its peak (upsampled input, padding, conv output),
+# plus ~24 for the image, its padded and channels-last copies and the output. Measured peak of the
+# inference form at 1536×1024, 2 threads (tiling_memory in benchmarks/tiling.py): 180 / 283 / 493 /
+# 985 bytes per pixel for width 8 / 16 / 32 / 64, below this estimate (288 / 480 / 864 / 1632) by a
+# margin that covers the other forms (.pt, .onnx) and the allocator's slack.
+UNTILED_VALUES_PER_WIDTH, UNTILED_VALUES_FIXED = 6, 24
+TILE_VALUES_PER_WIDTH, TILE_VALUES_FIXED = 9, 24  # per output-tile pixel, halo and intermediates included
+DEFAULT_WIDTH = 32  # models whose width is unknown (a generator trained elsewhere, another architecture)
 
 
-def untiled_bytes(h: int, w: int, batch: int = 1) -> int:
-    return UNTILED_BYTES_PER_PIXEL * h * w * batch
+def model_width(model: Any) -> int:
+    """The base channel count of a loaded model's generator (DEFAULT_WIDTH when unknown)."""
+    generator = model if isinstance(model, ResidualGenerator) else getattr(model, "instyle_generator", None)
+    return generator.width if isinstance(generator, ResidualGenerator) else DEFAULT_WIDTH
 
 
-def tile_for_cap(cap: int) -> int:
+def untiled_bytes(h: int, w: int, batch: int = 1, width: int = DEFAULT_WIDTH) -> int:
+    """Estimated peak activation memory of one untiled call on `batch` images of h × w."""
+    return 4 * (UNTILED_VALUES_PER_WIDTH * width + UNTILED_VALUES_FIXED) * h * w * batch
+
+
+def tile_for_cap(cap: int, width: int = DEFAULT_WIDTH) -> int:
     """Output tile side (multiple of 64) whose scratch memory fits in a quarter of the cap."""
-    side = int(math.sqrt(cap / 4 / TILE_SCRATCH_BYTES_PER_PIXEL)) // 64 * 64
+    per_pixel = 4 * (TILE_VALUES_PER_WIDTH * width + TILE_VALUES_FIXED)
+    side = int(math.sqrt(cap / 4 / per_pixel)) // 64 * 64
     return max(128, min(1024, side))
 
 
-def generator_weights(model: Any) -> dict[str, torch.Tensor] | None:
-    """The state dict of a residual generator with instance norm, reflection padding and nearest
-    upsampling (what `stylize_tiled` implements), or None for anything else.
-
-    `.pt` / `.pt2` files loaded by `load_model` carry it as `model.instyle_weights`; an eager
-    generator (from a `.ckpt`) gives its own state dict."""
-    weights = getattr(model, "instyle_weights", None)
-    if weights is None and isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-        weights = dict(model.state_dict())
-    if not weights:
-        return None
-    needed = ("down.0.0.1.weight", "down.0.1.weight", "res.0.body.0.1.weight", "up.0.1.0.1.weight", "out.1.weight")
-    if not all(k in weights for k in needed) or any("running_" in k for k in weights):
-        return None  # zero padding, transposed convs, batch norm, no norm or another architecture
-    return weights
+def tileable_generator(model: Any) -> Optional[ResidualGenerator]:
+    """The eager generator behind a loaded model when `stylize_tiled` implements it (residual generator,
+    instance norm, reflection padding, nearest upsampling), else None. `.pt`, `.pt2` and `.onnx` files
+    loaded by `load_model` carry it as `model.instyle_generator` (rebuilt from their metadata and weights)."""
+    generator = model if isinstance(model, ResidualGenerator) else getattr(model, "instyle_generator", None)
+    return generator if isinstance(generator, ResidualGenerator) and generator.tileable else None
 
 
 class _Piece:
@@ -86,15 +98,15 @@ def _conv_span(a0: int, a1: int, full: int, pad: int, stride: int, lo: int, hi: 
     return i0, i1, stride * i0 - pad - b0, stride * (i1 - 1) + pad - b0 + 1, out_full
 
 
-def _conv(p: _Piece, w: dict[str, torch.Tensor], name: str, stride: int = 1) -> _Piece:
-    weight, bias = w[f"{name}.weight"], w[f"{name}.bias"]
-    pad = weight.shape[-1] // 2
+def _conv(p: _Piece, conv: nn.Conv2d) -> _Piece:
+    """`conv` (reflection-padded by k // 2 at the image border, real neighbours elsewhere) on a piece."""
+    pad, stride = conv.kernel_size[0] // 2, conv.stride[0]
     top, bottom = (pad if p.r0 == 0 else 0), (pad if p.r1 == p.H else 0)
     left, right = (pad if p.c0 == 0 else 0), (pad if p.c1 == p.W else 0)
     t = F.pad(p.t, (left, right, top, bottom), mode="reflect") if top or bottom or left or right else p.t
     r0, r1, rs, re, H = _conv_span(p.r0, p.r1, p.H, pad, stride, top, bottom)
     c0, c1, cs, ce, W = _conv_span(p.c0, p.c1, p.W, pad, stride, left, right)
-    return _Piece(F.conv2d(t[:, :, rs:re, cs:ce], weight, bias, stride), r0, r1, c0, c1, H, W)
+    return _Piece(F.conv2d(t[:, :, rs:re, cs:ce], conv.weight, conv.bias, stride), r0, r1, c0, c1, H, W)
 
 
 def _up(p: _Piece) -> _Piece:
@@ -115,18 +127,13 @@ class _Stats:
         self.ss = self.ss + (t * t).sum(dim=(0, 2, 3), dtype=torch.float64)
         self.n += t.shape[2] * t.shape[3]
 
-    def affine(self, w: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def affine(self, norm: InstanceNorm2d, cond: "_Cond") -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.s / self.n
         var = (self.ss / self.n - mean * mean).clamp_min(0)
-        return _fold(mean, var, w, name)
+        return norm.with_statistics(mean, var, *cond)
 
 
-def _fold(mean: torch.Tensor, var: torch.Tensor, w: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Instance norm with known statistics as y = x·scale + shift (per channel, shaped 1×C×1×1)."""
-    scale = w[f"{name}.weight"].double() / torch.sqrt(var.double() + IN_EPS)
-    shift = w[f"{name}.bias"].double() - mean.double() * scale
-    dtype = w[f"{name}.weight"].dtype
-    return scale.to(dtype).view(1, -1, 1, 1), shift.to(dtype).view(1, -1, 1, 1)
+_Cond = tuple[Optional[torch.Tensor], Optional[torch.Tensor]]  # (style weights, strength features) of one image
 
 
 def _norm(p: _Piece, affine: tuple[torch.Tensor, torch.Tensor], relu: bool = True) -> _Piece:
@@ -134,9 +141,9 @@ def _norm(p: _Piece, affine: tuple[torch.Tensor, torch.Tensor], relu: bool = Tru
     return _Piece(t.relu_() if relu else t, p.r0, p.r1, p.c0, p.c1, p.H, p.W)
 
 
-def _norm_whole_(t: torch.Tensor, w: dict[str, torch.Tensor], name: str, relu: bool) -> None:
+def _norm_whole_(t: torch.Tensor, norm: InstanceNorm2d, cond: _Cond, relu: bool) -> None:
     var, mean = torch.var_mean(t, dim=(0, 2, 3), unbiased=False)
-    scale, shift = _fold(mean, var, w, name)
+    scale, shift = norm.with_statistics(mean, var, *cond)
     t.mul_(scale).add_(shift)
     if relu:
         t.relu_()
@@ -153,66 +160,44 @@ def _grid(h: int, w: int, size: int) -> list[tuple[int, int, int, int]]:
     return [(r0, r1, c0, c1) for r0, r1 in _splits(h, size) for c0, c1 in _splits(w, size)]
 
 
-STRENGTH_NET = "strength_net.linear"
-
-
-def resolve_conditioning(weights: dict[str, torch.Tensor], style: torch.Tensor,
-                         strength: float = 1.0) -> dict[str, torch.Tensor]:
-    """A conditional generator's state dict (pipeline.model.conditional) → the plain generator's, for
-    one style-weight vector `style` (N,) and `strength`: each norm's (N, C) γ/β table becomes the (C,)
-    vector wᵀΓ (+ hᵀG with the strength features h), which is all `stylize_tiled` needs.
-    A plain state dict comes back unchanged."""
-    norms = [k[:-len(".weight")] for k, v in weights.items()
-             if k.endswith(".weight") and v.dim() == 2 and not k.startswith(STRENGTH_NET)]
-    if not norms:
-        return weights
-    w = style.to(weights[norms[0] + ".weight"].dtype).reshape(1, -1)
-    hidden = None
-    if f"{STRENGTH_NET}.weight" in weights:
-        s = torch.full((1, 1), float(strength), dtype=w.dtype)
-        hidden = torch.relu(F.linear(torch.cat([w, s], dim=1), weights[f"{STRENGTH_NET}.weight"],
-                                     weights[f"{STRENGTH_NET}.bias"]))
-    plain = {k: v for k, v in weights.items() if not k.startswith(STRENGTH_NET) and ".strength_" not in k}
-    for name in norms:
-        gamma, beta = w @ weights[f"{name}.weight"], w @ weights[f"{name}.bias"]
-        if hidden is not None:
-            gamma = gamma + hidden @ weights[f"{name}.strength_gamma"]
-            beta = beta + hidden @ weights[f"{name}.strength_beta"]
-        plain[f"{name}.weight"], plain[f"{name}.bias"] = gamma[0], beta[0]
-    return plain
-
-
-def generator_output(model: Any) -> str:
-    """The output activation of a loaded model: `sigmoid` (ours) or `clamp` (imported linear-output models)."""
-    output = getattr(model, "instyle_output", None)
-    if output is None:
-        output = "clamp" if getattr(model, "clamp_output", False) else "sigmoid"
-    return output
-
-
-def stylize_tiled(weights: dict[str, torch.Tensor], x: torch.Tensor, tile: int = 512, output: str = "sigmoid") -> torch.Tensor:
-    """The residual generator (instance norm, reflection padding, nearest upsampling) on (B, 3, H, W)
-    in [0, 1], in tiles of about `tile`² output pixels with whole-image instance-norm statistics;
-    `output` is its final activation (`sigmoid`, or `clamp` to [0, 1])."""
-    if output not in ("sigmoid", "clamp"):
-        raise ValueError(f"output={output!r}: choose sigmoid or clamp")
+def stylize_tiled(generator: ResidualGenerator, x: torch.Tensor, tile: int = 512, style: Optional[torch.Tensor] = None,
+                  strength: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`generator(x, style, strength)` on (B, 3, H, W) in [0, 1], in tiles of about `tile`² output pixels
+    with whole-image instance-norm statistics; `style` (B, N) and `strength` (B,) as the generator takes
+    them (None: its first style at full strength)."""
+    if not generator.tileable:
+        raise ValueError("tiled inference implements the residual generator with instance norm, reflection padding "
+                         "and nearest upsampling")
     with torch.inference_mode():
-        return torch.cat([_tiled_one(weights, x[i:i + 1], tile, output) for i in range(x.shape[0])])
+        x = x.contiguous()
+        wts, hid = generator.conditioning(x, style, strength)
+        outputs = []
+        for i in range(x.shape[0]):
+            cond = (None if wts is None else wts[i:i + 1], None if hid is None else hid[i:i + 1])
+            outputs.append(_tiled_one(generator, x[i:i + 1], tile, cond))
+        return torch.cat(outputs)
 
 
-def _tiled_one(w: dict[str, torch.Tensor], x: torch.Tensor, tile: int, output: str) -> torch.Tensor:
+def _unit(unit: nn.Module) -> tuple[nn.Conv2d, InstanceNorm2d]:
+    """(conv, norm) of a ConvNormAct: [0] ConvLayer(reflection pad, conv), [1] norm, [2] ReLU."""
+    return unit[0][1], unit[1]
+
+
+def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond) -> torch.Tensor:
     h, wd = x.shape[-2:]
-    H, W = max(-(-h // 4), 4) * 4, max(-(-wd // 4), 4) * 4  # as generators.pad_to_multiple(x, 4, 16)
+    H, W = max(-(-h // 4), 4) * 4, max(-(-wd // 4), 4) * 4  # as layers.pad_to_multiple(x, 4, 16)
     xp = F.pad(x, (0, W - wd, 0, H - h), mode="replicate")
     Hq, Wq, tq = H // 4, W // 4, max(4, tile // 4)
-    n_res = len({k.split(".")[1] for k in w if k.startswith("res.")})
+    down = [_unit(u) for u in g.down]
+    up = [_unit(stage[1]) for stage in g.up]  # NearestUp: [0] Upsample, [1] ConvNormAct
+    out_conv = g.out[1]
     tiles = _grid(Hq, Wq, tq)  # in ¼-resolution units; full resolution ×4, half ×2
 
     def head(q0: int, q1: int, p0: int, p1: int, depth: int, affines: list) -> torch.Tensor:
         r0, r1, c0, c1 = max(0, 4 * q0 - 8), min(H, 4 * q1 + 8), max(0, 4 * p0 - 8), min(W, 4 * p1 + 8)
-        p = _conv(_Piece(xp[:, :, r0:r1, c0:c1], r0, r1, c0, c1, H, W), w, "down.0.0.1")
+        p = _conv(_Piece(xp[:, :, r0:r1, c0:c1], r0, r1, c0, c1, H, W), down[0][0])
         for level in range(1, depth):
-            p = _conv(_norm(p, affines[level - 1]), w, f"down.{level}.0.1", stride=2)
+            p = _conv(_norm(p, affines[level - 1]), down[level][0])
         k = 4 >> (depth - 1)  # 4, 2, 1: the scale of this layer's rows relative to ¼ resolution
         return p.crop(k * q0, k * q1, k * p0, k * p1).t
 
@@ -221,32 +206,32 @@ def _tiled_one(w: dict[str, torch.Tensor], x: torch.Tensor, tile: int, output: s
         stats = _Stats()
         for q in tiles:
             stats.add(head(*q, depth, affines))
-        affines.append(stats.affine(w, f"down.{depth - 1}.1"))
-    y = torch.empty(1, w["down.2.0.1.weight"].shape[0], Hq, Wq, dtype=x.dtype, device=x.device)
+        affines.append(stats.affine(down[depth - 1][1], cond))
+    y = torch.empty(1, down[2][0].out_channels, Hq, Wq, dtype=x.dtype, device=x.device)
     for q0, q1, p0, p1 in tiles:
         y[:, :, q0:q1, p0:p1] = head(q0, q1, p0, p1, 3, affines)
-    _norm_whole_(y, w, "down.2.1", relu=True)
+    _norm_whole_(y, down[2][1], cond, relu=True)
 
     a, b = torch.empty_like(y), torch.empty_like(y)
     mid_tiles = _grid(Hq, Wq, 2 * tq)
-    for j in range(n_res):
-        for src, dst, conv, norm, relu in ((y, a, f"res.{j}.body.0.1", f"res.{j}.body.1", True),
-                                          (a, b, f"res.{j}.body.3.1", f"res.{j}.body.4", False)):
+    for block in g.res:  # body: [0] ConvLayer, [1] norm, [2] ReLU, [3] ConvLayer, [4] norm
+        for src, dst, conv, norm, relu in ((y, a, block.body[0][1], block.body[1], True),
+                                          (a, b, block.body[3][1], block.body[4], False)):
             for q0, q1, p0, p1 in mid_tiles:
                 r0, r1, c0, c1 = max(0, q0 - 1), min(Hq, q1 + 1), max(0, p0 - 1), min(Wq, p1 + 1)
-                piece = _conv(_Piece(src[:, :, r0:r1, c0:c1], r0, r1, c0, c1, Hq, Wq), w, conv)
+                piece = _conv(_Piece(src[:, :, r0:r1, c0:c1], r0, r1, c0, c1, Hq, Wq), conv)
                 dst[:, :, q0:q1, p0:p1] = piece.crop(q0, q1, p0, p1).t
-            _norm_whole_(dst, w, norm, relu)
+            _norm_whole_(dst, norm, cond, relu)
         y.add_(b)
     del a, b
 
     def tail(q0: int, q1: int, p0: int, p1: int, depth: int, affines: list) -> torch.Tensor:
         r0, r1, c0, c1 = max(0, q0 - 3), min(Hq, q1 + 3), max(0, p0 - 3), min(Wq, p1 + 3)
-        p = _conv(_up(_Piece(y[:, :, r0:r1, c0:c1], r0, r1, c0, c1, Hq, Wq)), w, "up.0.1.0.1")
+        p = _conv(_up(_Piece(y[:, :, r0:r1, c0:c1], r0, r1, c0, c1, Hq, Wq)), up[0][0])
         if depth >= 2:
-            p = _conv(_up(_norm(p, affines[0])), w, "up.1.1.0.1")
+            p = _conv(_up(_norm(p, affines[0])), up[1][0])
         if depth >= 3:
-            p = _conv(_norm(p, affines[1]), w, "out.1")
+            p = _conv(_norm(p, affines[1]), out_conv)
         k = 2 if depth == 1 else 4
         return p.crop(k * q0, k * q1, k * p0, k * p1).t
 
@@ -255,9 +240,8 @@ def _tiled_one(w: dict[str, torch.Tensor], x: torch.Tensor, tile: int, output: s
         stats = _Stats()
         for q in tiles:
             stats.add(tail(*q, depth, affines))
-        affines.append(stats.affine(w, f"up.{depth - 1}.1.1"))
+        affines.append(stats.affine(up[depth - 1][1], cond))
     out = torch.empty(1, 3, H, W, dtype=x.dtype, device=x.device)
     for q0, q1, p0, p1 in tiles:
-        y_tile = tail(q0, q1, p0, p1, 3, affines)
-        out[:, :, 4 * q0:4 * q1, 4 * p0:4 * p1] = y_tile.clamp(0, 1) if output == "clamp" else torch.sigmoid(y_tile)
+        out[:, :, 4 * q0:4 * q1, 4 * p0:4 * p1] = g.activate(tail(q0, q1, p0, p1, 3, affines))
     return out[:, :, :h, :wd]

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -22,6 +23,17 @@ STYLE_SAMPLING = ("sample", "batch")
 FULL_STRENGTH_SHARE = 0.5  # share of training samples drawn at strength 1, the default most requests use
 
 
+def _strength_control_for(requested: bool, arch: str, norm: str) -> bool:
+    """The strength control as this generator can have it: it conditions the residual generator's
+    instance norms, so it is turned off, with a warning, for batch norm, no norm or the multi-scale
+    generator (the paper's baselines, which the presets' default must not block)."""
+    if requested and (arch != "residual" or norm != "instance"):
+        rank_zero_warn(f"strength control turned off: it conditions instance norm in the residual generator, and this "
+                       f"run trains arch={arch}, norm={norm} (pass --model.strength_control=false to silence this)")
+        return False
+    return requested
+
+
 class StyleTransferModule(L.LightningModule):
     """Feed-forward style transfer (Ulyanov et al. 2017, Johnson et al. 2016), N styles in one generator
     (Dumoulin et al. 2017) and a strength control (after Babaeizadeh & Ghiasi 2020).
@@ -34,7 +46,9 @@ class StyleTransferModule(L.LightningModule):
         style_sampling: with several styles, draw a style per `sample` (default) or one per `batch`.
         strength_control: also train a strength input s ∈ [0, 1] that scales the style-loss weight
             per sample (half the samples at 1, half uniform), so the style/content balance can be
-            chosen at inference without retraining.
+            chosen at inference without retraining. It conditions the residual generator's instance
+            norms: with `norm` batch/none or the multi-scale generator it is turned off (a warning says
+            so), so the presets' default never blocks the paper's baselines.
         stability_weight: weight of the temporal-stability term (pipeline/train/regularizers.py): the
             output's change under input noise and under small warps, for video with less flicker.
             0 (default): off, no extra cost; on, each step runs the generator three times.
@@ -62,8 +76,13 @@ class StyleTransferModule(L.LightningModule):
                  vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10,
                  style_sampling: str = "sample", strength_control: bool = False, stability_weight: float = 0.0):
         super().__init__()
-        self.save_hyperparameters()
         specs = style_specs(style_image)
+        strength_control = _strength_control_for(strength_control, arch, norm)
+        if len(specs) > 1 and (arch != "residual" or norm != "instance"):
+            raise ValueError(f"{len(specs)} styles in one generator need conditional instance norm: train them with "
+                             f"--model.arch=residual --model.norm=instance (got arch={arch}, norm={norm}), or train "
+                             f"one model per style")
+        self.save_hyperparameters()  # after the adjustment above: checkpoints record what was built
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
         if stability_weight < 0:
