@@ -2,6 +2,9 @@
 
     python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling,video] [--variants ...] [--out FILE]
 
+Two models with the same seeded weights where they share them: `preset`, the generator `make train`
+builds (one style, the strength control: conditional norms and the strength path), measured in every
+section, and `plain` (the paper's and the reference's architecture), for inference and training.
 Inference (256², 512², 1920×1080; batch 1 and 4), training (128² and 256², batch 4), serving
 (TorchServe, 512², concurrency 1/4/8, with and without batching), tiled 4K inference and video
 (frames/s of the video path at 640×360 and 1920×1080, batch 1 and 4, and decode + stylize + encode
@@ -23,7 +26,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import ROOT, machine_info, machine_slug, make_run, run_worker
+from benchmarks.common import MODEL_KINDS, ROOT, machine_info, machine_slug, make_run, run_worker
 from benchmarks.report import print_report, targets
 
 # size: (warm-up calls, timed calls at batch 1, timed calls at batch 4)
@@ -37,6 +40,7 @@ VIDEO_SIZES, QUICK_VIDEO_SIZES = (("640x360", 16), ("1920x1080", 4)), (("640x360
 VIDEO_CLIP_FRAMES, QUICK_VIDEO_CLIP_FRAMES = 48, 12
 CUDA_VIDEO_FRAMES, CUDA_VIDEO_MAX_MEMORY_MB = 32, 16384  # GPU: batch 8 in one call even at 1080p
 DEFAULT_VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime")
+PLAIN_VARIANTS = ("reference", "eager", "export")  # the plain model next to the preset one: the served form
 
 
 def style_path(work: Path) -> Path:
@@ -60,34 +64,41 @@ def worker_env(variant: str) -> dict[str, str]:
     return {"INSTYLE_REUSE_FREED_MEMORY": "0"} if variant == "reference" else {}
 
 
-def bench_inference(run: Path, work: Path, variants: list[str], quick: bool, log) -> tuple[list[dict], dict]:
+def bench_inference(runs: dict[str, Path], work: Path, variants: list[str], quick: bool, log) -> tuple[list[dict], dict]:
+    """Every variant on the preset model, PLAIN_VARIANTS on the plain one; each output compared with the
+    reference's on the same weights (for the preset model: the plain network with its resolved γ, β)."""
     rows, diffs = [], {}
     outputs = work / "outputs"
     for size, (warm, reps, reps_b) in (QUICK_REPEATS if quick else REPEATS).items():
-        for variant in variants:
-            log(f"infer {variant:12s} {size}")
-            res = run_worker("benchmarks.infer", ["--variant", variant, "--size", size, "--run", str(run),
-                                                  "--warmup", str(warm), "--repeats", str(reps),
-                                                  "--repeats-batched", str(reps_b), "--save", str(outputs)],
-                             env=worker_env(variant))
-            rows.append(res)
-        ref_file = outputs / f"reference-{size}.pt"
-        for variant in variants:
-            out_file = outputs / f"{variant}-{size}.pt"
-            if variant != "reference" and ref_file.exists() and out_file.exists():
-                ref, out = torch.load(ref_file, weights_only=True), torch.load(out_file, weights_only=True)
-                diffs[f"{variant}@{size}"] = (out - ref).abs().max().item() if out.shape == ref.shape else float("inf")
+        for kind, run in runs.items():
+            kind_variants = variants if kind == "preset" else [v for v in variants if v in PLAIN_VARIANTS]
+            for variant in kind_variants:
+                log(f"infer {kind:6s} {variant:12s} {size}")
+                res = run_worker("benchmarks.infer", ["--variant", variant, "--size", size, "--run", str(run),
+                                                      "--warmup", str(warm), "--repeats", str(reps),
+                                                      "--repeats-batched", str(reps_b), "--save", str(outputs / kind)],
+                                 env=worker_env(variant))
+                rows.append({**res, "model": kind})
+            ref_file = outputs / kind / f"reference-{size}.pt"
+            for variant in kind_variants:
+                out_file = outputs / kind / f"{variant}-{size}.pt"
+                if variant != "reference" and ref_file.exists() and out_file.exists():
+                    ref, out = torch.load(ref_file, weights_only=True), torch.load(out_file, weights_only=True)
+                    diffs[f"{kind}/{variant}@{size}"] = (out - ref).abs().max().item() if out.shape == ref.shape else float("inf")
     return rows, diffs
 
 
-def bench_training(run: Path, work: Path, quick: bool, log) -> list[dict]:
+def bench_training(runs: dict[str, Path], work: Path, quick: bool, log) -> list[dict]:
+    """The reference's step, ours on the plain model (same losses as the reference) and ours on the preset
+    model (strengths drawn per sample, as `make train` does)."""
     rows, style = [], style_path(work)
     for size, (warm, steps) in (QUICK_TRAIN_STEPS if quick else TRAIN_STEPS).items():
-        for variant in ("reference", "ours"):
-            log(f"train {variant:10s} {size}")
-            rows.append(run_worker("benchmarks.train_step", ["--variant", variant, "--size", str(size), "--run", str(run),
-                                                             "--style", str(style), "--warmup", str(warm),
-                                                             "--steps", str(steps)], env=worker_env(variant)))
+        for kind, variant in (("plain", "reference"), ("plain", "ours"), ("preset", "ours")):
+            log(f"train {kind:6s} {variant:10s} {size}")
+            res = run_worker("benchmarks.train_step", ["--variant", variant, "--size", str(size), "--run", str(runs[kind]),
+                                                       "--style", str(style), "--warmup", str(warm),
+                                                       "--steps", str(steps)], env=worker_env(variant))
+            rows.append({**res, "model": kind})
     return rows
 
 
@@ -141,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="instyle-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        log("exporting the benchmark generator (.pt, .pt2, .onnx)")
-        run = make_run(work / "runs" / "bench")
+        log("exporting the benchmark generators (.pt, .pt2, .onnx): " + ", ".join(MODEL_KINDS))
+        runs = {kind: make_run(work / "runs" / f"bench-{kind}", kind=kind) for kind in MODEL_KINDS}
+        run = runs["preset"]  # serving, tiling and video: the model users serve
         if "infer" in sections:
-            results["inference"], results["same_output_max_abs_diff"] = bench_inference(run, work, variants, args.quick, log)
+            results["inference"], results["same_output_max_abs_diff"] = bench_inference(runs, work, variants, args.quick, log)
         if "train" in sections:
-            results["training"] = bench_training(run, work, args.quick, log)
+            results["training"] = bench_training(runs, work, args.quick, log)
         if "serve" in sections:
             from benchmarks.serving import bench_serving
 
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001 - a missing Java must not lose the other sections
                 results["serving"] = {"error": f"{type(e).__name__}: {e}"}
             if "inference" not in results or not any(r.get("variant") == "export" and r.get("size") == "512"
-                                                     for r in results["inference"]):
+                                                     and r.get("model") == "preset" for r in results["inference"]):
                 results["serving_model_only"] = run_worker("benchmarks.infer", [
                     "--variant", "export", "--size", "512", "--run", str(run), "--batches", "1", "--repeats", "5"])
         if "tiling" in sections:

@@ -90,20 +90,29 @@ def current_rss_mb() -> float:
         return float("nan")
 
 
-def make_run(run_dir: Path, seed: int = 0) -> Path:
-    """A run folder with a checkpoint of a seeded generator (norm affines moved off 1/0 so they
-    matter) and its export (.pt, .pt2): the same weights for every case and for the reference."""
+MODEL_KINDS = ("preset", "plain")  # what `make train` builds today (one style + strength control), and the plain one
+
+
+def make_run(run_dir: Path, seed: int = 0, kind: str = "preset") -> Path:
+    """A run folder with a checkpoint of a seeded generator and its export (.pt, .pt2, .onnx): the same
+    weights for every case and for the reference. `preset`: the generator the presets train (one style,
+    the strength control: conditional norms and the strength path); `plain`: without the control, the
+    paper's and the reference's architecture. Every parameter is moved off its initial value (norm
+    affines off 1/0, the strength path off 0) so that each one matters."""
     from pipeline.export.exporter import export_run
     from pipeline.model.generators import build_generator
 
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind={kind!r}: choose {' or '.join(MODEL_KINDS)}")
     torch.manual_seed(seed)
-    generator = build_generator("residual", norm="instance", padding="reflect", upsample="nearest")
+    generator = build_generator("residual", norm="instance", padding="reflect", upsample="nearest",
+                                strength=kind == "preset")
     with torch.no_grad():
-        for p in generator.parameters():
-            if p.dim() == 1:
+        for name, p in generator.named_parameters():
+            if p.dim() == 1 or "strength" in name:
                 p.add_(0.1 * torch.randn_like(p))
     hp = {"arch": "residual", "norm": "instance", "padding": "reflect", "upsample": "nearest",
-          "style_image": "bench.png", "vgg_flavour": "caffe"}
+          "style_image": "bench.png", "vgg_flavour": "caffe", "strength_control": kind == "preset"}
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"hyper_parameters": hp, "state_dict": {"generator." + k: v for k, v in generator.state_dict().items()},

@@ -8,7 +8,7 @@ writes the last batch-1 output (the fixed input) to DIR so the caller can compar
 reference's. Variants:
 
   reference    benchmarks.reference.ReferenceNet, eager NCHW fp32 under no_grad (the yardstick)
-  eager        the project's ResidualGenerator from the checkpoint (pipeline.serve.model_io.load_model)
+  eager        the project's ResidualGenerator from the checkpoint, in its inference form (load_model)
   torchscript  runs/NAME/export/generator.pt as the TorchServe handler and the CLI load it
   export       runs/NAME/export/generator.pt2 (torch.export program) as loaded by load_model
   compile      torch.compile (inductor) of the eager generator (compile time reported apart)
@@ -30,7 +30,10 @@ VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime", "compi
 
 
 def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], Any]]:
-    """(model, grad-mode context factory) of a variant, all with the run's weights."""
+    """(model, grad-mode context factory) of a variant, all with the run's weights. A conditioned model
+    (the presets' strength control) is called as the server calls it for a request without options:
+    its first style at full strength (`pipeline.serve.controls.call_model`)."""
+    from pipeline.serve.controls import call_model
     from pipeline.serve.model_io import load_model
 
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -39,18 +42,16 @@ def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tenso
 
         generator, _ = load_model(ckpt)
         return reference_for(generator).eval(), torch.no_grad
-    if variant == "eager":
-        return load_model(ckpt)[0], torch.inference_mode
-    if variant == "torchscript":
-        return load_model(run / "export" / "generator.pt")[0], torch.inference_mode
-    if variant == "export":
-        return load_model(run / "export" / "generator.pt2")[0], torch.inference_mode
-    if variant == "onnxruntime":  # the exported .onnx in ONNX Runtime's CPU provider, as many threads as cores
-        return load_model(run / "export" / "generator.onnx")[0], torch.inference_mode
-    if variant == "compile":
+    if variant == "compile":  # the eager inference form, compiled (style and strength default inside)
         generator, _ = load_model(ckpt)
         return torch.compile(generator, dynamic=False), torch.no_grad
-    raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    files = {"eager": ckpt, "torchscript": run / "export" / "generator.pt", "export": run / "export" / "generator.pt2",
+             # the exported .onnx in ONNX Runtime's CPU provider, as many threads as cores
+             "onnxruntime": run / "export" / "generator.onnx"}
+    if variant not in files:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    model, _ = load_model(files[variant])
+    return (lambda x: call_model(model, x, None, model.instyle_controls)), torch.inference_mode
 
 
 def time_calls(model: Callable, x: torch.Tensor, repeats: int, grad_mode: Callable[[], Any],

@@ -14,7 +14,9 @@ Two deliberate deviations from the most common public script, so that the refere
   both the output and the content batch.
 
 `load_from_generator` copies a `pipeline.model.generators.ResidualGenerator`'s weights in, so outputs
-and losses of both can be compared one to one (tests/test_bench_reference.py).
+and losses of both can be compared one to one (tests/test_bench_reference.py). A generator the presets
+train (conditional norms, strength path) is, for one style at one strength, this network with the
+norms' (γ, β) it computes for them: `load_from_generator` takes those (first style, full strength).
 """
 from __future__ import annotations
 
@@ -90,15 +92,32 @@ class ReferenceNet(nn.Module):
 
 def reference_for(generator: nn.Module) -> ReferenceNet:
     """A ReferenceNet of the generator's width and depth with its weights."""
-    sd = generator.state_dict()
+    sd = plain_state(generator)
     n_res = len({k.split(".")[1] for k in sd if k.startswith("res.")})
     return load_from_generator(ReferenceNet(sd["down.0.0.1.weight"].shape[0], n_res), generator)
 
 
+def plain_state(generator: nn.Module) -> dict[str, torch.Tensor]:
+    """The generator's state dict with every conditioned norm's (N, C) tables replaced by the (C,) γ, β it
+    applies for its first style at full strength (the call without style or strength), the strength
+    path left out: the weights of the plain network that computes the same function."""
+    sd = dict(generator.state_dict())
+    if not getattr(generator, "conditioned", False):
+        return sd
+    x = torch.zeros(1, 3, 16, 16)
+    with torch.no_grad():
+        w, h = generator.conditioning(x)
+        names = {id(m): n for n, m in generator.named_modules()}
+        for norm in generator.norms():
+            gamma, beta = norm.affine(w, h)
+            sd[f"{names[id(norm)]}.weight"], sd[f"{names[id(norm)]}.bias"] = gamma[0], beta[0]
+    return {k: v for k, v in sd.items() if not k.startswith("strength_net.") and ".strength_" not in k}
+
+
 def load_from_generator(ref: ReferenceNet, generator: nn.Module) -> ReferenceNet:
-    """Copy a ResidualGenerator's weights into `ref`. Both declare their tensors in the same order
-    (conv, norm, conv, norm, ...), so they are matched by position, with every shape checked."""
-    src, dst = list(generator.state_dict().items()), list(ref.state_dict().items())
+    """Copy a ResidualGenerator's weights into `ref` (`plain_state`). Both declare their tensors in the same
+    order (conv, norm, conv, norm, ...), so they are matched by position, with every shape checked."""
+    src, dst = list(plain_state(generator).items()), list(ref.state_dict().items())
     if len(src) != len(dst):
         raise ValueError(f"{len(src)} tensors in the generator, {len(dst)} in the reference")
     new = {}

@@ -34,22 +34,27 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.serve.imaging import DecodedImage
     from pipeline.serve.inference import run_batch
     from pipeline.serve.limits import memory_cap_bytes
-    from pipeline.serve.tiling import generator_weights, stylize_tiled, tile_for_cap, untiled_bytes
+    from pipeline.serve.controls import call_model
     from pipeline.serve.model_io import load_model
+    from pipeline.serve.tiling import model_width, stylize_tiled, tile_for_cap, tileable_generator, untiled_bytes
 
     h, w = (int(v) for v in args.size.lower().split("x"))
     model, _ = load_model(args.run / "export" / "generator.pt2")
     image = DecodedImage(rgb=photo(1, h, w)[0], alpha=None)
-    cap = memory_cap_bytes(args.max_memory)
-    result = {"size": f"{w}x{h}", "memory_cap_mb": cap // 2**20, "tile": tile_for_cap(cap),
-              "tiled": untiled_bytes(h, w) > cap and not args.untiled}
+    cap, width = memory_cap_bytes(args.max_memory), model_width(model)
+    result = {"size": f"{w}x{h}", "memory_cap_mb": cap // 2**20, "tile": tile_for_cap(cap, width),
+              "tiled": untiled_bytes(h, w, 1, width) > cap and not args.untiled}
+
+    def untiled() -> torch.Tensor:  # the exported graph, called as the server calls it (first style, strength 1)
+        with torch.inference_mode():
+            return call_model(model, image.rgb[None], None, model.instyle_controls)[0]
+
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     if args.untiled:
-        with torch.inference_mode():
-            out = model(image.rgb[None])[0]
+        out = untiled()
     elif args.check:  # tiled whatever the size, with the tile size the cap gives
-        out = stylize_tiled(generator_weights(model), image.rgb[None], result["tile"])[0]
+        out = stylize_tiled(tileable_generator(model), image.rgb[None], result["tile"])[0]
         result["tiled"] = True
     else:
         (out,) = run_batch(model, [image], max_memory_mb=args.max_memory)
@@ -57,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     result["peak_rss_mb"] = peak_rss_mb()
     result["rss_before_mb"] = rss_before
     if args.check:
-        with torch.inference_mode():
-            start = time.perf_counter()
-            whole = model(image.rgb[None])[0]
-            result["untiled_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        whole = untiled()
+        result["untiled_seconds"] = time.perf_counter() - start
         result["max_abs_diff"] = (out - whole).abs().max().item()
         result["mean_abs_diff"] = (out - whole).abs().mean().item()
     print(json.dumps(result))

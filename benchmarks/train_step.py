@@ -6,7 +6,9 @@
 with the project's VGGFeatures → backward → Adam), without the Lightning loop around it (logging
 and the progress bar cost milliseconds against seconds per step). `reference` is
 `benchmarks.reference.ReferenceTrainer`. Both start from the run's generator weights, see the
-same batches and use the cpu preset's loss weights, so their loss values can be compared.
+same batches and use the cpu preset's loss weights, so their loss values can be compared. On a run
+of the presets' generator (strength control) `ours` draws each sample's strength as training does
+(`StyleTransferModule.draw_conditions`): its losses then differ from the plain reference's by design.
 Prints one JSON line: the loss terms of every step (warm-up included), step times, images/s, peak RSS.
 """
 from __future__ import annotations
@@ -40,17 +42,19 @@ def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict
 
 
 def ours_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
-    from pipeline.serve.model_io import load_model
+    from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
     from pipeline.train.module import StyleTransferModule
 
-    module = StyleTransferModule(style_image=str(style_path), style_size=STYLE_SIZE, **WEIGHTS)
-    module.generator.load_state_dict(load_model(run / "checkpoints" / "last.ckpt")[0].state_dict())
+    generator = generator_from_checkpoint(read_checkpoint(run / "checkpoints" / "last.ckpt"))
+    module = StyleTransferModule(style_image=str(style_path), style_size=STYLE_SIZE,
+                                 strength_control=generator.has_strength, **WEIGHTS)
+    module.generator.load_state_dict(generator.state_dict())
     module.train()
     opt = module.configure_optimizers()  # lr_schedule "none": a plain Adam, as in training
 
     def step(batch: torch.Tensor) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
-        terms = module._terms(batch)  # what training_step logs and returns
+        terms = module._terms(batch, *module.draw_conditions(len(batch)))  # what training_step logs and returns
         terms["total"].backward()
         opt.step()
         return {k: float(v.detach()) for k, v in terms.items()}

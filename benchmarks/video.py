@@ -56,7 +56,7 @@ def stylize_frames(model: Any, frames: list[np.ndarray], batch: int, device: str
 def per_frame(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
     from pipeline.serve.limits import memory_cap_bytes
     from pipeline.serve.model_io import load_model
-    from pipeline.serve.tiling import untiled_bytes
+    from pipeline.serve.tiling import model_width, untiled_bytes
 
     t0 = time.perf_counter()
     model, _ = load_model(args.run / "export" / "generator.pt2", device=args.device)
@@ -78,7 +78,8 @@ def per_frame(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
         result["batches"][str(batch)] = {
             "frames": len(frames), "seconds": seconds, "frames_per_s": len(frames) / seconds,
             "ms_per_frame": 1000 * seconds / len(frames), "peak_rss_mb": peak_rss_mb(),
-            "one_call_per_batch": untiled_bytes(h, w, min(batch, len(frames))) <= cap}  # else frame by frame
+            # else frame by frame
+            "one_call_per_batch": untiled_bytes(h, w, min(batch, len(frames)), model_width(model)) <= cap}
     return result
 
 

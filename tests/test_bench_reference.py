@@ -9,6 +9,7 @@ import torch
 from benchmarks.common import generator_gflop
 from benchmarks.reference import ReferenceNet, load_from_generator
 from pipeline.model.generators import ResidualGenerator
+from pipeline.serve.controls import Conditioning
 from pipeline.serve.model_io import load_model
 from test_serving_helpers import shared_export
 
@@ -77,3 +78,25 @@ def test_exported_file_equals_reference(tmp_path_factory):
 def test_mismatched_generator_is_refused():
     with pytest.raises(ValueError):
         load_from_generator(ReferenceNet(), ResidualGenerator(width=16))
+
+
+def test_the_presets_generator_is_the_reference_with_its_resolved_norms(tmp_path):
+    """The model `make train` builds (strength control: conditional norms and a strength path), called as a
+    request without options is (first style, full strength): the reference network with the (γ, β) its
+    norms compute then, through the served .pt2 too."""
+    from benchmarks.common import make_run
+    from pipeline.serve.controls import call_model
+
+    run = make_run(tmp_path / "run", kind="preset")
+    eager, meta = load_model(run / "checkpoints" / "last.ckpt")
+    served, _ = load_model(run / "export" / "generator.pt2")
+    assert meta["strength_control"] and eager.has_strength
+    reference = load_from_generator(ReferenceNet(), eager).eval()
+    x = torch.rand(1, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        want = reference(x)
+        for model in (eager, served):
+            diff = (call_model(model, x, None, model.instyle_controls) - want).abs().max().item()
+            assert diff < 1e-4, f"max abs diff {diff:.3g}"
+        weaker = call_model(served, x, [Conditioning((1.0,), 0.3)], served.instyle_controls)
+    assert (weaker - want).abs().max().item() > 1e-3  # the strength path is live: another function at 0.3

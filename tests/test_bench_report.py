@@ -48,8 +48,25 @@ def test_each_target_can_miss():
 
 def test_table_renders_every_section():
     text = table(_results(ours_1080p=5.5, worker_rss=2000, serve_rps=1.8))
-    assert "| 1080p | 1 | export | 5500 |" in text and "| 256² | 4 | ours |" in text
+    assert "| 1080p | 1 | plain | export | 5500 |" in text and "| 256² | 4 | plain | ours |" in text
     assert "| plain | 4 | 1.80 |" in text and "worker peak RSS 2000 MB" in text
+
+
+def test_targets_judge_the_presets_model_against_the_reference():
+    """With both models measured, the targets read the preset model's rows (what users run) against the
+    reference, and the same-loss check only pairs the plain model with the reference."""
+    results = _results(ours_1080p=5.5, worker_rss=2000, serve_rps=1.8)
+    results["inference"] += [{**_infer("export", size, t), "model": "preset"} for size, t in
+                             (("256", 0.3), ("512", 0.6), ("1080p", 5.0))]
+    results["training"].append({**results["training"][1], "model": "preset", "images_per_s": 0.9,
+                                "losses": [{"style": 0.5, "content": 2.0, "tv": 0.1, "total": 2.6}]})
+    met = _by_name(targets(results))
+    assert met["inference 256 batch 1"] is False  # 0.3 / 0.2: the preset model's row, not the plain one's 0.8
+    assert met["inference 512 batch 1"] is True and met["inference 1080p batch 1"] is True
+    assert met["training 256² batch 4 (preset model)"] is False  # 0.9 / 0.8 < 1.25
+    assert met["training 256²"] is True  # plain vs reference: the same losses
+    text = table(results)
+    assert "| 512 | 1 | preset | export | 600 |" in text and "| 256² | 4 | preset | ours | 3.60 | 0.90 | 1.12 | 2.6000 | – |" in text
 
 
 def test_allocator_setting_applies_once_and_can_be_turned_off(monkeypatch):

@@ -65,8 +65,10 @@ def finished_step(ckpt: Path) -> int:
         return -1
 
 
-def train_variant(style: str, v: Variant, data: Path | None, preset: str, steps: int, runs: Path) -> Path:
-    """Train one variant (or resume / reuse it); returns its run folder."""
+def train_variant(style: str, v: Variant, data: Path | None, preset: str, steps: int, runs: Path,
+                  fit_args: list[str] | None = None) -> Path:
+    """Train one variant (or resume / reuse it); returns its run folder. The paper's variants have no
+    strength control, whatever the preset's default; `fit_args` go last (they override the rest)."""
     name = run_name(style, v)
     run = runs / name
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -84,6 +86,7 @@ def train_variant(style: str, v: Variant, data: Path | None, preset: str, steps:
         cmd.append(f"--data.data_dir={data}")
     if step >= 0:
         cmd.append(f"--ckpt_path={ckpt}")  # an interrupted run continues where it stopped
+    cmd += fit_args or []
     print(f"[ablation] {name}: training {steps} steps ({v.label})", flush=True)
     start = time.monotonic()
     subprocess.run(cmd, check=True, cwd=Path.cwd())
@@ -93,7 +96,8 @@ def train_variant(style: str, v: Variant, data: Path | None, preset: str, steps:
 
 def command(*, style: str, data: Path | None = None, content: Path | None = None, preset: str = "cpu",
             steps: int = 800, runs: Path = Path("runs"), out: Path | None = None, eval_size: int = 256, limit: int = 8,
-            gatys_iters: list[int] = list(GATYS_ITERS), train_only: bool = False, only: list[str] | None = None) -> int:
+            gatys_iters: list[int] = list(GATYS_ITERS), train_only: bool = False, only: list[str] | None = None,
+            fit_args: list[str] | None = None) -> int:
     """The paper's comparisons: five variants trained with the same budget, evaluated, reported.
 
     Args:
@@ -109,6 +113,8 @@ def command(*, style: str, data: Path | None = None, content: Path | None = None
         gatys_iters: Gatys iteration counts recorded on the first 2 photos ([] for none).
         train_only: train (or reuse) the variants, skip the report.
         only: variants to train (default: all), e.g. '[res-in,res-bn]'.
+        fit_args: more training options for every variant, after the preset's (they win), e.g.
+            '[--trainer.accelerator=gpu,--data.num_workers=8]'.
     """
     keys = [v.key for v in VARIANTS]
     problems = [f"style image {style} does not exist"] if not image_exists(style) else []
@@ -125,7 +131,7 @@ def command(*, style: str, data: Path | None = None, content: Path | None = None
         print("error: " + "; ".join(problems), file=sys.stderr)
         return 2
     chosen = [v for v in VARIANTS if only is None or v.key in only]
-    trained = [train_variant(style, v, data, preset, steps, runs) for v in chosen]
+    trained = [train_variant(style, v, data, preset, steps, runs, fit_args) for v in chosen]
     if train_only:
         return 0
     from pipeline.quality.ablation_report import write_report

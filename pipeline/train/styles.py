@@ -17,6 +17,8 @@ def style_specs(spec: str | Path) -> list[str]:
     items = [part.strip() for part in text.split(",")]
     if any(not part for part in items):
         raise ValueError(f"style list {text!r} has an empty entry")
+    # the shell expands only the first ~ of `STYLE=~/a.jpg,~/b.jpg`: expand the others here
+    items = [item if item.startswith(SKIMAGE) else str(Path(item).expanduser()) for item in items]
     specs: list[str] = []
     for item in items:
         if not item.startswith(SKIMAGE) and Path(item).is_dir():
