@@ -50,14 +50,15 @@ def figure(runs: list[Path], photo: str, path: Path) -> None:
     from pipeline.quality.figures import side_by_side
     from pipeline.serve.imaging import load_image
     from pipeline.serve.imaging import resize_short
+    from pipeline.serve.controls import call_model
     from pipeline.serve.model_io import load_model
 
     x = resize_short(load_image(photo)[None], 256)
     panels = [x[0]]
     for run in runs:
         model, _ = load_model(run / "export" / "generator.pt2")
-        with torch.inference_mode():
-            panels.append(model(x)[0].clamp(0, 1))
+        with torch.inference_mode():  # as a request without options: first style, full strength
+            panels.append(call_model(model, x, None, model.instyle_controls)[0].clamp(0, 1))
     side_by_side(panels).save(path, quality=88)
 
 

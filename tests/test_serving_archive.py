@@ -38,8 +38,11 @@ def test_archive_contents(run, tmp_path):
     serve = {f"pipeline/serve/{p.relative_to(SERVE_DIR)}" for p in SERVE_DIR.rglob("*.py")}
     assert {"pipeline/serve/inference.py", "pipeline/serve/model_io.py", "pipeline/serve/tiling.py"} <= serve
     assert {"stylize_handler.py", "generator.pt2", "metadata.json", "model-config.yaml", "pipeline/__init__.py"} | serve <= names
+    # ... the generator's definition (tiled inference runs its modules) ...
+    model = {f"pipeline/model/{p.relative_to(SERVE_DIR.parent / 'model')}" for p in (SERVE_DIR.parent / "model").rglob("*.py")}
+    assert {"pipeline/model/generators.py", "pipeline/model/norms.py"} <= model <= names
     # ... and nothing else of the project: no other stage can leak into the worker.
-    assert not [n for n in names if n.startswith("pipeline/") and not n.startswith("pipeline/serve/")
+    assert not [n for n in names if n.startswith("pipeline/") and not n.startswith(("pipeline/serve/", "pipeline/model/"))
                 and n != "pipeline/__init__.py"]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert manifest["model"]["serializedFile"] == "generator.pt2" and manifest["model"]["handler"] == "stylize_handler.py"

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.export.passes import move_to_device_pass
 
 from pipeline.model.checkpoint import (checkpoint_metadata, generator_from_checkpoint, generator_from_weights,
                                        read_checkpoint)
@@ -70,14 +71,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     elif suffix == ".pt2":
         extra = {METADATA_NAME: ""}
         program = torch.export.load(str(path), extra_files=extra)
+        weights = dict(program.state_dict)  # as saved (on the CPU), for the eager twin
+        if torch.device(device).type != "cpu":
+            # The graph was captured on the CPU and names that device in its constants and metadata
+            # asserts (e.g. where the style weights are cast); `.to(device)` would move only the
+            # parameters, and the first call on another device would fail. torch.export's pass
+            # rewrites the graph for the device.
+            program = move_to_device_pass(program, torch.device(device))
         model = program.module()
         # The graph was captured in eval mode, so its ops already are eval ops; the unlifted module
         # refuses .eval(), so only the flags are set, for callers that check `training`.
         for m in model.modules():
             m.training = False
-        if torch.device(device).type != "cpu":
-            model = model.to(device)
-        weights, meta = dict(model.state_dict()), _parse_metadata(extra[METADATA_NAME], path)
+        meta = _parse_metadata(extra[METADATA_NAME], path)
     elif suffix == ".onnx":
         from pipeline.serve.onnx_runtime import OnnxGenerator
 

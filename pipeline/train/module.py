@@ -82,7 +82,9 @@ class StyleTransferModule(L.LightningModule):
             raise ValueError(f"{len(specs)} styles in one generator need conditional instance norm: train them with "
                              f"--model.arch=residual --model.norm=instance (got arch={arch}, norm={norm}), or train "
                              f"one model per style")
-        self.save_hyperparameters()  # after the adjustment above: checkpoints record what was built
+        self.save_hyperparameters()
+        # what was built, also when LightningCLI hands save_hyperparameters its own copy of the config
+        self.hparams["strength_control"] = strength_control
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
         if stability_weight < 0:
