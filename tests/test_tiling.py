@@ -11,7 +11,7 @@ from pipeline.serve import inference, limits
 from pipeline.model.generators import ResidualGenerator
 from pipeline.serve.imaging import DecodedImage
 from pipeline.serve.inference import run_batch
-from pipeline.serve.tiling import stylize_tiled, tileable_generator
+from pipeline.serve.tiling import stylize_tiled, tileable_generator, untiled_bytes
 from pipeline.serve.model_io import load_model
 from pipeline.__main__ import main as cli
 from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
@@ -116,3 +116,25 @@ def test_cli_max_memory_gives_the_same_pixels(tmp_path_factory, tmp_path):
     tiled = np.asarray(decode_pil((tmp_path / "tiled.png").read_bytes())).astype(int)
     assert whole.shape == tiled.shape == (130, 170, 3)
     assert np.abs(whole - tiled).max() <= 1  # 8-bit rounding of values equal to ~1e-6
+
+
+def test_memory_estimate_follows_the_width():
+    """A quarter-width model's activations are smaller: at a cap between the two estimates the width-8
+    model runs whole and the width-32 one in tiles (same pixels either way)."""
+    h, w = 200, 240
+    assert untiled_bytes(h, w, 1, 8) < untiled_bytes(h, w, 1, 32) < untiled_bytes(h, w, 2, 32)
+    cap_mb = (untiled_bytes(h, w, 1, 8) + untiled_bytes(h, w, 1, 32)) // 2 // 2**20 + 1
+    assert untiled_bytes(h, w, 1, 8) <= cap_mb * 2**20 < untiled_bytes(h, w, 1, 32)
+    image = [DecodedImage(rgb=torch.rand(3, h, w, generator=torch.Generator().manual_seed(9)), alpha=None)]
+    for width, tiled in ((8, False), (32, True)):
+        g = ResidualGenerator(width=width, n_residual=1).for_inference()
+        calls = []
+        real = inference.stylize_tiled
+        inference.stylize_tiled = lambda *a, **k: calls.append(1) or real(*a, **k)
+        try:
+            out = run_batch(g, image, max_memory_mb=cap_mb)[0]
+        finally:
+            inference.stylize_tiled = real
+        with torch.inference_mode():
+            torch.testing.assert_close(out, g(image[0].rgb[None])[0], rtol=0, atol=TOL)
+        assert bool(calls) is tiled, width

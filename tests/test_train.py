@@ -209,3 +209,15 @@ def test_stability_regularizer_trains_and_is_logged(shards, style_image, vgg_wei
     assert len(stab) >= 2 and all(math.isfinite(v) and v > 0 for _, v in stab)
     assert scalars(run, "val/total") and not scalars(run, "val/stability")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["stability_weight"] == 50
+
+
+@pytest.mark.parametrize("override", ["--model.norm=batch", "--model.arch=multiscale"])
+def test_paper_baselines_train_on_the_presets_with_the_control_turned_off(shards, style_image, vgg_weights, override):
+    """The presets turn the strength control on; the paper's baselines cannot have it (it conditions
+    instance norm): they train, a warning says the control is off, the checkpoint records it."""
+    tmp = shards
+    res = fit(tmp, style_image, override, "--trainer.max_steps=1", "--data.steps_per_epoch=1", name=override[8:].replace("=", "-"))
+    assert "strength control turned off" in res.stderr
+    ckpt = torch.load(tmp / "runs" / override[8:].replace("=", "-") / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["strength_control"] is False
+    assert not any("strength" in k for k in ckpt["state_dict"])

@@ -58,7 +58,7 @@ class ResidualGenerator(nn.Module):
             raise ValueError(f"width and n_styles must be ≥ 1 and n_residual ≥ 0, got width={width}, "
                              f"n_residual={n_residual}, n_styles={n_styles}")
         self.conditioned, self.has_strength, self.n_styles = n_styles > 1 or strength, strength, n_styles
-        self.width, self.n_residual, self.norm_kind = width, n_residual, norm
+        self.width = width  # the memory estimate of tiled inference reads it
         self.clamp_output = output == "clamp"
         self.inference = False
         w1, w2, w3 = width, width * 2, width * 4

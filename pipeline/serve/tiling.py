@@ -36,12 +36,13 @@ from pipeline.model.norms import InstanceNorm2d
 # the untiled model's up to float rounding (tests/test_tiling.py), for ~1.5× the compute.
 
 # Memory per input pixel, in float32 values, as a function of the generator's width (the residual
-# blocks run at 1/16 of the pixels: their depth does not move the peak). Untiled: the full-resolution
-# decoder stage holds ~6·width values per pixel at its peak (upsampled input, padding, conv output),
-# plus ~24 for the image, its padded and channels-last copies and the output. Measured peak of the
-# inference form at 1536×1024, 2 threads (tiling_memory in benchmarks/tiling.py): 180 / 283 / 493 /
-# 985 bytes per pixel for width 8 / 16 / 32 / 64, below this estimate (288 / 480 / 864 / 1632) by a
-# margin that covers the other forms (.pt, .onnx) and the allocator's slack.
+# blocks run at 1/16 of the pixels in buffers they reuse: their depth does not move the peak). Untiled:
+# the full-resolution decoder stage holds ~6·width values per pixel at its peak (upsampled input,
+# padding, conv output), plus ~24 for the image, its padded and channels-last copies and the output.
+# Measured peak RSS growth of one call of the inference form on 1536×1024 in a fresh process (2
+# threads, ru_maxrss after minus before): 180 / 283 / 493 / 985 bytes per pixel for width 8 / 16 /
+# 32 / 64, below this estimate (288 / 480 / 864 / 1632) by a margin that covers the other forms
+# (.pt, .onnx) and the allocator's slack.
 UNTILED_VALUES_PER_WIDTH, UNTILED_VALUES_FIXED = 6, 24
 TILE_VALUES_PER_WIDTH, TILE_VALUES_FIXED = 9, 24  # per output-tile pixel, halo and intermediates included
 DEFAULT_WIDTH = 32  # models whose width is unknown (a generator trained elsewhere, another architecture)
