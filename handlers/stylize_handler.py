@@ -21,8 +21,8 @@ TorchServe's describe API, `GET /models/NAME?customized=true` (management port).
 Server limits: `handler: {max_side: 4096, max_pixels: 50000000}` in the archive's
 model-config.yaml, overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS.
 
-Imports: the archive carries the whole serving package (`pipeline/serve/`, see
-`pipeline.export.archive`) in the model directory, which TorchServe puts first on the worker's
+Imports: the archive carries the whole serving package and the generator's definition
+(`pipeline/serve/`, `pipeline/model/`, see `pipeline.export.archive`) in the model directory, which TorchServe puts first on the worker's
 PYTHONPATH, so the worker needs no project install and runs exactly the code that was archived.
 """
 from __future__ import annotations
