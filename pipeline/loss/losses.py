@@ -21,6 +21,9 @@ CONTENT_LAYER = "relu2_2"
 STYLE_WEIGHT = 2e-5
 CONTENT_WEIGHT = 1e-5
 TV_WEIGHT = 1.0
+# The strength control's photo term: (1 − s)·PHOTO_WEIGHT·mean((output − photo)²) per sample, so lower
+# strengths are pulled toward the photo and the term vanishes at full strength (docs/styles.md).
+PHOTO_WEIGHT = 20.0
 VGG_FLAVOUR = "caffe"
 LOSS_DEFAULTS = {"content_layer": CONTENT_LAYER, "style_layers": STYLE_LAYERS, "style_weight": STYLE_WEIGHT,
                  "content_weight": CONTENT_WEIGHT, "tv_weight": TV_WEIGHT, "vgg_flavour": VGG_FLAVOUR}
@@ -58,6 +61,13 @@ def per_sample_style_loss(grams: dict[str, torch.Tensor], targets: dict[str, tor
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of VGG features (fp32)."""
     return (features.float() - target.float()).pow(2).mean()
+
+
+def photo_loss(output: torch.Tensor, photo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of scale[b] · mean((output[b] − photo[b])²), in fp32: the strength control's
+    pull toward the photo, `scale` = 1 − strength (B,)."""
+    per_sample = (output.float() - photo.float()).pow(2).mean(dim=(1, 2, 3))
+    return (scale.float() * per_sample).mean()
 
 
 def tv_loss(x: torch.Tensor) -> torch.Tensor:

@@ -32,15 +32,25 @@ def generator_kwargs(hparams: dict[str, Any], state: dict[str, Any] | None = Non
         norm_weight = (state or {}).get(f"{GENERATOR_PREFIX}down.0.1.weight")
         if norm_weight is not None and norm_weight.dim() == 2:  # conditional instance norm: one row per style
             kwargs["n_styles"] = int(norm_weight.shape[0])
-        if f"{GENERATOR_PREFIX}strength_net.linear.weight" in (state or {}):
-            kwargs["strength"] = True
+        kwargs.update(strength_kwargs(state or {}, GENERATOR_PREFIX))
     return arch, kwargs
+
+
+def strength_kwargs(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The strength control's constructor kwargs as the weights (`state`, keys under `prefix`) have it:
+    {} without it; version 1 (norms only) for weights from before the `strength_version` buffer."""
+    if f"{prefix}strength_net.linear.weight" not in state:
+        return {}
+    version = state.get(f"{prefix}strength_version")
+    return {"strength": True, "strength_version": int(version) if version is not None else 1}
 
 
 def generator_from_weights(arch: str, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module | None:
     """The eager generator `arch(**kwargs)` with `state` loaded (strict), in eval mode; None when the
     description or the weights do not make one (an unknown option, a missing or misshapen tensor).
     What lets an exported model's loader rebuild the module its graph was made from."""
+    if kwargs.get("strength"):  # exports from before strength_version record only `strength: true`
+        kwargs = {**kwargs, **strength_kwargs(state)}
     try:
         generator = build_generator(arch, **kwargs)
         generator.load_state_dict(state, strict=True)

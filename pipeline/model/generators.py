@@ -20,6 +20,8 @@ from pipeline.model.layers import (ConvLayer, ConvNormAct, NearestUp, Padding, R
 from pipeline.model.norms import InstanceNorm2d, Norm, StrengthNet, make_norm, strength_values, style_weights
 
 Upsample = Literal["nearest", "transposed"]
+STRENGTH_VERSION = 2  # 1: the strength only conditions the norms; 2: it also mixes toward the photo (ResidualGenerator)
+PHOTO_EPS = 1e-3  # the photo is clamped to [ε, 1 − ε] before its logit: strength 0 gives it back to 1e-3
 Output = Literal["sigmoid", "clamp"]
 OUTPUTS = ("sigmoid", "clamp")
 
@@ -38,6 +40,14 @@ class ResidualGenerator(nn.Module):
     the first style at full strength. One style without strength is the special case of the same
     network: its state dict and `forward(x)` are those of the plain generator since the first release.
 
+    The strength s also mixes the output toward the photo before the sigmoid (`strength_version` 2):
+    sigmoid(s·y + (1 − s)·logit(x)). At s = 0 the output is the photo (to 1e-3), at s = 1 the network
+    is exactly the one without the control, and between them y(x, s) is trained (with the style loss
+    scaled by s and a photo term scaled by 1 − s, pipeline/train/module.py) to make the way even, so
+    strokes fade rather than the picture being cross-faded. Version 1 (checkpoints from before it,
+    whose weights lack the `strength_version` buffer) only conditions the norms: its strength 0 stays
+    stylized (docs/styles.md).
+
     Two forms of one function. The module as built is the training form (NCHW, the decoder as
     declared). `for_inference()` switches it, explicitly, to the serving form that export and the
     serving loader use: channels-last activations and, for nearest upsampling with reflection
@@ -46,11 +56,12 @@ class ResidualGenerator(nn.Module):
     """
 
     # TorchScript: the branches not taken are not compiled
-    __constants__ = ["fast_decoder", "clamp_output", "conditioned", "has_strength", "n_styles", "inference"]
+    __constants__ = ["fast_decoder", "clamp_output", "conditioned", "has_strength", "n_styles", "inference",
+                     "photo_mix", "photo_eps"]
 
     def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", upsample: Upsample = "nearest",
                  n_residual: int = 5, width: int = 32, output: Output = "sigmoid", n_styles: int = 1,
-                 strength: bool = False):
+                 strength: bool = False, strength_version: int = STRENGTH_VERSION):
         super().__init__()
         check_choice("upsample", upsample, ("nearest", "transposed"))
         check_choice("output", output, OUTPUTS)
@@ -60,6 +71,15 @@ class ResidualGenerator(nn.Module):
         self.conditioned, self.has_strength, self.n_styles = n_styles > 1 or strength, strength, n_styles
         self.width = width  # the memory estimate of tiled inference reads it
         self.clamp_output = output == "clamp"
+        if strength and strength_version not in (1, STRENGTH_VERSION):
+            raise ValueError(f"strength_version={strength_version}: choose 1 or {STRENGTH_VERSION}")
+        if strength and output != "sigmoid":
+            raise ValueError("the strength control needs the sigmoid output")
+        # strength mixes the output toward the photo (version 2); a buffer, so the weights say which version
+        self.photo_mix = strength and strength_version >= 2
+        self.photo_eps = PHOTO_EPS  # an attribute: TorchScript reads no float globals
+        if self.photo_mix:
+            self.register_buffer("strength_version", torch.tensor(strength_version))
         self.inference = False
         w1, w2, w3 = width, width * 2, width * 4
         opts = {"norm": norm, "n_styles": n_styles, "strength": strength}
@@ -116,7 +136,7 @@ class ResidualGenerator(nn.Module):
             xp = xp.contiguous(memory_format=torch.channels_last)
         wts, hid = self.conditioning(xp, style, strength)
         y = self.encode(xp, wts, hid)
-        return crop_to(self.activate(self.decode(y, wts, hid)), h, w).contiguous()
+        return crop_to(self.activate(self.decode(y, wts, hid), xp, self.mix(xp, strength)), h, w).contiguous()
 
     def encode(self, x: torch.Tensor, wts: Optional[torch.Tensor], hid: Optional[torch.Tensor]) -> torch.Tensor:
         """Down-sampling convolutions and residual blocks: (B, 3, H, W) padded → (B, 4·width, H/4, W/4)."""
@@ -142,9 +162,21 @@ class ResidualGenerator(nn.Module):
             y = stage(y, wts, hid)
         return self.out(y)
 
-    def activate(self, y: torch.Tensor) -> torch.Tensor:
-        """The output activation: sigmoid (ours) or clamp to [0, 1] (imported linear-output models)."""
-        return y.clamp(0.0, 1.0) if self.clamp_output else torch.sigmoid(y)
+    def mix(self, x: torch.Tensor, strength: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """(B, 1, 1, 1) strengths for `activate`'s mix with the photo, or None (no mix: full strength)."""
+        if not self.photo_mix:
+            return None
+        return strength_values(strength, x.shape[0], x).view(-1, 1, 1, 1)
+
+    def activate(self, y: torch.Tensor, x: Optional[torch.Tensor] = None, mix: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The output activation: sigmoid (ours) or clamp to [0, 1] (imported linear-output models); with
+        `mix` s (B, 1, 1, 1), sigmoid(s·y + (1 − s)·logit(x)) for the photo `x` (padded like y)."""
+        if self.clamp_output:
+            return y.clamp(0.0, 1.0)
+        if mix is not None and x is not None:
+            photo = torch.logit(x.clamp(self.photo_eps, 1.0 - self.photo_eps))
+            y = mix * y + (1.0 - mix) * photo
+        return torch.sigmoid(y)
 
     def norms(self) -> list[InstanceNorm2d]:
         """The instance-norm layers in the order the forward pass meets them (empty for other norms)."""

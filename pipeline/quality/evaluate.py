@@ -7,8 +7,10 @@ between g(x) and g(0.5·x + 0.25) (paper Fig. 2) and the border-artifact index (
 see pipeline/quality/metrics.py). The first `--flicker N` photos (default 2) also get the flicker
 metric (pipeline/quality/stability.py: the warping error of the stylized frames of a synthetic pan
 and zoom over the photo, the input clip's own error, their ratio). With `--gatys N` the first N photos
-also get the Gatys baseline at `--gatys_iters`, and loss / speed ratios. Writes `<out>/metrics.json`
-(per image and mean) and `<out>/report.html` (the image grid).
+also get the Gatys baseline at `--gatys_iters`, and loss / speed ratios. A model with the strength
+control also gets its strength curve on the first `--curve N` photos (default 4; the distance to the
+photo and the losses at strengths 0, 0.25, 0.5, 0.75, 1: pipeline/quality/strength_curve.py). Writes
+`<out>/metrics.json` (per image and mean) and `<out>/report.html` (the image grid).
 
     python -m pipeline evaluate --model runs/NAME/export/generator.pt2 --style style.jpg --content photos/ --out reports/NAME
 """
@@ -29,6 +31,7 @@ from pipeline.serve.imaging import IMAGE_SUFFIXES, encode, image_exists, load_im
 from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.metrics import border_artifact_index, psnr
 from pipeline.quality.stability import flicker_settings, photo_flicker
+from pipeline.quality.strength_curve import curve_text, strength_curve
 from pipeline.serve.controls import call_model, conditioning
 from pipeline.train.styles import style_specs
 
@@ -145,8 +148,13 @@ def report_html(result: dict[str, Any]) -> str:
     return (f"<!doctype html><meta charset='utf-8'><title>{esc(label)}</title><h1>{esc(label)}</h1>"
             f"<p>resolution: short side {result['size']} px; contrast pair: g(x) vs g({result['contrast']['a']}·x + "
             f"{result['contrast']['b']})</p>{flicker_caption(result['flicker'])}"
-            f"<table border=1><tr>{head}</tr><tr>{mean}</tr></table>"
+            f"<table border=1><tr>{head}</tr><tr>{mean}</tr></table>{curve_html(result.get('strength_curve'))}"
             f"<p>content | stylized{gatys_caption(result['gatys_mean'])}</p>" + "".join(rows))
+
+
+def curve_html(curve: dict[str, Any] | None) -> str:
+    """The strength curve as a preformatted block for the report page ('' when not measured)."""
+    return f"<pre>{html.escape(curve_text(curve))}</pre>" if curve else ""
 
 
 def flicker_caption(settings: dict[str, Any] | None) -> str:
@@ -162,6 +170,12 @@ def flicker_caption(settings: dict[str, Any] | None) -> str:
 def gatys_caption(gatys_mean: list[dict[str, Any]]) -> str:
     """' | Gatys (50, 100, 300 it)' with the iteration counts this report actually ran, or ''."""
     return f" | Gatys ({', '.join(str(g['iters']) for g in gatys_mean)} it)" if gatys_mean else ""
+
+
+def curve_of(net: Any, style_name: str | None, loss: PerceptualLoss, photos: list[Path], size: int) -> dict[str, Any]:
+    """The strength curve of one style of `net` (a model with the strength control) on `photos`."""
+    images = [resize_short(load_image_file(p)[None], size) for p in photos]
+    return strength_curve(lambda x, s: conditioned_model(net, style_name, s)[0](x), loss, images)
 
 
 def conditioned_model(net: Any, style_name: str | None, strength: float | None) -> tuple[Callable, int]:
@@ -185,7 +199,7 @@ def training_style(hp: dict[str, Any], index: int) -> str | None:
 
 def command(*, model: Path, content: Path, out: Path, style: str | None = None, size: int = 256,
             limit: int | None = None, gatys: int = 0, gatys_iters: list[int] = list(GATYS_ITERS),
-            style_name: str | None = None, strength: float | None = None, flicker: int = 2) -> int:
+            style_name: str | None = None, strength: float | None = None, flicker: int = 2, curve: int = 4) -> int:
     """Measure a model on a folder of photos: losses, time, contrast PSNR, border index, flicker (+ Gatys).
 
     Writes OUT/metrics.json and OUT/report.html.
@@ -200,6 +214,7 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         size: short side the photos are resized to, px.
         limit: evaluate the first N photos only.
         flicker: measure flicker (synthetic pan and zoom clips) on the first N photos; 0: off.
+        curve: models with the strength control: the strength curve on the first N photos; 0: off.
         gatys: run the Gatys baseline on the first N photos.
         gatys_iters: Gatys iteration counts to record.
     """
@@ -210,8 +225,8 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
     if not model.is_file():
         print(f"error: model {model} does not exist", file=sys.stderr)
         return 2
-    if flicker < 0:
-        print(f"error: --flicker {flicker}: give a number of photos ≥ 0", file=sys.stderr)
+    if flicker < 0 or curve < 0:
+        print(f"error: --flicker {flicker} --curve {curve}: give numbers of photos ≥ 0", file=sys.stderr)
         return 2
     net, meta = load_model(model)
     hp = meta.get("hyper_parameters") or {}
@@ -231,6 +246,11 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         return 2
     loss = build_loss(load_style(style, hp.get("style_size", 256)), hp)
     result = evaluate(run_model, loss, photos, size, out, gatys, gatys_iters, flicker=flicker)
+    if curve and net.instyle_controls.strength:
+        result["strength_curve"] = curve_of(net, style_name, loss, photos[:curve], size)
+        (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "report.html").write_text(report_html(result))
+        print(curve_text(result["strength_curve"]))
     print(json.dumps(result["mean"], indent=1))
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     return 0

@@ -172,10 +172,11 @@ def stylize_tiled(generator: ResidualGenerator, x: torch.Tensor, tile: int = 512
     with torch.inference_mode():
         x = x.contiguous()
         wts, hid = generator.conditioning(x, style, strength)
+        mix = generator.mix(x, strength)  # the strength's mix with the photo at the output (or None)
         outputs = []
         for i in range(x.shape[0]):
             cond = (None if wts is None else wts[i:i + 1], None if hid is None else hid[i:i + 1])
-            outputs.append(_tiled_one(generator, x[i:i + 1], tile, cond))
+            outputs.append(_tiled_one(generator, x[i:i + 1], tile, cond, None if mix is None else mix[i:i + 1]))
         return torch.cat(outputs)
 
 
@@ -184,7 +185,8 @@ def _unit(unit: nn.Module) -> tuple[nn.Conv2d, InstanceNorm2d]:
     return unit[0][1], unit[1]
 
 
-def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond) -> torch.Tensor:
+def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond,
+               mix: Optional[torch.Tensor] = None) -> torch.Tensor:
     h, wd = x.shape[-2:]
     H, W = max(-(-h // 4), 4) * 4, max(-(-wd // 4), 4) * 4  # as layers.pad_to_multiple(x, 4, 16)
     xp = F.pad(x, (0, W - wd, 0, H - h), mode="replicate")
@@ -244,5 +246,6 @@ def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond) ->
         affines.append(stats.affine(up[depth - 1][1], cond))
     out = torch.empty(1, 3, H, W, dtype=x.dtype, device=x.device)
     for q0, q1, p0, p1 in tiles:
-        out[:, :, 4 * q0:4 * q1, 4 * p0:4 * p1] = g.activate(tail(q0, q1, p0, p1, 3, affines))
+        rows, cols = slice(4 * q0, 4 * q1), slice(4 * p0, 4 * p1)
+        out[:, :, rows, cols] = g.activate(tail(q0, q1, p0, p1, 3, affines), xp[:, :, rows, cols], mix)
     return out[:, :, :h, :wd]

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.data.samples import ContentBatch
-from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT, VGG_FLAVOUR,
-                                  PerceptualLoss)
+from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, PHOTO_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT,
+                                  VGG_FLAVOUR, PerceptualLoss, photo_loss)
 from pipeline.model.generators import build_generator
 from pipeline.serve.imaging import load_style
 from pipeline.train.regularizers import stability_loss
@@ -74,7 +74,8 @@ class StyleTransferModule(L.LightningModule):
                  content_layer: str = CONTENT_LAYER, style_weight: float = STYLE_WEIGHT,
                  content_weight: float = CONTENT_WEIGHT, tv_weight: float = TV_WEIGHT, vgg_flavour: str = VGG_FLAVOUR,
                  vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10,
-                 style_sampling: str = "sample", strength_control: bool = False, stability_weight: float = 0.0):
+                 style_sampling: str = "sample", strength_control: bool = False, stability_weight: float = 0.0,
+                 photo_weight: float = PHOTO_WEIGHT):
         super().__init__()
         specs = style_specs(style_image)
         strength_control = _strength_control_for(strength_control, arch, norm)
@@ -87,8 +88,8 @@ class StyleTransferModule(L.LightningModule):
         self.hparams["strength_control"] = strength_control
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
-        if stability_weight < 0:
-            raise ValueError(f"stability_weight must be ≥ 0, got {stability_weight}")
+        if stability_weight < 0 or photo_weight < 0:
+            raise ValueError(f"stability_weight and photo_weight must be ≥ 0, got {stability_weight}, {photo_weight}")
         if style_sampling not in STYLE_SAMPLING:
             raise ValueError(f"style_sampling={style_sampling!r}: choose {' or '.join(STYLE_SAMPLING)}")
         self.style_names = [style_name(s) for s in specs]
@@ -165,6 +166,9 @@ class StyleTransferModule(L.LightningModule):
                strength: torch.Tensor | None = None, stability: bool = False) -> dict[str, torch.Tensor]:
         output = self(content, styles, strength)
         terms = self.loss(output, content, styles, strength)
+        if strength is not None and self.hparams.photo_weight > 0:  # lower strengths pulled toward the photo
+            terms["photo"] = self.hparams.photo_weight * photo_loss(output, content, 1.0 - strength)
+            terms["total"] = terms["total"] + terms["photo"]
         if stability:  # training only: validation totals stay comparable between runs
             terms["stability"] = self.hparams.stability_weight * stability_loss(
                 lambda x: self(x, styles, strength), content, output)
