@@ -44,11 +44,14 @@ class StyleTransferModule(L.LightningModule):
             or several, comma-separated, or a folder of images: one generator for all of them, each
             style called by its file stem.
         style_sampling: with several styles, draw a style per `sample` (default) or one per `batch`.
-        strength_control: also train a strength input s ∈ [0, 1] that scales the style-loss weight
-            per sample (half the samples at 1, half uniform), so the style/content balance can be
-            chosen at inference without retraining. It conditions the residual generator's instance
-            norms: with `norm` batch/none or the multi-scale generator it is turned off (a warning says
-            so), so the presets' default never blocks the paper's baselines.
+        strength_control: also train a strength input s ∈ [0, 1] (half the samples at 1, half
+            uniform): 0 gives the photo back, 1 the full style, evenly between (docs/styles.md). Per
+            sample the style loss is weighted by s and a photo term by 1 − s (`photo_weight`); the
+            generator conditions its instance norms on s and mixes its output toward the photo
+            (pipeline/model/generators.py). With `norm` batch/none or the multi-scale generator it is
+            turned off (a warning says so), so the presets' default never blocks the paper's baselines.
+        photo_weight: weight of the strength control's photo term, (1 − s)·photo_weight·MSE(output,
+            photo) per sample (pipeline/loss/losses.py's PHOTO_WEIGHT); it vanishes at full strength.
         stability_weight: weight of the temporal-stability term (pipeline/train/regularizers.py): the
             output's change under input noise and under small warps, for video with less flicker.
             0 (default): off, no extra cost; on, each step runs the generator three times.
