@@ -126,7 +126,7 @@ def _on_device(rows: list, like: torch.Tensor) -> torch.Tensor:
     """A tensor of `rows` in `like`'s dtype on `like`'s device: made on the host and copied into a buffer
     on the device, as torch.tensor(..., device=) does, but written so that it also runs under
     FakeTensorMode (whose constant propagation would run torch.tensor's copy on a real GPU) for the
-    device tests (tests/test_gpu_ready.py)."""
+    device tests (tests/test_device_agnostic.py)."""
     host = torch.tensor(rows, dtype=like.dtype)
     return torch.empty(host.shape, dtype=like.dtype, device=like.device).copy_(host)
 

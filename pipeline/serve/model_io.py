@@ -75,7 +75,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         if torch.device(device).type != "cpu":
             # Exports since graph_devices have no device constants, but older ones name the CPU where
             # the style weights and strengths are cast (constants and metadata asserts): `.to(device)`
-            # would move only the parameters. torch.export's pass moves both (tests/test_gpu_ready.py).
+            # would move only the parameters. torch.export's pass moves both (tests/test_device_agnostic.py).
             program = move_to_device_pass(program, torch.device(device))
         model = program.module()
         # The graph was captured in eval mode, so its ops already are eval ops; the unlifted module
