@@ -21,6 +21,12 @@ TorchServe's describe API, `GET /models/NAME?customized=true` (management port).
 Server limits: `handler: {max_side: 4096, max_pixels: 50000000}` in the archive's
 model-config.yaml, overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS.
 
+GPU workers (docs/serving.md, GPU serving): the model runs on TorchServe's `gpu_id`; without an
+explicit max_memory_mb the activation cap is the worker's share of the GPU's free memory; `precision`
+(fp32 | bf16 | fp16, $INSTYLE_PRECISION) runs it under autocast. Out of memory: the cache is freed and
+the group retried once in tiles, then 507. A CUDA error that poisons the context ends the worker
+process, and TorchServe starts a new one.
+
 Imports: the archive carries the whole serving package and the generator's definition
 (`pipeline/serve/`, `pipeline/model/`, see `pipeline.export.archive`) in the model directory, which TorchServe puts first on the worker's
 PYTHONPATH, so the worker needs no project install and runs exactly the code that was archived.
@@ -30,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Mapping
 
@@ -41,15 +48,18 @@ from ts.utils.util import PredictionException
 from pipeline.serve.controls import ModelControls, call_model, model_description
 from pipeline.serve.imaging import BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch, size_groups
-from pipeline.serve.limits import memory_cap_bytes, server_limits
+from pipeline.serve.limits import (ENV_MAX_MEMORY, device_memory_cap_mb, memory_cap_bytes, server_limits,
+                                   workers_per_device)
 from pipeline.serve.memory import reuse_freed_memory
 from pipeline.serve.model_io import load_model
+from pipeline.serve.precision import DEFAULT_PRECISION, ENV_PRECISION, autocast, check_precision
 
 logger = logging.getLogger(__name__)
 
 OPTION_NAMES = ("format", "quality", "max_side", "preserve_color", "style", "strength")
 IMAGE_FIELDS = ("data", "body")  # TorchServe's names for a raw body; a multipart field keeps its own name
 ROUTING_PARAMS = ("model_name", "model_version")  # query parameters /invocations uses for routing
+WORKER_RESTART_EXIT = 75  # exit status of a worker whose CUDA context is poisoned (TorchServe restarts it)
 REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
            507: "Insufficient Storage"}
 
@@ -128,6 +138,13 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (MemoryError, torch.OutOfMemoryError))
 
 
+def poisons_the_device(error: BaseException) -> bool:
+    """A CUDA error after which the process's context is unusable ('an illegal memory access was
+    encountered', 'device-side assert triggered', ...): every later call would fail too. Told by the
+    type torch raises for accelerator runtime errors; out of memory is not one of them."""
+    return isinstance(error, torch.AcceleratorError) and not isinstance(error, torch.OutOfMemoryError)
+
+
 def error_body(status: int, message: str, styles: tuple[str, ...] = ()) -> bytes:
     return json.dumps({"error": message, "status": status, "styles": list(styles)}).encode("utf-8")
 
@@ -159,15 +176,46 @@ class StylizeHandler(BaseHandler):
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         handler_config = yaml_config.get("handler") or {}
         self.max_side, self.max_pixels = server_limits(handler_config)
-        # over this many MB of activations an image is stylized in tiles (whole-image norm statistics)
-        self.max_memory_mb = memory_cap_bytes(config=handler_config) // 2**20
-        with torch.inference_mode():  # warm-up: fail at load, not on the first request
+        self.precision = check_precision(os.environ.get(ENV_PRECISION) or handler_config.get("precision")
+                                         or DEFAULT_PRECISION, self.model)
+        with torch.inference_mode(), autocast(self.device, self.precision):  # warm-up: fail at load, not later
             for _ in range(2):
                 call_model(self.model, torch.rand(1, 3, 32, 32, device=self.device), None, self.controls)
-        logger.info("instyle model %s loaded (%s, step %s); max_side=%d max_pixels=%d max_memory_mb=%d",
-                    serialized, self.controls.describe(), self.metadata.get("global_step"), self.max_side,
-                    self.max_pixels, self.max_memory_mb)
+        # over this many MB of activations an image is stylized in tiles (whole-image norm statistics)
+        self.max_memory_mb = self._memory_cap_mb(handler_config, yaml_config)
+        logger.info("instyle model %s loaded on %s in %s (%s, step %s); max_side=%d max_pixels=%d max_memory_mb=%d",
+                    serialized, self.device, self.precision, self.controls.describe(), self.metadata.get("global_step"),
+                    self.max_side, self.max_pixels, self.max_memory_mb)
         self.initialized = True
+
+    def _memory_cap_mb(self, handler_config: Mapping[str, Any], yaml_config: Mapping[str, Any]) -> int:
+        """max_memory_mb as configured ($INSTYLE_MAX_MEMORY_MB, the archive's handler section); else, on a
+        GPU, this worker's share of the device's free memory once the model is loaded; else the CPU default."""
+        explicit = os.environ.get(ENV_MAX_MEMORY) or handler_config.get("max_memory_mb") not in (None, "")
+        if explicit or self.device.type != "cuda":
+            return memory_cap_bytes(config=handler_config) // 2**20
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return device_memory_cap_mb(free, workers_per_device(yaml_config, torch.cuda.device_count()))
+
+    def _stylize_group(self, images: list, conditions: list) -> list[torch.Tensor]:
+        """run_batch on one size group; out of memory: free the device's cache and retry once in tiles
+        (bounded memory, the same pixels). A CUDA error that poisons the context ends the process."""
+        try:
+            try:
+                return run_batch(self.model, images, self.device, self.max_memory_mb, conditions, self.precision)
+            except (MemoryError, torch.OutOfMemoryError):
+                logger.warning("out of memory on %d image(s) of %s; retrying in tiles", len(images), images[0].size)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                return run_batch(self.model, images, self.device, self.max_memory_mb, conditions, self.precision,
+                                 tiled=True)
+        except RuntimeError as e:
+            if poisons_the_device(e):
+                logger.critical("CUDA context poisoned (%s): ending the worker so TorchServe restarts it", e)
+                # SystemExit passes TorchServe's `except Exception` in the worker: the process exits and
+                # the frontend fails this batch and starts a fresh worker.
+                sys.exit(WORKER_RESTART_EXIT)
+            raise
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """Answer every request of the batch: image bytes, or a JSON error for that request only."""
@@ -196,8 +244,7 @@ class StylizeHandler(BaseHandler):
         for group in size_groups(images):
             start = time.perf_counter()
             try:
-                outputs = run_batch(self.model, [images[i] for i in group], self.device, self.max_memory_mb,
-                                    [prepared[i][2].conditioning for i in group])
+                outputs = self._stylize_group([images[i] for i in group], [prepared[i][2].conditioning for i in group])
             except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
                 logger.exception("inference failed for a group of %d image(s) of %s", len(group), images[group[0]].size)
                 too_big = is_out_of_memory(e)

@@ -5,7 +5,8 @@ runs/NAME/export/{generator.pt|generator.pt2, metadata.json} → model_store/NAM
 - the serving package and the generator's definition whole (`pipeline/__init__.py`, `pipeline/serve/`,
   `pipeline/model/`, found by their package paths), so the worker's Python needs torch, Pillow and
   numpy but not this project, and runs exactly the code that was archived;
-- `metadata.json`, and `model-config.yaml` (batching, timeout, the handler's limits).
+- `metadata.json`, and `model-config.yaml` (workers, batching, timeout, GPU placement, the handler's
+  limits and precision), written with the yaml library.
 Without --name every run with an export is archived. An existing .mar is replaced atomically.
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
+import yaml
 from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_archiver_error import ModelArchiverError
 from model_archiver.model_packaging import package_model
@@ -28,7 +30,8 @@ from model_archiver.model_packaging_utils import ModelExportUtils
 import pipeline
 import pipeline.model
 import pipeline.serve
-from pipeline.serve.limits import DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from pipeline.serve.precision import DEFAULT_PRECISION, PRECISIONS
 
 HANDLER_MODULE = "handlers.stylize_handler"
 Serialized = Literal["pt", "pt2"]
@@ -39,15 +42,34 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accept
 
 
 def model_config(batch_size: int, max_batch_delay_ms: int, response_timeout_s: int, max_side: int,
-                 max_pixels: int, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> str:
-    """model-config.yaml: TorchServe batching keys plus the handler's own section (read by the handler)."""
-    return (f"batchSize: {batch_size}\n"
-            f"maxBatchDelay: {max_batch_delay_ms}\n"
-            f"responseTimeout: {response_timeout_s}\n"
-            "handler:\n"
-            f"  max_side: {max_side}\n"
-            f"  max_pixels: {max_pixels}\n"
-            f"  max_memory_mb: {max_memory_mb}\n")
+                 max_pixels: int, max_memory_mb: int | None = None, *, workers: int | None = None, gpu: bool = False,
+                 device_ids: Sequence[int] | None = None, precision: str = DEFAULT_PRECISION) -> str:
+    """model-config.yaml: TorchServe's keys (workers, batching, timeout, deviceType / deviceIds) plus the
+    handler's own section (read by the handler). Without `max_memory_mb` the handler derives the cap:
+    2048 MB on the CPU, its share of the GPU's free memory on a GPU."""
+    for key, value in (("batch_size", batch_size), ("max_batch_delay_ms", max_batch_delay_ms),
+                       ("response_timeout_s", response_timeout_s), ("max_side", max_side), ("max_pixels", max_pixels),
+                       ("max_memory_mb", max_memory_mb), ("workers", workers)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be an integer ≥ 1, got {value!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if device_ids and not gpu:
+        raise ValueError("device_ids needs gpu=true")
+    if device_ids and any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in device_ids):
+        raise ValueError(f"device_ids must be GPU indices ≥ 0, got {list(device_ids)}")
+    config: dict[str, Any] = {}
+    if workers is not None:
+        config.update(minWorkers=workers, maxWorkers=workers)
+    config.update(batchSize=batch_size, maxBatchDelay=max_batch_delay_ms, responseTimeout=response_timeout_s,
+                  deviceType="gpu" if gpu else "cpu")
+    if device_ids:
+        config["deviceIds"] = [int(i) for i in device_ids]
+    handler = {"max_side": max_side, "max_pixels": max_pixels, "precision": precision}
+    if max_memory_mb is not None:
+        handler["max_memory_mb"] = max_memory_mb
+    config["handler"] = handler
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def handler_path() -> Path:
@@ -76,14 +98,15 @@ def stage_extra_files(dest: Path, metadata: dict[str, Any]) -> None:
 def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: str | None = None,
                 serialized: Serialized = "pt2", batch_size: int = BATCH_SIZE, max_batch_delay_ms: int = MAX_BATCH_DELAY_MS,
                 response_timeout_s: int = RESPONSE_TIMEOUT_S, max_side: int = DEFAULT_MAX_SIDE,
-                max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> Path:
+                max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int | None = None, workers: int | None = None,
+                gpu: bool = False, device_ids: Sequence[int] | None = None, precision: str = DEFAULT_PRECISION) -> Path:
     """Archive `run_dir/export/` as `store/<name>.mar` (name defaults to the run folder's name)."""
     run_dir = Path(run_dir)
     name = name or run_dir.resolve().name
     if not NAME_RE.match(name):
         raise ValueError(f"model name {name!r} is not allowed by TorchServe (letters, digits, _ - . only)")
-    if max_memory_mb < 1:
-        raise ValueError(f"max_memory_mb must be ≥ 1, got {max_memory_mb}")
+    config_text = model_config(batch_size, max_batch_delay_ms, response_timeout_s, max_side, max_pixels, max_memory_mb,
+                               workers=workers, gpu=gpu, device_ids=device_ids, precision=precision)  # checks them
     if serialized not in ("pt", "pt2"):
         raise ValueError(f"serialized must be pt or pt2, got {serialized!r}")
     export = run_dir / "export"
@@ -99,8 +122,7 @@ def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: st
         extra = tmp_path / "extra"
         stage_extra_files(extra, metadata)
         config_file = tmp_path / "model-config.yaml"
-        config_file.write_text(model_config(batch_size, max_batch_delay_ms, response_timeout_s, max_side, max_pixels,
-                                             max_memory_mb))
+        config_file.write_text(config_text)
         out_dir = tmp_path / "out"
         out_dir.mkdir()
         config = ModelArchiverConfig(
@@ -121,7 +143,9 @@ def exported_runs(runs: Path, serialized: str = "pt2") -> list[Path]:
 def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path = Path("model_store"),
             serialized: Serialized = "pt2", batch_size: int = BATCH_SIZE, max_batch_delay_ms: int = MAX_BATCH_DELAY_MS,
             response_timeout_s: int = RESPONSE_TIMEOUT_S, max_side: int = DEFAULT_MAX_SIDE,
-            max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int = DEFAULT_MAX_MEMORY_MB) -> int:
+            max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int | None = None, workers: int | None = None,
+            gpu: bool = False, device_ids: list[int] | None = None,
+            precision: Literal["fp32", "bf16", "fp16"] = DEFAULT_PRECISION) -> int:
     """Archive exported runs as TorchServe .mar files in STORE (an existing one is replaced atomically).
 
     Args:
@@ -135,7 +159,11 @@ def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path =
         max_side: server cap on the longer side; larger images are downscaled.
         max_pixels: refuse images with more pixels, before decoding.
         max_memory_mb: activation memory per model call; larger images are stylized in tiles with whole-image
-            instance-norm statistics.
+            instance-norm statistics (default: 2048 on the CPU; on a GPU the worker's share of its free memory).
+        workers: TorchServe minWorkers = maxWorkers (default: TorchServe's, one per GPU or per core).
+        gpu: serve on GPUs (deviceType gpu; each worker gets one by TorchServe's gpu_id).
+        device_ids: which GPUs, e.g. --device_ids '[0,1]' (default: every visible one); needs --gpu true.
+        precision: inference precision fp32 | bf16 | fp16 (autocast; docs/serving.md for the pixel differences).
     """
     run_dirs = [runs / name] if name else exported_runs(runs, serialized)
     if not run_dirs:
@@ -147,7 +175,8 @@ def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path =
         try:
             mar = archive_run(run_dir, store, serialized=serialized, batch_size=batch_size,
                               max_batch_delay_ms=max_batch_delay_ms, response_timeout_s=response_timeout_s,
-                              max_side=max_side, max_pixels=max_pixels, max_memory_mb=max_memory_mb)
+                              max_side=max_side, max_pixels=max_pixels, max_memory_mb=max_memory_mb, workers=workers,
+                              gpu=gpu, device_ids=device_ids, precision=precision)
         except (FileNotFoundError, ValueError, OSError, ModelArchiverError) as e:
             print(f"archive failed for {run_dir}: {e}", file=sys.stderr)
             failed += 1

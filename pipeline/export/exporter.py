@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pipeline.model.checkpoint import checkpoint_metadata, generator_from_checkpoint, read_checkpoint
+from pipeline.export.graph_devices import strip_devices
 from pipeline.export.onnx_export import export_onnx, require_onnx
 from pipeline.serve.model_io import METADATA_NAME, WEIGHTS_NAME, load_model, quiet_jit
 
@@ -124,10 +125,11 @@ def input_dims(generator: nn.Module) -> tuple[dict[int, Any], ...]:
 
 
 def export_program(generator: nn.Module, path: Path, metadata_json: str) -> None:
-    """torch.export with dynamic batch, H and W (any size ≥ 1)."""
+    """torch.export with dynamic batch, H and W (any size ≥ 1), without device constants (it runs on
+    any device once its weights are moved: `pipeline.export.graph_devices`)."""
     with torch.no_grad():
-        program = torch.export.export(serving_form(generator), example_inputs(generator, EXAMPLE_SHAPE),
-                                      dynamic_shapes=input_dims(generator))
+        program = strip_devices(torch.export.export(serving_form(generator), example_inputs(generator, EXAMPLE_SHAPE),
+                                                    dynamic_shapes=input_dims(generator)))
     torch.export.save(program, str(path), extra_files={METADATA_NAME: metadata_json})
 
 

@@ -116,10 +116,19 @@ def condition_tensors(conditions: Sequence[Conditioning] | None, controls: Model
     if controls is None or not controls.conditioned:
         return None, None
     conditions = conditions or [Conditioning(parse_style(None, controls))] * x.shape[0]
-    weights = torch.tensor([c.weights for c in conditions], dtype=x.dtype, device=x.device)
+    weights = _on_device([c.weights for c in conditions], x)
     if not controls.strength:
         return weights, None
-    return weights, torch.tensor([c.strength for c in conditions], dtype=x.dtype, device=x.device)
+    return weights, _on_device([c.strength for c in conditions], x)
+
+
+def _on_device(rows: list, like: torch.Tensor) -> torch.Tensor:
+    """A tensor of `rows` in `like`'s dtype on `like`'s device: made on the host and copied into a buffer
+    on the device, as torch.tensor(..., device=) does, but written so that it also runs under
+    FakeTensorMode (whose constant propagation would run torch.tensor's copy on a real GPU) for the
+    device tests (tests/test_device_agnostic.py)."""
+    host = torch.tensor(rows, dtype=like.dtype)
+    return torch.empty(host.shape, dtype=like.dtype, device=like.device).copy_(host)
 
 
 def call_model(model: Any, x: torch.Tensor, conditions: Sequence[Conditioning] | None,

@@ -1,6 +1,6 @@
 """Pure image pre/post-processing shared by the TorchServe handler, the offline CLI and training.
 
-bytes → `decode` → `DecodedImage` (RGB float [0, 1] + optional alpha) → `limit_side` →
+bytes → `decode` → `DecodedImage` (RGB as decoded, 8 bit, + optional alpha) → `limit_side` →
 model → `encode` → bytes. Nothing here touches a model, a file system or a server, so the
 server and `python -m pipeline stylize` produce the same pixels by construction.
 
@@ -39,15 +39,34 @@ class BadImageRequest(ValueError):
         self.status = status
 
 
-@dataclass
 class DecodedImage:
-    rgb: torch.Tensor  # (3, H, W) float32 in [0, 1]
-    alpha: torch.Tensor | None  # (1, H, W) float32 in [0, 1], or None when opaque
+    """An image's RGB `pixels` (3, H, W): uint8 as decoded, or float32 in [0, 1] once resized (or made
+    from floats), and its `alpha` (1, H, W) float32 in [0, 1], or None when opaque.
+
+    Decoded images stay 8-bit until `model_input` converts them where the model runs: a quarter of the
+    bytes cross to an accelerator, and the conversion is the device's work."""
+
+    __slots__ = ("pixels", "alpha")
+
+    def __init__(self, rgb: torch.Tensor, alpha: torch.Tensor | None):
+        if rgb.dtype not in (torch.uint8, torch.float32) or rgb.dim() != 3:
+            raise ValueError(f"RGB pixels must be (3, H, W) uint8 or float32, got {rgb.dtype} {tuple(rgb.shape)}")
+        self.pixels, self.alpha = rgb, alpha
+
+    @property
+    def rgb(self) -> torch.Tensor:
+        """(3, H, W) float32 in [0, 1] on the CPU."""
+        return model_input(self.pixels)
 
     @property
     def size(self) -> tuple[int, int]:
         """(height, width)."""
-        return int(self.rgb.shape[1]), int(self.rgb.shape[2])
+        return int(self.pixels.shape[1]), int(self.pixels.shape[2])
+
+
+def model_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → float32 in [0, 1] (on their device); float pixels are returned as they are."""
+    return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
 
 
 @dataclass(frozen=True)
@@ -147,12 +166,11 @@ def _to_tensors(im: Image.Image) -> DecodedImage:
         arr = np.asarray(im, dtype=np.float64)
         im = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), mode="L")
     has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    rgba = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
-    t = torch.from_numpy(rgba.copy()).permute(2, 0, 1).float().div_(255.0)
-    alpha = t[3:4] if has_alpha else None
+    rgba = torch.from_numpy(np.asarray(im.convert("RGBA" if has_alpha else "RGB")).copy()).permute(2, 0, 1)
+    alpha = rgba[3:4].float().div_(255.0) if has_alpha else None
     if alpha is not None and bool((alpha == 1).all()):
         alpha = None  # fully opaque: no alpha to carry
-    return DecodedImage(rgb=t[:3].contiguous(), alpha=alpha)
+    return DecodedImage(rgb=rgba[:3].contiguous(), alpha=alpha)
 
 
 def scaled_size(h: int, w: int, side: int, which: str = "long") -> tuple[int, int]:

@@ -11,8 +11,9 @@ import torch
 
 from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import Conditioning, ModelControls, call_model, condition_tensors, conditioning
-from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_side, parse_options
+from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_side, model_input, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
+from pipeline.serve.precision import DEFAULT_PRECISION, autocast, check_precision
 from pipeline.serve.tiling import model_width, stylize_tiled, tile_for_cap, tileable_generator, untiled_bytes
 
 
@@ -42,19 +43,24 @@ def size_groups(images: Sequence[DecodedImage]) -> list[list[int]]:
 
 def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage],
               device: torch.device | str = "cpu", max_memory_mb: int | None = None,
-              conditions: Sequence[Conditioning | None] | None = None) -> list[torch.Tensor]:
+              conditions: Sequence[Conditioning | None] | None = None, precision: str = DEFAULT_PRECISION,
+              tiled: bool = False) -> list[torch.Tensor]:
     """Stylize same-size images; returns (3, H, W) float CPU tensors in input order.
 
     `conditions`: each image's style weights and strength (`Options.conditioning`; None: the model's
     first style at full strength); one batch may mix them. The model's controls are
-    `model.instyle_controls` (set by `load_model`).
+    `model.instyle_controls` (set by `load_model`). The pixels cross to `device` as decoded (8 bit)
+    and are converted there; every tensor made here is made on `device`. `precision`: fp32 | bf16 |
+    fp16 (`pipeline.serve.precision`).
 
     Within the memory cap (`max_memory_mb`, else $INSTYLE_MAX_MEMORY_MB, else 2048 MB of
     activations) the images run as one batch; a batch over the cap runs image by image, and an
     image over the cap on its own runs tiled (`stylize_tiled`: same result, bounded memory)
-    when the model's generator is known (see `tileable_generator`). The activation estimate follows
-    the generator's width (`tiling.untiled_bytes`)."""
+    when the model's generator is known (see `tileable_generator`); `tiled=True` tiles every image
+    whose generator is known (the handler's retry after running out of device memory). The activation
+    estimate follows the generator's width (`tiling.untiled_bytes`)."""
     cap = memory_cap_bytes(max_memory_mb)
+    check_precision(precision, model)
     h, w = images[0].size
     controls: ModelControls | None = getattr(model, "instyle_controls", None)
     if controls is not None and controls.conditioned:
@@ -63,14 +69,13 @@ def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage]
     else:
         conds = None
     width = model_width(model)
-    with torch.inference_mode():
-        if untiled_bytes(h, w, len(images), width) <= cap:
-            batch = torch.stack([img.rgb for img in images]).to(device)
-            return list(call_model(model, batch, conds, controls).float().cpu())
-        generator = tileable_generator(model) if untiled_bytes(h, w, 1, width) > cap else None
+    with torch.inference_mode(), autocast(device, precision):
+        if not tiled and untiled_bytes(h, w, len(images), width) <= cap:
+            return list(call_model(model, device_batch(images, device), conds, controls).float().cpu())
+        generator = tileable_generator(model) if tiled or untiled_bytes(h, w, 1, width) > cap else None
         outputs = []
         for i, img in enumerate(images):
-            x = img.rgb[None].to(device)
+            x = device_batch([img], device)
             if generator is not None:
                 style, strength = condition_tensors(None if conds is None else [conds[i]], controls, x)
                 y = stylize_tiled(generator, x, tile_for_cap(cap, width), style, strength)
@@ -78,6 +83,14 @@ def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage]
                 y = call_model(model, x, None if conds is None else [conds[i]], controls)
             outputs.append(y[0].float().cpu())
         return outputs
+
+
+def device_batch(images: Sequence[DecodedImage], device: torch.device | str) -> torch.Tensor:
+    """(B, 3, H, W) float32 in [0, 1] on `device`: 8-bit pixels are moved as they are and converted there."""
+    pixels = [img.pixels for img in images]
+    if any(p.dtype != pixels[0].dtype for p in pixels):  # a resized image (float) among decoded ones
+        pixels = [model_input(p) for p in pixels]
+    return model_input(torch.stack(pixels).to(device))
 
 
 def finish(stylized: torch.Tensor, image: DecodedImage, options: Options) -> tuple[bytes, str]:

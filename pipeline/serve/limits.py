@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 DEFAULT_MAX_SIDE = 4096  # longest side the model ever sees (4K); larger inputs are downscaled
 DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb cap, checked before any pixel is decoded
-DEFAULT_MAX_MEMORY_MB = 2048  # activations of one model call; above it an image is stylized in tiles
+DEFAULT_MAX_MEMORY_MB = 2048  # activations of one model call on the CPU; above it an image is stylized in tiles
+DEVICE_MEMORY_SHARE = 0.8  # of a GPU worker's share of free memory: the rest for cuDNN workspaces and the allocator
 ENV_MAX_SIDE = "INSTYLE_MAX_SIDE"
 ENV_MAX_PIXELS = "INSTYLE_MAX_PIXELS"
 ENV_MAX_MEMORY = "INSTYLE_MAX_MEMORY_MB"
@@ -50,3 +51,20 @@ def memory_cap_bytes(max_memory_mb: int | None = None, env: Mapping[str, str] | 
     environment, `config["max_memory_mb"]` or the default)."""
     return positive_int_setting("max_memory_mb", ENV_MAX_MEMORY, DEFAULT_MAX_MEMORY_MB, value=max_memory_mb,
                                 env=env, config=config) * 2**20
+
+
+def device_memory_cap_mb(free_bytes: int, workers: int, share: float = DEVICE_MEMORY_SHARE) -> int:
+    """A GPU worker's activation cap in MB: its part of the device's free memory (`free_bytes`, from
+    torch.cuda.mem_get_info after the model is loaded) when `workers` workers share the device, less
+    headroom. The bytes-per-pixel estimate it is compared with was measured on the CPU (pipeline.serve.tiling)."""
+    if workers < 1:
+        raise ValueError(f"workers sharing a device must be ≥ 1, got {workers}")
+    return max(1, int(free_bytes * share / workers) // 2**20)
+
+
+def workers_per_device(config: Mapping[str, Any], device_count: int) -> int:
+    """How many of this model's workers share one GPU: TorchServe hands out `deviceIds` (else every
+    visible GPU) round-robin to maxWorkers (else minWorkers, else one) workers."""
+    workers = int(config.get("maxWorkers") or config.get("minWorkers") or 1)
+    devices = len(config.get("deviceIds") or []) or max(1, device_count)
+    return max(1, -(-workers // devices))

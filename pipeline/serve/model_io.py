@@ -73,10 +73,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         program = torch.export.load(str(path), extra_files=extra)
         weights = dict(program.state_dict)  # as saved (on the CPU), for the eager twin
         if torch.device(device).type != "cpu":
-            # The graph was captured on the CPU and names that device in its constants and metadata
-            # asserts (e.g. where the style weights are cast); `.to(device)` would move only the
-            # parameters, and the first call on another device would fail. torch.export's pass
-            # rewrites the graph for the device.
+            # Exports since graph_devices have no device constants, but older ones name the CPU where
+            # the style weights and strengths are cast (constants and metadata asserts): `.to(device)`
+            # would move only the parameters. torch.export's pass moves both (tests/test_device_agnostic.py).
             program = move_to_device_pass(program, torch.device(device))
         model = program.module()
         # The graph was captured in eval mode, so its ops already are eval ops; the unlifted module
@@ -87,7 +86,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     elif suffix == ".onnx":
         from pipeline.serve.onnx_runtime import OnnxGenerator
 
-        model = OnnxGenerator(path)
+        model = OnnxGenerator(path, device=device)
         weights, meta = model.weights, _parse_metadata(model.metadata_json, path)
     elif suffix == ".ckpt":
         ckpt = read_checkpoint(path)

@@ -1,6 +1,10 @@
-"""An exported `.onnx` generator run by ONNX Runtime (CPU) behind the same call as the torch forms:
-(B, 3, H, W) float tensor in [0, 1] → same shape in [0, 1]. Optional: needs onnxruntime (and onnx
-to read the weights for tiled inference), the `onnx` extra; imported only when an .onnx is loaded.
+"""An exported `.onnx` generator run by ONNX Runtime behind the same call as the torch forms:
+(B, 3, H, W) float tensor in [0, 1] → same shape in [0, 1], on the input's device. Optional: needs
+onnxruntime (and onnx to read the weights for tiled inference), the `onnx` extra; imported only when
+an .onnx is loaded.
+
+Providers: CUDA when the model is loaded for a CUDA device and the installed onnxruntime has that
+provider (the `onnxruntime-gpu` build), else the CPU; the tensors cross through host memory either way.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ class OnnxGenerator:
 
     training = False
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str | torch.device = "cpu"):
         try:
             import onnx
             import onnxruntime as ort
@@ -34,7 +38,10 @@ class OnnxGenerator:
                                 if "." in i.name}  # parameters; constants the exporter made have other names
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": torch.device(device).index or 0}))
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]  # image[, style[, strength]]
 
     def __call__(self, x: torch.Tensor, *conditioning: torch.Tensor) -> torch.Tensor:
@@ -45,7 +52,7 @@ class OnnxGenerator:
                              f"got {len(inputs)}")
         feeds = {name: t.detach().float().cpu().contiguous().numpy() for name, t in zip(self.input_names, inputs)}
         (y,) = self.session.run(None, feeds)
-        return torch.from_numpy(y)
+        return torch.from_numpy(y).to(x.device)  # where the caller's tensors are, as the torch forms answer
 
     def eval(self) -> "OnnxGenerator":
         return self

@@ -2,7 +2,7 @@
 
     python -m pipeline stylize --model runs/NAME/export/generator.pt2 [--format png|jpeg|webp]
         [--quality Q] [--max_side N] [--max_memory_mb MB] [--style NAME | --style 'a:0.7,b:0.3']
-        [--strength S] [--preserve_color true] [--batch N] [--fps F] INPUT OUTPUT
+        [--strength S] [--preserve_color true] [--batch N] [--fps F] [--device cuda] [--precision bf16] INPUT OUTPUT
 
 INPUT a file → OUTPUT a file (format from --format, else from OUTPUT's suffix, else png).
 INPUT a folder → every image in it (by suffix, not recursive) → OUTPUT folder as STEM.EXT;
@@ -32,6 +32,7 @@ from pipeline.serve.inference import finish, prepare, run_batch
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.serve.memory import reuse_freed_memory
 from pipeline.serve.model_io import load_model
+from pipeline.serve.precision import DEFAULT_PRECISION, check_precision
 from pipeline.serve.video import job_kind, stylize_video
 
 SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -40,11 +41,11 @@ OutputFormat = Literal["png", "jpeg", "jpg", "webp"]  # FORMATS and FORMAT_ALIAS
 
 def stylize_bytes(model: Any, data: bytes, params: dict[str, str], max_side: int = DEFAULT_MAX_SIDE,
                   max_pixels: int = DEFAULT_MAX_PIXELS, device: str | torch.device = "cpu",
-                  max_memory_mb: int | None = None) -> tuple[bytes, str]:
+                  max_memory_mb: int | None = None, precision: str = DEFAULT_PRECISION) -> tuple[bytes, str]:
     """One image's bytes → (stylized bytes, content type), exactly as the server answers.
     Images whose activations would exceed `max_memory_mb` are stylized in tiles (same pixels)."""
     image, options = prepare(data, params, max_side, max_pixels, getattr(model, "instyle_controls", None))
-    (stylized,) = run_batch(model, [image], device, max_memory_mb, [options.conditioning])
+    (stylized,) = run_batch(model, [image], device, max_memory_mb, [options.conditioning], precision)
     return finish(stylized, image, options)
 
 
@@ -75,7 +76,8 @@ def _params(fmt: str, quality: int | None, max_side: int | None, preserve_color:
 def command(input: Path, output: Path, *, model: Path, format: OutputFormat | None = None, quality: int | None = None,
             max_side: int | None = None, server_max_side: int = DEFAULT_MAX_SIDE,
             max_memory_mb: int | None = None, preserve_color: bool = False, style: str | None = None,
-            strength: float | None = None, batch: int = 1, fps: float = 25.0) -> int:
+            strength: float | None = None, batch: int = 1, fps: float = 25.0, device: str = "cpu",
+            precision: Literal["fp32", "bf16", "fp16"] = DEFAULT_PRECISION) -> int:
     """Stylize an image file, or every image in a folder, with the TorchServe handler's exact processing.
 
     Also a video, an animated GIF/WebP, or a folder of frames into a video (see the module docstring).
@@ -99,6 +101,9 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
             pixels and is the fastest on a 2-core CPU (docs/benchmarks.md); larger batches pay off on a
             GPU and may differ by float rounding, ≤ 1 level in 8 bit.
         fps: video mode: frame rate of a video made from a folder of frames.
+        device: where the model runs: cpu (default), cuda, cuda:1, ...
+        precision: fp32 (default) | bf16 | fp16: the model under autocast (images only; docs/serving.md
+            has the pixel differences to fp32).
     """
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
     requested = FORMAT_ALIASES.get(format, format) if format else None
@@ -114,11 +119,17 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
             raise ValueError(f"--batch {batch}: give at least 1 frame per model call")
         if video == "frames-to-video" and not fps > 0:
             raise ValueError(f"--fps {fps}: give a positive frame rate")
-    except ValueError as e:
+        if video and precision != "fp32":
+            raise ValueError("--precision is for images; videos are stylized in fp32")
+        target = torch.device(device)
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this machine's torch sees no CUDA GPU")
+    except (ValueError, RuntimeError) as e:  # torch.device names a bad device string with a RuntimeError
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        net, meta = load_model(model)
+        net, meta = load_model(model, target)
+        check_precision(precision, net)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
@@ -131,12 +142,12 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         print(f"error: {e}", file=sys.stderr)
         return 2
     if video:
-        return _video(net, src, dst, params, server_max_side, max_memory_mb, batch, fps)
+        return _video(net, src, dst, params, server_max_side, max_memory_mb, batch, fps, target)
 
     def one(path: Path, out: Path, fmt: str) -> None:
         start = time.perf_counter()
         data, _ = stylize_bytes(net, path.read_bytes(), {**params, "format": fmt}, server_max_side,
-                                max_memory_mb=max_memory_mb)
+                                device=target, max_memory_mb=max_memory_mb, precision=precision)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
         print(f"{path} → {out} ({time.perf_counter() - start:.2f} s)")
@@ -172,12 +183,12 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
 
 
 def _video(net: Any, src: Path, dst: Path, params: dict[str, str], server_max_side: int,
-           max_memory_mb: int | None, batch: int, fps: float) -> int:
+           max_memory_mb: int | None, batch: int, fps: float, device: torch.device) -> int:
     """Video mode of `command`: 0 when written, 1 when the input cannot be read or the output written."""
     start = time.perf_counter()
     try:
         frames = stylize_video(net, src, dst, params=params, batch=batch, max_side=server_max_side,
-                               max_memory_mb=max_memory_mb, fps=fps, progress=True)
+                               max_memory_mb=max_memory_mb, device=device, fps=fps, progress=True)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
