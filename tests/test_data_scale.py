@@ -130,3 +130,30 @@ def test_a_stream_with_no_readable_shard_stops_with_a_clear_error(cases):
     dm.setup("fit")
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match=f"{MAX_CONSECUTIVE_SHARD_FAILURES} shards in a row"):
         list(dm._train_loader(0))
+
+
+def test_a_stream_dropped_mid_shard_ends_its_producer_even_when_a_fork_holds_the_pipe(cases):
+    """The URL-shard hang at the end of a run: a validation stream cut mid-shard (limit_val_batches)
+    is dropped while a DataLoader worker forked meanwhile holds the producer's pipe, so the producer
+    blocks on a full pipe forever; webdataset's close waited 2 h for it. Ours kills it: closing is
+    immediate. (The producer writes without end after the shard, as a big remote shard would.)"""
+    import multiprocessing
+    import time
+
+    val = cases / "s1" / "val-000000.tar"
+    dm = ContentDataModule(train_shards=str(val), val_shards=f"pipe:cat {val}; exec cat /dev/zero", image_size=32,
+                           val_size=32, batch_size=1, num_workers=0)
+    dm.val_urls = resolve_shards(dm.hparams.val_shards, "val")
+    stream = iter(dm._val_dataset())
+    assert len(next(stream).keys) == 1  # mid-shard: 3 samples and the endless tail unread
+    holder = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    holder.start()  # what a persistent DataLoader worker does: it inherits the pipe's read end
+    try:
+        closing = threading.Thread(target=stream.close, daemon=True)
+        start = time.monotonic()
+        closing.start()
+        closing.join(timeout=30)
+        assert not closing.is_alive(), "closing the stream waits on its producer (the end-of-run hang)"
+        assert time.monotonic() - start < 10
+    finally:
+        holder.kill()
