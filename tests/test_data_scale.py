@@ -67,17 +67,28 @@ class LoopbackFiles:
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_every_rank_runs_exactly_steps_per_epoch(cases, tmp_path, world):
+def test_every_rank_runs_exactly_steps_per_epoch(cases, tmp_path, world, style_image, vgg_weights):
     """The table: {1, 3, 8} shards × {0, 2} workers × {1, 2} real DDP ranks (gloo): every rank runs
     exactly steps_per_epoch batches in each of two epochs, and the samples differ between ranks,
-    between the workers of a rank and between epochs."""
+    between the workers of a rank and between epochs. With 2 ranks, also what training draws on each:
+    the same initial weights, different per-sample conditions and noise, and a step that is NaN on
+    one rank only skipped by both (their weights stay equal)."""
     out = tmp_path / "probe.json"
+    draws = ["--style", str(style_image)] if world == 2 else []
     proc = subprocess.run([sys.executable, "tests/epoch_probe.py", "--shards", str(cases), "--world", str(world),
-                           "--port", str(29500 + 40 + world), "--out", str(out)],
+                           "--port", str(29500 + 40 + world), "--out", str(out), *draws],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = {int(r): v for r, v in json.loads(out.read_text()).items()}
     assert sorted(ranks) == list(range(world))
+    if world == 2:
+        first, second = (ranks[r].pop("draws") for r in (0, 1))
+        assert first["weights"] == second["weights"], "the ranks' generators start from different weights"
+        assert first["strength"] != second["strength"], "both ranks drew the same strengths"
+        assert first["noise"] != second["noise"], "both ranks drew the same stability noise"
+        skipped, updated = first["ddp_after"]
+        assert first["ddp_after"] == second["ddp_after"], "the ranks' weights diverged"
+        assert skipped != updated and first["skipped"] == second["skipped"] == 1
     for case in (f"s{n}/w{w}" for n in (1, 3, 8) for w in (0, 2)):
         per_rank = [ranks[r][case] for r in range(world)]
         counts = [[len(epoch) for epoch in epochs] for epochs in per_rank]
