@@ -130,6 +130,9 @@ def serve_forms(export_dir: Path, device: torch.device, images: dict[str, tuple[
             handler, context = load_handler(export_dir, f"generator.{form}", gpu=gpu)
             row["load_s"] = time.perf_counter() - t0
             row["device"] = str(handler.device)
+            session = getattr(handler.model, "session", None)  # an .onnx runs in ONNX Runtime, on its own providers
+            if session is not None:
+                row["device"] += f" (onnxruntime {session.get_providers()[0]})"
             requests = [ts_request(body, content_type="image/jpeg", rid=name) for name, body in bodies.items()]
             _sync(device)
             t0 = time.perf_counter()
