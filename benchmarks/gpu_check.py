@@ -123,8 +123,12 @@ def failures(results: dict[str, Any]) -> list[str]:
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         bad.append(f"training images/s is {rate}")
     for row in results.get("frames", {}).get("rows", []):
-        if "skipped" not in row and not (math.isfinite(row["frames_per_s"]) and row["frames_per_s"] > 0):
+        if "skipped" in row:
+            continue
+        if not (math.isfinite(row["frames_per_s"]) and row["frames_per_s"] > 0):
             bad.append(f"frames/s {row['precision']} compile={row['compile']}: {row['frames_per_s']}")
+        if not row["finite_output"]:
+            bad.append(f"{row['precision']} compile={row['compile']}: the generator's output is not finite")
     return bad
 
 
