@@ -23,13 +23,13 @@ OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
 TB_PORT ?= 6006
 BENCH_ARGS ?=
 
-.PHONY: help install test shards train tensorboard export import archive serve stop loadtest eval ablation bench
+.PHONY: help install test shards train tensorboard export import archive serve stop loadtest eval ablation bench gpu-check
 
 help:
 	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
 	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
 	@echo "make stylize-video MODEL=generator.pt2 IN=film.mp4 OUT=out.mp4 [ARGS='--style NAME --strength 0.7']"
-	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | bench [BENCH_ARGS=--quick]"
+	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | bench [BENCH_ARGS=--quick] | gpu-check [DATA=dir] [ARGS=--dry-run]"
 
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
 install:
@@ -116,3 +116,10 @@ stop:
 # on an otherwise idle machine (see docs/benchmarks.md).
 bench:
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
+
+# One GPU end to end (docs/benchmarks.md, GPU): a bf16-mixed fit of the gpu preset (300 steps), its export, every
+# form served through the handler on the GPU (a 1080p and a 12 MP photo), 1080p frames/s in fp32/bf16/fp16 with
+# and without torch.compile. Prints a table, writes benchmarks/results-gpu-check-<machine>.json; < 8 min on an
+# H100/H200. Without CUDA (or ARGS=--dry-run) the same steps at toy sizes, in ~2 min on 2 cores.
+gpu-check:
+	$(PY) -m benchmarks.gpu_check $(if $(DATA),--data "$(DATA)") $(ARGS)

@@ -31,19 +31,27 @@ def test_every_preset_builds_a_trainer_with_atomic_checkpoints(preset, tmp_path,
     trainer writes checkpoints atomically and has the base's callbacks; precision and data are the preset's."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 
-    from pipeline.train.callbacks import ImageGridLogger
+    from pipeline.train.callbacks import ImageGridLogger, TeardownBound
 
     monkeypatch.chdir(tmp_path)  # the logger's save_dir (runs/) is relative
     monkeypatch.setattr(sys, "argv", ["pipeline"])  # LightningCLI warns about pytest's own arguments
     expected = yaml.safe_load(preset_path(preset).read_text())
-    cli = run_cli(["--config", str(preset_path(preset)), "--trainer.accelerator=cpu", "--trainer.devices=1",
-                   f"--model.style_image={style_image}", f"--data.data_dir={tmp_path}"], run=False)
+    precision, benchmark = torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark
+    try:
+        cli = run_cli(["--config", str(preset_path(preset)), "--trainer.accelerator=cpu", "--trainer.devices=1",
+                       f"--model.style_image={style_image}", f"--data.data_dir={tmp_path}"], run=False)
+        assert torch.get_float32_matmul_precision() == expected.get("float32_matmul_precision", "highest")
+        assert torch.backends.cudnn.benchmark is expected["trainer"].get("benchmark", False)
+    finally:  # process-wide settings: the other tests keep torch's defaults
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.benchmark = benchmark
     trainer = cli.trainer
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert any(c.filename == "last" and c.monitor is None for c in checkpoints)
     assert any(c.monitor == "val/total" for c in checkpoints)
-    for kind in (LearningRateMonitor, ThroughputMonitor, ImageGridLogger):
+    assert trainer.progress_bar_callback.refresh_rate == expected.get("progress_bar_refresh_rate", 1)
+    for kind in (LearningRateMonitor, ThroughputMonitor, TeardownBound, ImageGridLogger):
         assert any(isinstance(c, kind) for c in trainer.callbacks), kind.__name__
     assert trainer.precision == expected["trainer"]["precision"]
     assert trainer.max_steps == expected["trainer"]["max_steps"]

@@ -67,17 +67,28 @@ class LoopbackFiles:
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_every_rank_runs_exactly_steps_per_epoch(cases, tmp_path, world):
+def test_every_rank_runs_exactly_steps_per_epoch(cases, tmp_path, world, style_image, vgg_weights):
     """The table: {1, 3, 8} shards × {0, 2} workers × {1, 2} real DDP ranks (gloo): every rank runs
     exactly steps_per_epoch batches in each of two epochs, and the samples differ between ranks,
-    between the workers of a rank and between epochs."""
+    between the workers of a rank and between epochs. With 2 ranks, also what training draws on each:
+    the same initial weights, different per-sample conditions and noise, and a step that is NaN on
+    one rank only skipped by both (their weights stay equal)."""
     out = tmp_path / "probe.json"
+    draws = ["--style", str(style_image)] if world == 2 else []
     proc = subprocess.run([sys.executable, "tests/epoch_probe.py", "--shards", str(cases), "--world", str(world),
-                           "--port", str(29500 + 40 + world), "--out", str(out)],
+                           "--port", str(29500 + 40 + world), "--out", str(out), *draws],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = {int(r): v for r, v in json.loads(out.read_text()).items()}
     assert sorted(ranks) == list(range(world))
+    if world == 2:
+        first, second = (ranks[r].pop("draws") for r in (0, 1))
+        assert first["weights"] == second["weights"], "the ranks' generators start from different weights"
+        assert first["strength"] != second["strength"], "both ranks drew the same strengths"
+        assert first["noise"] != second["noise"], "both ranks drew the same stability noise"
+        skipped, updated = first["ddp_after"]
+        assert first["ddp_after"] == second["ddp_after"], "the ranks' weights diverged"
+        assert skipped != updated and first["skipped"] == second["skipped"] == 1
     for case in (f"s{n}/w{w}" for n in (1, 3, 8) for w in (0, 2)):
         per_rank = [ranks[r][case] for r in range(world)]
         counts = [[len(epoch) for epoch in epochs] for epochs in per_rank]
@@ -130,3 +141,30 @@ def test_a_stream_with_no_readable_shard_stops_with_a_clear_error(cases):
     dm.setup("fit")
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match=f"{MAX_CONSECUTIVE_SHARD_FAILURES} shards in a row"):
         list(dm._train_loader(0))
+
+
+def test_a_stream_dropped_mid_shard_ends_its_producer_even_when_a_fork_holds_the_pipe(cases):
+    """The URL-shard hang at the end of a run: a validation stream cut mid-shard (limit_val_batches)
+    is dropped while a DataLoader worker forked meanwhile holds the producer's pipe, so the producer
+    blocks on a full pipe forever; webdataset's close waited 2 h for it. Ours kills it: closing is
+    immediate. (The producer writes without end after the shard, as a big remote shard would.)"""
+    import multiprocessing
+    import time
+
+    val = cases / "s1" / "val-000000.tar"
+    dm = ContentDataModule(train_shards=str(val), val_shards=f"pipe:cat {val}; exec cat /dev/zero", image_size=32,
+                           val_size=32, batch_size=1, num_workers=0)
+    dm.val_urls = resolve_shards(dm.hparams.val_shards, "val")
+    stream = iter(dm._val_dataset())
+    assert len(next(stream).keys) == 1  # mid-shard: 3 samples and the endless tail unread
+    holder = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    holder.start()  # what a persistent DataLoader worker does: it inherits the pipe's read end
+    try:
+        closing = threading.Thread(target=stream.close, daemon=True)
+        start = time.monotonic()
+        closing.start()
+        closing.join(timeout=30)
+        assert not closing.is_alive(), "closing the stream waits on its producer (the end-of-run hang)"
+        assert time.monotonic() - start < 10
+    finally:
+        holder.kill()

@@ -34,3 +34,14 @@ def test_random_moves_stay_small():
     _, mask = warp(x, theta)
     assert mask.mean() > 0.9  # at most a few px of border leave the view
     assert (theta[:, :, :2] - torch.eye(2)).abs().max() < 0.05
+
+
+def test_the_warp_of_a_bf16_output_under_autocast_samples_at_fp32_positions():
+    """Under bf16 autocast the generator's output is bf16; its warp must still sample where theta
+    says: a 1.5 px shift of a 256 px ramp whose values (column indices) bf16 holds exactly lands
+    within 0.01 px (a bf16 sampling grid was up to ~0.5 px off)."""
+    ramp = torch.arange(256.0).expand(1, 3, 64, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        warped, _ = warp(ramp.bfloat16(), shift_theta(1.5, 0, 64, 256))
+    assert warped.dtype == torch.float32
+    torch.testing.assert_close(warped[..., :250], ramp[..., 1:251] + 0.5, rtol=0, atol=0.01)

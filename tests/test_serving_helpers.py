@@ -122,8 +122,9 @@ def ts_request(body: bytes | None = None, *, content_type: str = "image/png", fi
 
 
 def make_context(model_dir: Path, serialized: str = "generator.pt", yaml_config: dict | None = None,
-                 batch_size: int = 4) -> Any:
-    """A real ts.context.Context with a real metrics cache, as the worker builds it."""
+                 batch_size: int = 4, gpu: int | None = None) -> Any:
+    """A real ts.context.Context with a real metrics cache, as the worker builds it (`gpu`: the worker's
+    gpu_id system property, None on a CPU worker)."""
     import ts
     from ts.context import Context
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -131,7 +132,7 @@ def make_context(model_dir: Path, serialized: str = "generator.pt", yaml_config:
     metrics = MetricsCacheYamlImpl(config_file_path=os.path.join(os.path.dirname(ts.__file__), "configs", "metrics.yaml"))
     metrics.model_name = "demo"
     manifest = {"model": {"modelName": "demo", "serializedFile": serialized, "handler": "stylize_handler.py"}}
-    return Context("demo", str(model_dir), manifest, batch_size, None, "0.12.0", metrics=metrics,
+    return Context("demo", str(model_dir), manifest, batch_size, gpu, "0.12.0", metrics=metrics,
                    model_yaml_config=yaml_config or {})
 
 
@@ -152,10 +153,11 @@ def run_handler(handler: Any, context: Any, requests: list[dict[str, Any]]) -> l
     return results
 
 
-def load_handler(model_dir: Path, serialized: str = "generator.pt", yaml_config: dict | None = None) -> tuple[Any, Any]:
+def load_handler(model_dir: Path, serialized: str = "generator.pt", yaml_config: dict | None = None,
+                 gpu: int | None = None) -> tuple[Any, Any]:
     from handlers.stylize_handler import StylizeHandler
 
-    context = make_context(model_dir, serialized, yaml_config)
+    context = make_context(model_dir, serialized, yaml_config, gpu=gpu)
     handler = StylizeHandler()
     handler.initialize(context)
     return handler, context

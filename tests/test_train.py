@@ -221,3 +221,16 @@ def test_paper_baselines_train_on_the_presets_with_the_control_turned_off(shards
     ckpt = torch.load(tmp / "runs" / override[8:].replace("=", "-") / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["strength_control"] is False
     assert not any("strength" in k for k in ckpt["state_dict"])
+
+
+def test_a_teardown_past_its_bound_ends_the_process_with_the_stacks():
+    """TeardownBound (base.yaml): armed at train end, a teardown that does not finish in time ends the
+    process with status 1 and every thread's stack; one that finishes disarms it."""
+    code = ("import time; from pipeline.train.callbacks import TeardownBound\n"
+            "done = TeardownBound(0.5); done.on_train_end(None, None); done.teardown(None, None, 'fit')\n"
+            "TeardownBound(1.5).on_train_end(None, None); time.sleep(0.2); print('still here', flush=True); time.sleep(60)")
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "still here" in res.stdout, res.stderr[-2000:]
+    assert "teardown has not finished" in res.stderr and 'File "<string>", line 3' in res.stderr  # where it hung
+    assert time.monotonic() - start < 30

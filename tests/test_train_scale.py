@@ -1,11 +1,14 @@
 """Real training runs in the configurations users scale to: DDP with DataLoader workers through
-`make train`, shards over HTTP with a missing one, two torchrun "nodes", bf16-mixed and the step LR."""
+`make train`, shards over HTTP and `pipe:` with a missing one, two torchrun "nodes", bf16-mixed and the step LR.
+Runs from remote shards use DataLoader workers: a run must end within seconds of its last step."""
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from test_data_scale import LoopbackFiles, write_case
 from test_train import TINY, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
+TEARDOWN_BOUND_S = 30  # seconds from "`Trainer.fit` stopped" to the process's exit (a few on an idle machine)
 
 
 def free_port() -> int:
@@ -33,9 +37,36 @@ def run(cmd: list[str], timeout: int = 600, **kw) -> subprocess.CompletedProcess
     return res
 
 
+def run_to_the_end(cmd: list[str], timeout: int = 600) -> tuple[str, float]:
+    """Run `cmd` (output merged) and return its log and the seconds from the fit's last-step message
+    to the process's exit (the output is read in a thread: a hung run prints nothing)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, stopped = [], []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "`Trainer.fit` stopped" in line:
+                stopped.append(time.monotonic())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    ended = time.monotonic()
+    reader.join(timeout=10)
+    log = "".join(lines)
+    assert proc.returncode == 0 and stopped, f"{' '.join(cmd)} (exit {proc.returncode})\n{log[-4000:]}"
+    return log, ended - stopped[0]
+
+
 @pytest.fixture(scope="module")
 def three_shards(tmp_path_factory) -> Path:
-    return write_case(tmp_path_factory.mktemp("data") / "s3", 3)
+    # 24 validation photos: a val shard larger than a pipe's buffer, so a validation stream cut mid-shard
+    # (limit_val_batches) leaves a remote shard's producer with output nobody reads (the end-of-run hang)
+    return write_case(tmp_path_factory.mktemp("data") / "s3", 3, n_val=24)
 
 
 def test_make_train_ddp_two_ranks_two_workers_two_epochs(three_shards, style_image, vgg_weights, tmp_path):
@@ -51,28 +82,34 @@ def test_make_train_ddp_two_ranks_two_workers_two_epochs(three_shards, style_ima
     assert (ckpt["global_step"], ckpt["epoch"]) == (6, 1)
 
 
-def test_training_from_http_shards_survives_a_404(three_shards, style_image, vgg_weights, tmp_path):
-    """TRAIN_SHARDS / VAL_SHARDS as URLs from a loopback HTTP server; one listed shard does not exist:
-    it is warned about, counted in TensorBoard, and the run finishes."""
+def test_training_from_http_and_pipe_shards_with_workers_survives_a_404_and_ends(three_shards, style_image,
+                                                                                  vgg_weights, tmp_path):
+    """TRAIN_SHARDS as URLs from a loopback HTTP server, one of them missing (warned about, counted in
+    TensorBoard), VAL_SHARDS a `pipe:` command, 2 DataLoader workers: the run finishes, and exits
+    within seconds of its last step (it used to wait on the cut validation stream's producer)."""
     with LoopbackFiles(three_shards) as files:
-        run(["make", "train", f"PY={sys.executable}", f"STYLE={style_image}", "NAME=http",
-             f"TRAIN_SHARDS={files.url}/train-{{000000..000003}}.tar", f"VAL_SHARDS={files.url}/val-000000.tar",
-             "ARGS=" + " ".join(TINY[2:] + ["--data.steps_per_epoch=6", "--trainer.max_steps=12",
+        log, teardown = run_to_the_end(
+            ["make", "train", f"PY={sys.executable}", f"STYLE={style_image}", "NAME=http",
+             f"TRAIN_SHARDS={files.url}/train-{{000000..000003}}.tar", f"VAL_SHARDS=pipe:cat {three_shards}/val-000000.tar",
+             "ARGS=" + " ".join(TINY[2:] + ["--data.num_workers=2", "--data.steps_per_epoch=6", "--trainer.max_steps=12",
                                              f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])])
     assert last_ckpt(tmp_path / "runs", "http")["global_step"] == 12
     failed = scalars(tmp_path / "runs" / "http", "data/failed_shards")
     assert failed and failed[-1][1] >= 1, "the 404 shard was not counted"
+    print(f"exited {teardown:.1f} s after its last step")
+    assert teardown < TEARDOWN_BOUND_S, f"the run took {teardown:.0f} s to exit after its last step:\n{log[-3000:]}"
 
 
 def test_two_torchrun_nodes_train_from_url_shards(three_shards, style_image, vgg_weights, tmp_path):
     """Multi-node on one machine: two `torchrun --nnodes=2` "nodes" (rendezvous on 127.0.0.1, gloo)
-    train from HTTP shards; both finish and the checkpoint has the configured step."""
+    train from HTTP shards with a DataLoader worker each; both finish and the checkpoint has the
+    configured step."""
     torchrun = str(Path(sys.executable).parent / "torchrun")
     port = free_port()
     with LoopbackFiles(three_shards) as files:
         fit = ["-m", "pipeline", "fit", *TINY, f"--model.style_image={style_image}",
                f"--data.train_shards={files.url}/train-{{000000..000002}}.tar",
-               f"--data.val_shards={files.url}/val-000000.tar", "--data.steps_per_epoch=2", "--trainer.max_steps=4",
+               f"--data.val_shards={files.url}/val-000000.tar", "--data.num_workers=1", "--data.steps_per_epoch=2", "--trainer.max_steps=4",
                "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=1", "--trainer.num_nodes=2",
                f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.logger.init_args.name=nodes"]
         nodes = [subprocess.Popen([torchrun, "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",

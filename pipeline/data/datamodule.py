@@ -25,7 +25,7 @@ from torchvision import transforms as T
 
 from pipeline.data.sample_data import SAMPLE_SHARDS, ensure_sample_shards
 from pipeline.data.samples import DecodeSamples, FailureCounter, WorkerSeed, WorkerShuffle, collate
-from pipeline.data.sources import folder_shards, resolve_shards
+from pipeline.data.sources import ShardSamples, folder_shards, resolve_shards
 
 
 class ContentDataModule(L.LightningDataModule):
@@ -95,7 +95,7 @@ class ContentDataModule(L.LightningDataModule):
         worker_seed, failures = WorkerSeed(rank), FailureCounter()
         stream = wds.DataPipeline(
             wds.ResampledShards(self.train_urls, seed=seed, worker_seed=worker_seed, deterministic=True),
-            wds.tarfile_to_samples(handler=failures),
+            ShardSamples(failures),
             WorkerShuffle(hp.shuffle_buffer, seed, worker_seed),
             DecodeSamples(self.train_transform, failures),
             wds.batched(hp.batch_size, collation_fn=collate, partial=False),
@@ -109,7 +109,7 @@ class ContentDataModule(L.LightningDataModule):
     def _val_dataset(self) -> wds.DataPipeline:
         return wds.DataPipeline(
             wds.SimpleShardList(self.val_urls),
-            wds.tarfile_to_samples(handler=FailureCounter()),
+            ShardSamples(FailureCounter()),
             DecodeSamples(self.val_transform),
             wds.batched(self.hparams.batch_size, collation_fn=collate, partial=True),
         )

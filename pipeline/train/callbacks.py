@@ -1,8 +1,12 @@
-"""Training callbacks of our own: TensorBoard image grids, and the batch-size function Lightning's
-`ThroughputMonitor` needs for our batches. Which callbacks a run uses (checkpoints, monitors,
+"""Training callbacks of our own: TensorBoard image grids, a bound on the end of a run, and the
+batch-size function Lightning's `ThroughputMonitor` needs for our batches. Which callbacks a run uses (checkpoints, monitors,
 grids) is policy, set in `pipeline/train/configs/base.yaml`, not in code."""
 from __future__ import annotations
 
+import faulthandler
+import os
+import sys
+import threading
 from typing import Any
 
 import lightning as L
@@ -13,6 +17,38 @@ from torchvision.utils import make_grid
 def batch_images(batch: Any) -> int:
     """Images in a `ContentBatch` (what `ThroughputMonitor(batch_size_fn=...)` counts as samples)."""
     return len(batch.images)
+
+
+class TeardownBound(L.Callback):
+    """Ends the process if a fit's teardown (data loaders, workers, process group) is still running
+    `seconds` after training ended: the thread stacks go to stderr and the process exits with status 1,
+    instead of holding its GPUs until a cluster's wall-clock limit. The checkpoints are written
+    before it is armed (at train end); a fit that returns in time disarms it."""
+
+    def __init__(self, seconds: float = 120.0):
+        if seconds <= 0:
+            raise ValueError(f"TeardownBound(seconds={seconds}): give a positive number of seconds")
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # the caller handles the exception: no bound on it
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        print(f"training ended {self.seconds:.0f} s ago and its teardown has not finished; the checkpoints are "
+              "written. Where each thread is stuck:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(1)  # a hung teardown cannot be unwound from another thread
 
 
 class ImageGridLogger(L.Callback):

@@ -2,12 +2,18 @@
 
 Every run starts from `configs/base.yaml` (loaded before any `--config`), so a preset is a small
 overlay that states only what it changes, and `--config` may be given several times.
+
+Two process-wide settings are top-level options, so a preset can state them: `float32_matmul_precision`
+(torch's, before anything is built) and `progress_bar_refresh_rate` (the bar's host reads of the logged
+losses are syncs: the gpu preset refreshes at its log interval).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from pipeline.data.datamodule import ContentDataModule
 from pipeline.serve.memory import reuse_freed_memory
@@ -31,12 +37,32 @@ def preset_path(name: str) -> Path:
     return path
 
 
+class TrainingCLI(LightningCLI):
+    """LightningCLI with the process-wide options of the module docstring."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--float32_matmul_precision", type=str, default="highest",
+                            choices=["highest", "high", "medium"],
+                            help="torch.set_float32_matmul_precision: `high` lets fp32 matmuls use TF32 on GPUs")
+        parser.add_argument("--progress_bar_refresh_rate", type=int, default=1,
+                            help="steps between progress-bar refreshes (each reads the logged losses back)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        torch.set_float32_matmul_precision(config.float32_matmul_precision)
+        rate = config.progress_bar_refresh_rate
+        if rate < 1:
+            raise ValueError(f"progress_bar_refresh_rate must be ≥ 1, got {rate}")
+        if config.trainer.enable_progress_bar is not False:  # Lightning refuses a bar it was told not to show
+            self.trainer_defaults["callbacks"] = [TQDMProgressBar(refresh_rate=rate)]
+
+
 def run_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Run LightningCLI with the style module and content data module fixed (no class_path needed).
     `run=False`: no subcommand in `args`; only parse and instantiate the trainer, model and data."""
     reuse_freed_memory()  # a training step allocates ~2 GB afresh otherwise (pipeline.serve.memory)
     base = {"default_config_files": [str(BASE_CONFIG)]}
-    return LightningCLI(StyleTransferModule, ContentDataModule, args=args, run=run,
+    return TrainingCLI(StyleTransferModule, ContentDataModule, args=args, run=run,
                         parser_kwargs={cmd: base for cmd in SUBCOMMANDS} if run else base,
                         save_config_kwargs={"overwrite": True},  # a resumed run rewrites its resolved config
                         seed_everything_default=0)

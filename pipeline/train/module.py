@@ -16,7 +16,9 @@ from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, PHOTO_WEIGHT, S
                                   VGG_FLAVOUR, PerceptualLoss, photo_loss)
 from pipeline.model.generators import build_generator
 from pipeline.serve.imaging import load_style
+from pipeline.train.nonfinite import NonFiniteGuard
 from pipeline.train.regularizers import stability_loss
+from pipeline.train.seeds import seed_this_rank
 from pipeline.train.styles import style_name, style_specs
 
 STYLE_SAMPLING = ("sample", "batch")
@@ -71,7 +73,8 @@ class StyleTransferModule(L.LightningModule):
         vgg_weights: path of the caffe-flavour weights (None: $VGG_WEIGHTS or the project cache).
         lr: Adam learning rate.
         lr_schedule: `none`, `cosine` (to 0 at max_steps) or `step` (×0.1 at 2/3 of max_steps).
-        max_nonfinite: consecutive non-finite losses tolerated (steps skipped) before training stops.
+        max_nonfinite: consecutive non-finite losses tolerated (steps skipped) before training stops
+            (checked at the log interval).
     """
 
     def __init__(self, style_image: str, style_size: int | None = 512, arch: str = "residual",
@@ -107,7 +110,7 @@ class StyleTransferModule(L.LightningModule):
         self.loss = PerceptualLoss(self.style_images, content_layer=content_layer, style_layers=STYLE_LAYERS,
                                    style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
                                    vgg_flavour=vgg_flavour, vgg_weights=vgg_weights)
-        self._nonfinite = 0
+        self.nonfinite = NonFiniteGuard(max_nonfinite)
         self.skipped_samples = 0  # corrupt samples the data stream skipped on this rank (checkpointed)
         self.failed_shards = 0  # shards the data stream could not read on this rank (checkpointed)
         # FLOPs of the current batch, for ThroughputMonitor's FLOP/s; per-image counts by (stage, H, W)
@@ -181,29 +184,28 @@ class StyleTransferModule(L.LightningModule):
             terms["total"] = terms["total"] + terms["stability"]
         return terms
 
-    def training_step(self, batch: ContentBatch, batch_idx: int) -> torch.Tensor | None:
-        self._count_data_losses(batch)
+    def on_fit_start(self) -> None:
+        seed_this_rank(self.global_rank)  # after the weights were drawn: they stay equal on every rank
+
+    def training_step(self, batch: ContentBatch, batch_idx: int) -> torch.Tensor:
+        """The step's loss; no host–device sync here: a non-finite one is skipped on the device
+        (`on_before_optimizer_step`, pipeline/train/nonfinite.py) and counted at the log interval."""
+        self.skipped_samples += int(batch.skipped)  # host ints the data stream counted
+        self.failed_shards += int(batch.failed_shards)
         terms = self._terms(batch.images, *self.draw_conditions(len(batch.images)),
                             stability=self.hparams.stability_weight > 0)
-        finite = bool(torch.isfinite(terms["total"]).item())
-        # Every DDP rank must take the same decision, or the skipped rank hangs the all-reduce.
-        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            self._nonfinite += 1
-            self.log("train/nonfinite_steps", float(self._nonfinite))
-            if self._nonfinite >= self.hparams.max_nonfinite:
-                raise FloatingPointError(
-                    f"loss was non-finite for {self._nonfinite} consecutive steps (last: "
-                    f"{ {k: float(v) for k, v in terms.items()} }); stopping. Lower the lr or check the data.")
-            return None  # Lightning skips backward and the optimizer step
-        self._nonfinite = 0
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=len(batch.images))
         return terms["total"]
 
-    def _count_data_losses(self, batch: ContentBatch) -> None:
-        """Running totals of corrupt samples and unreadable shards skipped, summed over DDP ranks."""
-        self.skipped_samples += int(batch.skipped)
-        self.failed_shards += int(batch.failed_shards)
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.nonfinite.before_step(optimizer)
+
+    def on_train_batch_end(self, outputs: Any, batch: ContentBatch, batch_idx: int) -> None:
+        """At the log interval only (every rank at the same steps): the non-finite check, and the
+        data-loss counters summed over ranks — the step's only syncs."""
+        if self.trainer.global_step % self.trainer.log_every_n_steps:
+            return
+        self.log("train/nonfinite_steps", self.nonfinite.check(), batch_size=1)
         self.log("data/failed_shards", float(self.failed_shards), reduce_fx="sum", sync_dist=True, batch_size=1)
         self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True,
                  batch_size=1)
@@ -224,7 +226,7 @@ class StyleTransferModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr)
+        opt = self.nonfinite.optimizer(self.generator.parameters(), self.hparams.lr)
         if self.hparams.lr_schedule == "none":
             return opt
         total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches)

@@ -37,21 +37,25 @@ def random_affine(batch: int, h: int, w: int, device: torch.device) -> torch.Ten
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x warped by theta (bilinear) and the mask of output pixels that came from inside x."""
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    ones = torch.ones_like(x[:, :1])
-    inside = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.999
-    return warped, inside.to(x.dtype)
+    """x warped by theta (bilinear) and the mask of output pixels that came from inside x, in fp32
+    with autocast off whatever x's dtype: a bf16 sampling grid is up to ~0.5 px off at 256 px."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        grid = F.affine_grid(theta.float(), list(x.shape), align_corners=False)
+        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        ones = torch.ones_like(x[:, :1])
+        inside = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.999
+    return warped, inside.float()
 
 
 def stability_loss(generate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared output change under noise plus under a small warp; `y` = generate(x)."""
-    noisy = (x + NOISE_STD * torch.randn_like(x)).clamp(0, 1)
-    noise_term = (generate(noisy) - y).float().pow(2).mean()
+    """Mean squared output change under noise plus under a small warp; `y` = generate(x). The noise,
+    the warps and the differences are fp32 (only `generate` runs under autocast)."""
+    noisy = (x.float() + NOISE_STD * torch.randn_like(x, dtype=torch.float32)).clamp(0, 1)
+    noise_term = (generate(noisy).float() - y.float()).pow(2).mean()
     theta = random_affine(x.shape[0], x.shape[2], x.shape[3], x.device)
     x_w, mask = warp(x, theta)
     y_w, _ = warp(y, theta)
-    diff = (generate(x_w) - y_w).float().pow(2) * mask
+    diff = (generate(x_w).float() - y_w).pow(2) * mask
     warp_term = diff.sum() / (mask.sum() * y.shape[1]).clamp_min(1)
     return noise_term + warp_term
