@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import photo
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from pipeline.serve.precision import PRECISIONS, autocast
 FORMS = ("pt", "pt2", "onnx")
 # 8-bit levels a form's reply may differ from the served .pt2's: TF32 convolutions, ONNX Runtime on the
 # CPU and tiles differ by ~1e-3 (docs/benchmarks.md, GPU), under one level; more is a form computing wrong
@@ -26,17 +25,10 @@ MAX_FORM_DIFF = 4
 
 def at_precision(model: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                  precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`model` called at `precision`: fp32 as is, bf16 / fp16 under autocast for the device (weights stay
-    fp32, convolutions run in the lower precision). The one place the check sets a precision, written to
-    the contract of the serving precision option (`pipeline.serve.precision.autocast(device, precision)`
-    on main), so it can be swapped for it once that branch is merged here."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return model
-
+    """`model` called at `precision` the way the server runs it (pipeline.serve.precision.autocast:
+    weights stay fp32, convolutions run in bf16 / fp16 under autocast)."""
     def call(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=PRECISIONS[precision]):
+        with autocast(device, precision):
             return model(x)
 
     return call
