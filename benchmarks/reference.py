@@ -100,7 +100,8 @@ def reference_for(generator: nn.Module) -> ReferenceNet:
 def plain_state(generator: nn.Module) -> dict[str, torch.Tensor]:
     """The generator's state dict with every conditioned norm's (N, C) tables replaced by the (C,) γ, β it
     applies for its first style at full strength (the call without style or strength), the strength
-    path left out: the weights of the plain network that computes the same function."""
+    path and its version buffer left out (at full strength the output's mix with the photo drops out):
+    the weights of the plain network that computes the same function."""
     sd = dict(generator.state_dict())
     if not getattr(generator, "conditioned", False):
         return sd
@@ -111,7 +112,8 @@ def plain_state(generator: nn.Module) -> dict[str, torch.Tensor]:
         for norm in generator.norms():
             gamma, beta = norm.affine(w, h)
             sd[f"{names[id(norm)]}.weight"], sd[f"{names[id(norm)]}.bias"] = gamma[0], beta[0]
-    return {k: v for k, v in sd.items() if not k.startswith("strength_net.") and ".strength_" not in k}
+    return {k: v for k, v in sd.items()
+            if not k.startswith("strength_net.") and ".strength_" not in k and k != "strength_version"}
 
 
 def load_from_generator(ref: ReferenceNet, generator: nn.Module) -> ReferenceNet:
