@@ -3,7 +3,7 @@ photo | strengths 0 and 0.5 (models with the strength control) | the style (stre
 with the next style | colours preserved.
 
     python -m pipeline style-grid --model runs/trio/export/generator.pt2 --photo skimage:chelsea \\
-        --out docs/images/trio_grid.jpg
+        --out docs/images/strength_grid.jpg
 
 Every cell is what the server returns for the matching request options (`X-Style`, `X-Strength`,
 `X-Preserve-Color`): the same serving functions make it.
