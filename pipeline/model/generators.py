@@ -163,8 +163,9 @@ class ResidualGenerator(nn.Module):
         return self.out(y)
 
     def mix(self, x: torch.Tensor, strength: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """(B, 1, 1, 1) strengths for `activate`'s mix with the photo, or None (no mix: full strength)."""
-        if not self.photo_mix:
+        """(B, 1, 1, 1) strengths for `activate`'s mix with the photo, or None (no mix: full strength, also
+        when no strength is given, where the mix would be the identity)."""
+        if not self.photo_mix or strength is None:
             return None
         return strength_values(strength, x.shape[0], x).view(-1, 1, 1, 1)
 
