@@ -23,12 +23,12 @@ OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
 TB_PORT ?= 6006
 BENCH_ARGS ?=
 
-.PHONY: help install test shards train tensorboard export import archive serve stop loadtest eval ablation bench gpu-check
+.PHONY: help install test test-fast shards train tensorboard export import archive serve stop loadtest eval ablation bench gpu-check stylize stylize-video
 
 help:
-	@echo "make install | test | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
+	@echo "make install | test | test-fast | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
 	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
-	@echo "make stylize-video MODEL=generator.pt2 IN=film.mp4 OUT=out.mp4 [ARGS='--style NAME --strength 0.7']"
+	@echo "make stylize MODEL=generator.pt2 IN=photo.jpg|photos/|film.mp4|anim.gif OUT=... [ARGS='--style NAME --strength 0.7']"
 	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | bench [BENCH_ARGS=--quick] | gpu-check [DATA=dir] [ARGS=--dry-run]"
 
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
@@ -37,8 +37,13 @@ install:
 	$(PY) -m pip install -e '.[test,onnx,video]'
 	$(PY) -m pipeline vgg-weights
 
+# The whole suite (what CI runs: real training, TorchServe, DDP), and its unit tier (tests not marked
+# slow, ~1 min; docs/architecture.md#tests).
 test:
 	$(PY) -m pytest
+
+test-fast:
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 shards:
 	@test -n "$(SRC)" || { echo "usage: make shards SRC=<folder of photos> [VAL_SRC=<folder>] [OUT=data/shards/<name>] [WORKERS=<processes>]"; exit 2; }
@@ -82,15 +87,15 @@ loadtest:
 	$(PY) -m pipeline loadtest $(if $(NAME),--model "$(NAME)") --clients $(CLIENTS) --requests $(REQUESTS) \
 		--out benchmarks/loadtest-results.json
 
-# A film frame by frame (or an animated GIF/WebP, or a folder of frames → OUT.mp4): H.264 with the input's
-# timing, size and rotation, audio copied; each frame exactly as `stylize` does one image (pipeline/serve/video.py).
-# (OUT must be given: its default above is the shards folder.)
+# Offline stylization with the server's exact pixels: an image, a folder of images, a film (or an animated
+# GIF/WebP, or a folder of frames → OUT.mp4): H.264 with the input's timing, size, rotation, audio copied
+# (pipeline/tools/stylize.py). OUT must be given (its default above is the shards folder).
+# `stylize-video` is the same verb under its earlier name.
 IN  ?=
-VIDEO_OUT = $(if $(filter file,$(origin OUT)),,$(OUT))
-.PHONY: stylize-video
-stylize-video:
-	@test -n "$(MODEL)" -a -n "$(IN)" -a -n "$(VIDEO_OUT)" || { echo "usage: make stylize-video MODEL=<generator.pt2> IN=<film.mp4 | anim.gif | frames/> OUT=<out.mp4 | out.gif> [ARGS='--style NAME --strength 0.7']"; exit 2; }
-	$(PY) -m pipeline stylize --model "$(MODEL)" $(ARGS) "$(IN)" "$(VIDEO_OUT)"
+STYLIZE_OUT = $(if $(filter file,$(origin OUT)),,$(OUT))
+stylize stylize-video:
+	@test -n "$(MODEL)" -a -n "$(IN)" -a -n "$(STYLIZE_OUT)" || { echo "usage: make stylize MODEL=<generator.pt2> IN=<photo.jpg | photos/ | film.mp4 | anim.gif | frames/> OUT=<out.png | out/ | out.mp4 | out.gif> [ARGS='--style NAME --strength 0.7']"; exit 2; }
+	$(PY) -m pipeline stylize --model "$(MODEL)" $(ARGS) "$(IN)" "$(STYLIZE_OUT)"
 
 # Quality of a model on a folder of photos: reports/eval-NAME/{metrics.json,report.html}.
 CONTENT ?=

@@ -60,7 +60,7 @@ def style_path(work: Path) -> Path:
 
 def worker_env(variant: str) -> dict[str, str]:
     """The reference runs as plain PyTorch, without the allocator setting that our paths make
-    (pipeline.serve.memory.reuse_freed_memory, see docs/benchmarks.md)."""
+    (pipeline.common.memory.reuse_freed_memory, see docs/benchmarks.md)."""
     return {"INSTYLE_REUSE_FREED_MEMORY": "0"} if variant == "reference" else {}
 
 

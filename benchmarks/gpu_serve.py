@@ -75,7 +75,7 @@ def frame_rates(ckpt: Path, device: torch.device, size: tuple[int, int], warmup:
     """Frames/s of the eager generator (the serving loader's `.ckpt` form) at batch 1 on `size` (H, W)
     frames, for every precision, eager and torch.compile'd; a precision the device lacks is a row with
     its reason."""
-    from pipeline.serve.model_io import load_model
+    from pipeline.tools.models import load_model
 
     generator, _ = load_model(ckpt, device)
     x = photo(1, *size).to(device)

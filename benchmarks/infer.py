@@ -34,7 +34,7 @@ def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tenso
     (the presets' strength control) is called as the server calls it for a request without options:
     its first style at full strength (`pipeline.serve.controls.call_model`)."""
     from pipeline.serve.controls import call_model
-    from pipeline.serve.model_io import load_model
+    from pipeline.tools.models import load_model
 
     ckpt = run / "checkpoints" / "last.ckpt"
     if variant == "reference":
@@ -75,7 +75,7 @@ def summarize(times: list[float], batch: int, h: int, w: int) -> dict[str, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.serve.memory import reuse_freed_memory
+    from pipeline.common.memory import reuse_freed_memory
 
     reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.infer")

@@ -18,7 +18,7 @@ from benchmarks.common import SIZES, make_run, photo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.serve.memory import reuse_freed_memory
+    from pipeline.common.memory import reuse_freed_memory
 
     reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.profiling")

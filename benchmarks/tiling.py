@@ -20,7 +20,7 @@ from benchmarks.common import peak_rss_mb, photo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.serve.memory import reuse_freed_memory
+    from pipeline.common.memory import reuse_freed_memory
 
     reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.tiling")
@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--untiled", action="store_true")
     mode.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
-    from pipeline.serve.imaging import DecodedImage
+    from pipeline.common.images import DecodedImage
     from pipeline.serve.inference import run_batch
     from pipeline.serve.limits import memory_cap_bytes
     from pipeline.serve.controls import call_model
-    from pipeline.serve.model_io import load_model
+    from pipeline.tools.models import load_model
     from pipeline.serve.tiling import model_width, stylize_tiled, tile_for_cap, tileable_generator, untiled_bytes
 
     h, w = (int(v) for v in args.size.lower().split("x"))

@@ -32,8 +32,8 @@ STYLE_SIZE = 256
 
 def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
     from benchmarks.reference import ReferenceNet, ReferenceTrainer, RefVGG, load_from_generator
-    from pipeline.serve.model_io import load_model
-    from pipeline.serve.imaging import load_style
+    from pipeline.tools.models import load_model
+    from pipeline.common.image_files import load_style
 
     generator, _ = load_model(run / "checkpoints" / "last.ckpt")
     net = load_from_generator(ReferenceNet(), generator)
@@ -63,7 +63,7 @@ def ours_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.serve.memory import reuse_freed_memory
+    from pipeline.common.memory import reuse_freed_memory
 
     reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step")

@@ -11,7 +11,7 @@ left out. On CUDA the calls run under bf16 autocast (`--device cuda`; not measur
 2-vCPU VM, which has no GPU).
 
 End-to-end mode: a clip of `--frames` frames written with PyAV (H.264, CRF 18, 25 fps, no audio),
-then `pipeline.serve.video.stylize_video` on it (decode + stylize + H.264 encode, batch 4, the
+then `pipeline.tools.video.stylize_video` on it (decode + stylize + H.264 encode, batch 4, the
 `stylize` command's defaults), and apart from it decode alone and encode alone of the same frames.
 
 Prints one JSON line.
@@ -41,7 +41,7 @@ def frames_uint8(n: int, h: int, w: int) -> list[np.ndarray]:
 def stylize_frames(model: Any, frames: list[np.ndarray], batch: int, device: str,
                    max_memory_mb: int | None) -> list[np.ndarray]:
     """The per-frame path of `stylize_video`, (H, W, 3) uint8 in and out."""
-    from pipeline.serve.frames import frame_options, opaque_uint8, rgb_image, stylize_stream
+    from pipeline.tools.frames import frame_options, opaque_uint8, rgb_image, stylize_stream
     from pipeline.serve.limits import DEFAULT_MAX_SIDE
 
     options = frame_options(PARAMS, DEFAULT_MAX_SIDE, model.instyle_controls)
@@ -55,7 +55,7 @@ def stylize_frames(model: Any, frames: list[np.ndarray], batch: int, device: str
 
 def per_frame(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
     from pipeline.serve.limits import memory_cap_bytes
-    from pipeline.serve.model_io import load_model
+    from pipeline.tools.models import load_model
     from pipeline.serve.tiling import model_width, untiled_bytes
 
     t0 = time.perf_counter()
@@ -87,9 +87,9 @@ def end_to_end(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
     """Decode + stylize + encode of a short synthetic H.264 clip, and decode / encode alone."""
     import av
 
-    from pipeline.serve.model_io import load_model
-    from pipeline.serve.video import stylize_video
-    from pipeline.serve.video_io import Frame, VideoReader, VideoWriter
+    from pipeline.tools.models import load_model
+    from pipeline.tools.video import stylize_video
+    from pipeline.tools.video_io import Frame, VideoReader, VideoWriter
 
     args.work.mkdir(parents=True, exist_ok=True)
     src, dst = args.work / f"clip-{w}x{h}.mp4", args.work / f"stylized-{w}x{h}.mp4"
@@ -127,7 +127,7 @@ def end_to_end(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.serve.memory import reuse_freed_memory
+    from pipeline.common.memory import reuse_freed_memory
 
     reuse_freed_memory()  # this worker's entry point, as `python -m pipeline stylize`
     p = argparse.ArgumentParser(prog="python -m benchmarks.video")

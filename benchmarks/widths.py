@@ -36,8 +36,8 @@ def measure(run: Path, variant: str, size: str) -> float:
 def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
     from pipeline.quality.evaluate import evaluate, list_photos
     from pipeline.quality.gatys import build_loss
-    from pipeline.serve.imaging import load_style
-    from pipeline.serve.model_io import load_model
+    from pipeline.common.image_files import load_style
+    from pipeline.tools.models import load_model
 
     model, meta = load_model(run / "checkpoints" / "last.ckpt")
     hp = meta["hyper_parameters"]
@@ -48,10 +48,10 @@ def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
 
 def figure(runs: list[Path], photo: str, path: Path) -> None:
     from pipeline.quality.figures import side_by_side
-    from pipeline.serve.imaging import load_image
-    from pipeline.serve.imaging import resize_short
+    from pipeline.common.image_files import load_image
+    from pipeline.common.images import resize_short
     from pipeline.serve.controls import call_model
-    from pipeline.serve.model_io import load_model
+    from pipeline.tools.models import load_model
 
     x = resize_short(load_image(photo)[None], 256)
     panels = [x[0]]
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     from pipeline.export.exporter import export_run
-    from pipeline.serve.memory import reuse_freed_memory
+    from pipeline.common.memory import reuse_freed_memory
 
     reuse_freed_memory()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -46,11 +46,11 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 from pipeline.serve.controls import ModelControls, call_model, model_description
-from pipeline.serve.imaging import BadImageRequest
+from pipeline.common.images import BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch, size_groups
 from pipeline.serve.limits import (ENV_MAX_MEMORY, device_memory_cap_mb, memory_cap_bytes, server_limits,
                                    workers_per_device)
-from pipeline.serve.memory import reuse_freed_memory
+from pipeline.common.memory import reuse_freed_memory
 from pipeline.serve.model_io import load_model
 from pipeline.serve.precision import DEFAULT_PRECISION, ENV_PRECISION, autocast, check_precision
 
@@ -160,7 +160,7 @@ class StylizeHandler(BaseHandler):
 
     def initialize(self, context: Any) -> None:
         """Load the model named by the manifest's serializedFile, its metadata and the limits."""
-        reuse_freed_memory()  # the worker process's entry point: allocator tuning (pipeline.serve.memory)
+        reuse_freed_memory()  # the worker process's entry point: allocator tuning (pipeline.common.memory)
         props = context.system_properties
         self.manifest = context.manifest
         gpu = props.get("gpu_id")

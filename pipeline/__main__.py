@@ -7,9 +7,12 @@ code cannot disagree. Options are spelled as in the signature (`--max_side`, or 
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 # command → the module whose `command()` implements it, in pipeline order
@@ -20,8 +23,8 @@ TOOLS = {
     "export": "pipeline.export.exporter",
     "archive": "pipeline.export.archive",
     "import": "pipeline.export.importer",
-    "stylize": "pipeline.serve.stylize",
-    "describe": "pipeline.serve.describe",
+    "stylize": "pipeline.tools.stylize",
+    "describe": "pipeline.tools.describe",
     "evaluate": "pipeline.quality.evaluate",
     "gatys": "pipeline.quality.gatys",
     "ablation": "pipeline.quality.ablation",
@@ -33,11 +36,34 @@ TOOLS = {
     "grpc-predict": "pipeline.ops.grpc_client",
 }
 TRAINING = ("fit", "validate", "test", "predict")
+# packages of the optional extras (pyproject.toml) → the extra that installs them
+EXTRAS = {"grpc": "test", "onnxruntime": "onnx", "onnxscript": "onnx", "av": "video"}
+
+
+class MissingExtra(RuntimeError):
+    """A tool needs a package of an optional extra that is not installed."""
 
 
 def tool(name: str) -> Callable[..., int]:
     """The `command()` function of a tool."""
-    return importlib.import_module(TOOLS[name]).command
+    try:
+        return importlib.import_module(TOOLS[name]).command
+    except ModuleNotFoundError as e:
+        if e.name not in EXTRAS:
+            raise
+        raise MissingExtra(f"`python -m pipeline {name}` needs {e.name}: pip install 'instyle[{EXTRAS[e.name]}]' "
+                           "(`make install` installs every extra)") from None
+
+
+def summary(name: str) -> str:
+    """The first line of a tool's `command()` docstring, read from its source: listing the commands
+    imports none of them (nor their optional packages)."""
+    spec = importlib.util.find_spec(TOOLS[name])
+    tree = ast.parse(Path(spec.origin).read_text()) if spec and spec.origin else ast.Module(body=[], type_ignores=[])
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "command":
+            return (ast.get_docstring(node) or "").strip().splitlines()[0]
+    return ""
 
 
 def usage() -> str:
@@ -45,7 +71,7 @@ def usage() -> str:
     lines = [__doc__.split("\n")[0], "", "  fit|validate|test|predict  LightningCLI training, e.g. "
              "`fit --config pipeline/train/configs/cpu.yaml --model.style_image=art.jpg`"]
     for name in TOOLS:
-        lines.append(f"  {name:26s} {(tool(name).__doc__ or '').strip().splitlines()[0]}")
+        lines.append(f"  {name:26s} {summary(name)}")
     lines += ["", "`python -m pipeline <command> --help` gives a command's options."]
     return "\n".join(lines)
 
@@ -73,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     if cmd in TOOLS:
         from jsonargparse import auto_cli
 
+        try:
+            command = tool(cmd)
+        except MissingExtra as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         # Tools return an exit code (0 = success) so `make` sees failures.
-        return int(auto_cli(tool(cmd), args=dashes_to_underscores(rest), prog=f"python -m pipeline {cmd}") or 0)
+        return int(auto_cli(command, args=dashes_to_underscores(rest), prog=f"python -m pipeline {cmd}") or 0)
     if cmd not in TRAINING:
         print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ import torch
 
 from pipeline.export.exporter import export_run
 from pipeline.serve.controls import ModelControls
-from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
+from pipeline.tools.models import load_model
+from pipeline.tools.stylize import stylize_bytes
 from test_serving_helpers import decode_pil, load_handler, run_handler, ts_request
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "v0_single_style"

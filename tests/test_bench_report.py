@@ -3,7 +3,7 @@ table renders every section (on synthetic results, so the logic is tested apart 
 from __future__ import annotations
 
 from benchmarks.report import table, targets
-from pipeline.serve.memory import ENV_REUSE_MEMORY, reuse_freed_memory
+from pipeline.common.memory import ENV_REUSE_MEMORY, reuse_freed_memory
 
 
 def _infer(variant: str, size: str, seconds: float, rss: float = 1000.0) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.video import frames_uint8, main, stylize_frames
 from pipeline.export.exporter import export_run
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
+from pipeline.tools.stylize import stylize_bytes
 from test_serving_helpers import decode_pil, encode_pil, make_checkpoint
 
 

@@ -17,9 +17,9 @@ from pipeline.export.exporter import example_inputs, input_dims, serving_form
 from pipeline.export.graph_devices import device_constants, strip_devices
 from pipeline.model.generators import ResidualGenerator
 from pipeline.serve.controls import Conditioning
-from pipeline.serve.imaging import DecodedImage, decode
+from pipeline.common.images import DecodedImage, decode
 from pipeline.serve.inference import device_batch, run_batch
-from pipeline.serve.model_io import load_model
+from pipeline.tools.models import load_model
 from test_serving_helpers import encode_pil, make_checkpoint, rng_image
 
 KINDS = {"plain": {}, "trio": {"styles": ["a", "b", "c"]}, "strength": {"strength": True}}

@@ -9,7 +9,8 @@ options win), `make ablation` STEPS=2 and a small evaluation, `make eval` two ph
 what CI lacks are adapted and say so: the `gpu` preset runs on the CPU when there is no GPU (DDP with
 2 gloo processes instead of 4), S3 shards are read with `pipe:cat` from local files.
 
-Not run here, with where they are covered: `make install` / `make test` (what CI itself runs),
+Not run here, with where they are covered: `make install` / `make test` / `make test-fast` (what CI
+itself runs, and its unit tier),
 `make serve` / `make stop` / `make loadtest` (a real TorchServe: tests/test_real_chain.py,
 test_multistyle_chain.py, test_serving_reliability.py), `make tensorboard` (a server that never
 exits), `make bench` (10 minutes: tests/test_bench_*.py run its sections), `make gpu-check` (its dry
@@ -33,11 +34,11 @@ from PIL import Image
 from test_import_onnx import examples_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-# In this order: docs/video.md stylizes with the README's 3-style run, which docs/styles.md's own `trio` replaces.
-DOCUMENTS = ["README.md", "docs/video.md", "docs/ablation.md", "docs/styles.md", "docs/models.md"]
+# In this order: docs/video.md stylizes with docs/training.md's 3-style run, which docs/styles.md's own `trio` replaces.
+DOCUMENTS = ["README.md", "docs/training.md", "docs/video.md", "docs/ablation.md", "docs/styles.md", "docs/models.md"]
 # What a page takes as done before its lines (the README's run exported, as its serving section does for others)
 PREPARED = {"docs/video.md": ["make export NAME=trio"]}
-NOT_RUN = {"install", "test", "serve", "stop", "loadtest", "tensorboard", "bench", "gpu-check"}
+NOT_RUN = {"install", "test", "test-fast", "serve", "stop", "loadtest", "tensorboard", "bench", "gpu-check"}
 STEPS = ["--trainer.max_steps=2", "--data.steps_per_epoch=2", "--data.image_size=64", "--data.resize=80",
          "--data.val_size=64", "--data.batch_size=2", "--model.style_size=128", "--trainer.limit_val_batches=1",
          "--trainer.enable_progress_bar=false"]
@@ -117,12 +118,13 @@ def users_files(home: Path, work: Path) -> None:
         photo(home / "photos" / "coco2014" / "train" / f"{i:03d}.jpg", i)
     for i in range(4):
         photo(home / "photos" / "val" / f"{i:03d}.jpg", 50 + i)
+    shutil.copytree(home / "photos" / "coco2014" / "train", home / "photos" / "train")
     shared = work.parent / "shared" / "assets"  # `../shared/assets/...` as the docs name it
     shutil.copytree(home / "art", shared / "styles")
     shutil.copytree(home / "photos" / "coco2014" / "train", shared / "content" / "train")
     shutil.copytree(home / "photos" / "val", shared / "content" / "val")
-    for name in ("a", "b", "c"):
-        photo(work / f"{name}.jpg", ord(name))
+    for name in ("a", "b", "c", "photo"):
+        photo(work / f"{name}.jpg", ord(name[0]))
     torch.save(examples_state_dict(width=8, n_res=1), work / "candy.pth")
     from test_video import make_clip
     make_clip(work / "in.mp4", w=64, h=48, n=4, audio=None, rotation=None)
@@ -136,7 +138,7 @@ def test_every_documented_make_line_runs(tmp_path, vgg_weights):
     work.mkdir(parents=True)
     users_files(home, work)
     lines = [line for doc in DOCUMENTS for line in PREPARED.get(doc, []) + documented_make_lines(ROOT / doc)]
-    assert {verb(line) for line in lines} >= {"shards", "train", "export", "import", "archive", "stylize-video", "eval",
+    assert {verb(line) for line in lines} >= {"shards", "train", "export", "import", "archive", "stylize", "eval",
                                              "ablation"}, lines
     shards = work / "data" / "shards" / "coco"
     ordered = sorted(lines, key=lambda line: verb(line) != "shards")  # the data first, then in document order
@@ -153,4 +155,5 @@ def test_every_documented_make_line_runs(tmp_path, vgg_weights):
     assert (work / "model_store" / "starry_night.mar").is_file() and (work / "model_store" / "candy.mar").is_file()
     assert (work / "reports" / "ablation-starry_night" / "table.md").is_file()
     assert (work / "film-starry.mp4").is_file() and (work / "clip-udnie.gif").is_file()
+    assert Image.open(work / "stylized.png").size == Image.open(work / "photo.jpg").size  # the README's first result
     assert len(ran) >= 15, ran

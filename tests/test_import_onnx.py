@@ -18,8 +18,8 @@ from pipeline.export.exporter import export_run
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
 from pipeline.model.importers import from_pytorch_examples, read_state_dict
 from pipeline.serve.inference import run_batch
-from pipeline.serve.imaging import DecodedImage
-from pipeline.serve.model_io import load_model
+from pipeline.common.images import DecodedImage
+from pipeline.tools.models import load_model
 from test_serving_helpers import decode_pil, encode_pil, load_handler, make_checkpoint, rng_image, run_handler, ts_request
 
 TOL = 2e-4  # in [0, 1] units; float rounding of a 0..255 network

@@ -1,4 +1,4 @@
-"""The stage rules of README "How it works", checked on the source: which stage may import which,
+"""The stage rules of docs/architecture.md, checked on the source: which stage may import which,
 and the serving package runs with the training stack absent."""
 from __future__ import annotations
 
@@ -10,22 +10,25 @@ from pathlib import Path
 import pytest
 
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
+from pipeline.tools.stylize import stylize_bytes
 from test_serving_helpers import BLOCK_TRAINING_DEPS, encode_pil, rng_image, shared_export
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "model", "loss", "train", "export", "serve", "quality", "ops")
-# stage → the stages it may import (itself included). Stated once here and in the README.
+STAGES = ("common", "model", "serve", "data", "loss", "train", "export", "tools", "quality", "ops")
+# stage → the stages it may import (itself included). Stated once here; docs/architecture.md shows it.
 ALLOWED = {
+    "common": {"common"},
     "model": {"model"},
-    "serve": {"serve", "model"},  # the .mar bundles both
-    "loss": {"loss", "model"},
-    "data": {"data", "serve"},
-    "train": {"train", "data", "model", "loss", "serve"},
-    "export": {"export", "model", "serve"},
-    "quality": {"quality", "data", "model", "loss", "train", "export", "serve"},
-    "ops": {"ops", "export", "serve"},
+    "serve": {"serve", "model", "common"},  # the .mar bundles what the handler imports of these
+    "data": {"data", "common"},
+    "loss": {"loss", "model", "common"},
+    "train": {"train", "data", "model", "loss", "common"},
+    "export": {"export", "model", "serve", "common"},
+    "tools": {"tools", "serve", "model", "export", "common"},  # export: the ONNX runner
+    "quality": {"quality", "data", "model", "loss", "train", "export", "serve", "tools", "common"},
+    "ops": {"ops", "export", "serve", "common"},
 }
+SERVING = {"serve", "model", "common"}  # what a TorchServe worker may run
 TRAINING_STACK = {"lightning", "pytorch_lightning", "lightning_fabric", "webdataset", "torchvision"}
 
 
@@ -68,30 +71,31 @@ def test_imports_only_go_down_the_stages(stage):
                 bad.append(f"{path.name}: {module} (not a stage)")
             elif target is not None and target not in ALLOWED[stage]:
                 bad.append(f"{path.name}: {module}")
-            if stage in ("serve", "model") and module.split(".")[0] in TRAINING_STACK:
+            if stage in SERVING | {"tools"} and module.split(".")[0] in TRAINING_STACK:
                 bad.append(f"{path.name}: {module} (training stack)")
     assert not bad, f"pipeline/{stage} imports what its stage may not: {bad}"
 
 
-def test_handler_imports_only_the_serving_package():
+def test_handler_imports_only_the_serving_core():
     used = {m for m, _ in imports(ROOT / "handlers" / "stylize_handler.py") if m.startswith("pipeline")}
-    assert used and all(stage_of(m) == "serve" for m in used), used
+    assert used and all(stage_of(m) in SERVING for m in used), used
 
 
 def test_serving_package_runs_without_the_training_stack(tmp_path_factory, tmp_path):
-    """Every module of pipeline.serve imports, and a .pt2 and a .ckpt stylize an image, with
-    Lightning, webdataset and torchvision unimportable; same bytes as in this process."""
+    """Every module of the serving core (pipeline.serve, .model, .common) imports, and a .pt2 and a .ckpt
+    stylize an image, with Lightning, webdataset and torchvision unimportable; same bytes as in this process."""
     run = shared_export(tmp_path_factory)
     photo = tmp_path / "in.png"
     photo.write_bytes(encode_pil(rng_image(29, 41)))
     script = f"""
 {BLOCK_TRAINING_DEPS}
-import pkgutil, importlib, pipeline.serve
+import pkgutil, importlib, pipeline.serve, pipeline.model, pipeline.common
 from pathlib import Path
-for info in pkgutil.walk_packages(pipeline.serve.__path__, "pipeline.serve."):
-    importlib.import_module(info.name)
+for package in (pipeline.serve, pipeline.model, pipeline.common):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
+from pipeline.tools.stylize import stylize_bytes
 for name in ("export/generator.pt2", "checkpoints/last.ckpt"):
     model, _ = load_model(Path({str(run)!r}) / name)
     data, _ = stylize_bytes(model, Path({str(photo)!r}).read_bytes(), {{"format": "png"}})

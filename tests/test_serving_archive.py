@@ -14,7 +14,7 @@ import pytest
 from pipeline.__main__ import main as cli
 from pipeline.export.archive import archive_run
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
+from pipeline.tools.stylize import stylize_bytes
 from test_serving_helpers import BLOCK_TRAINING_DEPS, encode_pil, rng_image, shared_export
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -34,16 +34,17 @@ def test_archive_contents(run, tmp_path):
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
         config = z.read("model-config.yaml").decode()
         init = z.read("pipeline/__init__.py").decode()
-    # The serving package whole, as found on disk (independently of the archiver's own listing) ...
+    # The serving core whole, as found on disk (independently of the archiver's own import walk) ...
     serve = {f"pipeline/serve/{p.relative_to(SERVE_DIR)}" for p in SERVE_DIR.rglob("*.py")}
     assert {"pipeline/serve/inference.py", "pipeline/serve/model_io.py", "pipeline/serve/tiling.py"} <= serve
     assert {"stylize_handler.py", "generator.pt2", "metadata.json", "model-config.yaml", "pipeline/__init__.py"} | serve <= names
-    # ... the generator's definition (tiled inference runs its modules) ...
-    model = {f"pipeline/model/{p.relative_to(SERVE_DIR.parent / 'model')}" for p in (SERVE_DIR.parent / "model").rglob("*.py")}
-    assert {"pipeline/model/generators.py", "pipeline/model/norms.py"} <= model <= names
-    # ... and nothing else of the project: no other stage can leak into the worker.
-    assert not [n for n in names if n.startswith("pipeline/") and not n.startswith(("pipeline/serve/", "pipeline/model/"))
-                and n != "pipeline/__init__.py"]
+    # ... the generator's definition (tiled inference runs its modules) and the image codec ...
+    assert {"pipeline/model/generators.py", "pipeline/model/norms.py", "pipeline/common/images.py"} <= names
+    # ... and nothing else of the project: no offline tool (video, stylize), no ONNX runner, no training.
+    bundled = sorted(n for n in names if n.startswith("pipeline/"))
+    assert all(n.startswith(("pipeline/serve/", "pipeline/model/", "pipeline/common/")) or n == "pipeline/__init__.py"
+               for n in bundled), bundled
+    assert not {"pipeline/model/importers.py", "pipeline/export/onnx_runtime.py"} & names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert manifest["model"]["serializedFile"] == "generator.pt2" and manifest["model"]["handler"] == "stylize_handler.py"
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "max_side: 2048" in config

@@ -24,7 +24,7 @@ from pipeline.export.exporter import export_run
 from pipeline.ops.grpc_client import PredictError, load_stubs, predict
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
+from pipeline.tools.stylize import stylize_bytes
 from test_serving_helpers import decode_pil, encode_pil, make_checkpoint, rng_image
 
 pytestmark = [pytest.mark.slow,

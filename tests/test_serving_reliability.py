@@ -238,7 +238,7 @@ def test_loadtest_checks_every_response(server):
 
 
 def test_inference_key_rotation(server):
-    """The README's rotation recipe: /token?type=inference with the API key of key_file.json."""
+    """docs/serving.md's key rotation recipe: /token?type=inference with the API key of key_file.json."""
     key_file = server.cwd / "key_file.json"
     keys = json.loads(key_file.read_text())
     old = keys["inference"]["key"]

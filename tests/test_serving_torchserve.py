@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.export.archive import archive_run
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
+from pipeline.tools.stylize import stylize_bytes
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe, multipart
 from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
 

@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 
 from pipeline.export.exporter import export_run
-from pipeline.quality import style_grid
+from pipeline.quality import figures, style_grid
 from pipeline.quality.style_report import STRENGTHS, build_report, markdown
-from pipeline.serve.imaging import load_style, resize_short
+from pipeline.common.images import resize_short
+from pipeline.common.image_files import load_style
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
+from pipeline.tools.stylize import stylize_bytes
 from pipeline.quality.gatys import build_loss
 from test_serving_helpers import decode_pil, encode_pil, make_checkpoint, rng_image
 
@@ -48,7 +49,7 @@ def test_grid_cells_are_the_servers_answers(runs, tmp_path):
         for col, params in enumerate([{"style": name, "strength": "0"}, {"style": name, "strength": "0.3"}, {"style": name},
                                       {"style": f"{name}:0.5,{nxt}:0.5"}, {"style": name, "preserve_color": "true"}],
                                      start=1):
-            y0, x0 = style_grid.LABEL_HEIGHT + row * (40 + 4), col * (56 + 4)
+            y0, x0 = figures.LABEL_HEIGHT + row * (40 + 4), col * (56 + 4)
             cell = grid[y0:y0 + 40, x0:x0 + 56]
             want = np.asarray(decode_pil(stylize_bytes(model, data, params)[0]))
             if col == 1 and row > 0 or col > 1:  # the label is drawn on the photo column only

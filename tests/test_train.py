@@ -195,6 +195,7 @@ def test_flops_per_batch_against_a_hand_count_of_the_layers(style_image, vgg_wei
     backward = 2 * sum(gen) - gen[0] + sum(vgg_out) + 2 * grams
     module.on_train_batch_start(ContentBatch(x, 0, ["a", "b"]), 0)
     assert module.flops_per_batch == 2 * (forward + backward)
+    assert all(p.grad is None for p in module.parameters())  # counted on a copy: the model's grads untouched
     module.on_validation_batch_start(ContentBatch(x, 0, ["a", "b"]), 0)
     # validation runs the generator's inference decoder (same function, regrouped arithmetic)
     assert module.flops_per_batch == pytest.approx(2 * forward, rel=0.02)

@@ -1,4 +1,4 @@
-"""Video mode (pipeline.serve.video): timing, odd sizes, rotation and audio kept; every frame the image
+"""Video mode (pipeline.tools.video): timing, odd sizes, rotation and audio kept; every frame the image
 CLI's output on that frame; animations, frame folders; bad files refused with nothing overwritten.
 
 Clips are made here with PyAV (the `video` extra), tiny: 12 frames of 65×37 at 10 fps."""
@@ -18,8 +18,8 @@ from PIL import Image
 from pipeline.__main__ import main as cli
 from pipeline.export.exporter import export_run
 from pipeline.serve.model_io import load_model
-from pipeline.serve.stylize import stylize_bytes
-from pipeline.serve.video import stylize_video
+from pipeline.tools.stylize import stylize_bytes
+from pipeline.tools.video import stylize_video
 from test_serving_helpers import decode_pil, encode_pil, make_checkpoint
 
 
@@ -230,7 +230,7 @@ def test_cli_usage_errors(model_path, tmp_path, capsys):
 def test_serving_package_imports_without_pyav():
     """The serving package is bundled into every .mar, whose workers have no PyAV: importing the video
     modules must not import it (it is imported when a video is read or written)."""
-    code = ("import sys, pipeline.serve.video, pipeline.serve.stylize; "
+    code = ("import sys, pipeline.tools.video, pipeline.tools.stylize; "
             "assert 'av' not in sys.modules, 'av imported'; print('OK')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=120)

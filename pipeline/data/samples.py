@@ -1,4 +1,4 @@
-"""The stages of the training stream that run inside DataLoader workers: per-(rank, worker) seeds,
+"""The stages of the training stream that run inside DataLoader workers. Per-(rank, worker) seeds,
 a shuffle that differs per worker, decoding that survives corrupt samples and unreadable shards,
 and the batch type that carries their counts back to the training process.
 

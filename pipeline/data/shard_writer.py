@@ -1,6 +1,6 @@
-"""Writing one split of shards: encode photos in a process pool, write tars in input order in the
-parent (byte-identical output whatever the number of workers), one atomic file per shard, and a
-hidden sidecar `OUT/.{shard}.json` per finished shard (settings, keys, skipped files, size,
+"""Writing one split of shards, in a process pool, resumable. Photos are encoded by the pool and
+the tars written in input order in the parent (byte-identical output whatever the number of
+workers), one atomic file per shard, and a hidden sidecar `OUT/.{shard}.json` per finished shard (settings, keys, skipped files, size,
 fingerprint) so that a re-run keeps the shards whose fingerprint still matches and rewrites or
 removes the others (see `plan_shards`). Used by `shards` (`make shards`) and `sample_data`.
 """
@@ -23,7 +23,7 @@ import webdataset as wds
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.serve.imaging import scaled_size
+from pipeline.common.images import scaled_size
 
 Source = bytes | Path
 SHARD_FORMAT = 1  # bump when encode_photo's output changes, so older shards are re-encoded

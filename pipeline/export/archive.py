@@ -2,15 +2,18 @@
 
 runs/NAME/export/{generator.pt|generator.pt2, metadata.json} → model_store/NAME.mar with
 - the handler `handlers/stylize_handler.py`;
-- the serving package and the generator's definition whole (`pipeline/__init__.py`, `pipeline/serve/`,
-  `pipeline/model/`, found by their package paths), so the worker's Python needs torch, Pillow and
-  numpy but not this project, and runs exactly the code that was archived;
+- the project modules the handler imports, and what they import in turn (`serving_modules`: the
+  serving core `pipeline/serve/`, the generator's definition in `pipeline/model/`, the image codec in
+  `pipeline/common/`; never the offline tools, the ONNX runner or training), found by their import
+  paths, so the worker's Python needs torch, Pillow and numpy but not this project, and runs exactly
+  the code that was archived;
 - `metadata.json`, and `model-config.yaml` (workers, batching, timeout, GPU placement, the handler's
   limits and precision), written with the yaml library.
 Without --name every run with an export is archived. An existing .mar is replaced atomically.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -28,8 +31,6 @@ from model_archiver.model_packaging import package_model
 from model_archiver.model_packaging_utils import ModelExportUtils
 
 import pipeline
-import pipeline.model
-import pipeline.serve
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.serve.precision import DEFAULT_PRECISION, PRECISIONS
 
@@ -80,18 +81,55 @@ def handler_path() -> Path:
     return Path(spec.origin)
 
 
+def imported_modules(path: Path) -> set[str]:
+    """The `pipeline.*` names a source file imports, at module level or inside a function (with
+    `from m import n`, both `m` and `m.n`: n may be a module)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in found if m.split(".")[0] == "pipeline"}
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of project module `name` (a package's `__init__.py`), None when it names no module."""
+    base = Path(pipeline.__file__).parent.joinpath(*name.split(".")[1:])
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def serving_modules(entry: Path | None = None) -> dict[str, Path]:
+    """Every project module the handler (or `entry`) needs, import name → source file: its imports,
+    theirs in turn, and the packages' `__init__.py` on the way. What the `.mar` bundles, nothing more."""
+    modules: dict[str, Path] = {}
+    todo = sorted(imported_modules(entry or handler_path()))
+    while todo:
+        name = todo.pop()
+        source = None if name in modules else module_file(name)
+        if source is None:
+            continue  # seen, or a function / constant imported from a module
+        modules[name] = source
+        parent = name.rpartition(".")[0]
+        todo += sorted(imported_modules(source)) + [parent] * bool(parent)
+    return dict(sorted(modules.items()))
+
+
 def stage_extra_files(dest: Path, metadata: dict[str, Any]) -> None:
-    """The archive's extra files: the serving package and the model stage whole, under their import
-    paths, and metadata.json.
+    """The archive's extra files: `serving_modules()` under their import paths, and metadata.json.
 
     `pipeline/__init__.py` is the project's own (it imports nothing), so `pipeline.serve.*` imports
-    the bundled copy; `pipeline.model` (torch only) is what tiled inference runs; no other stage is
-    bundled, so training code cannot leak into the worker."""
-    (dest / "pipeline").mkdir(parents=True)
-    shutil.copy2(pipeline.__file__, dest / "pipeline" / "__init__.py")
-    for package in (pipeline.serve, pipeline.model):
-        source = Path(package.__file__).parent
-        shutil.copytree(source, dest / "pipeline" / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    the bundled copy; no module the handler does not import is bundled, so training code, the offline
+    tools and the ONNX runner cannot leak into the worker."""
+    for name, source in serving_modules().items():
+        target = dest.joinpath(*name.split("."))
+        target = target / "__init__.py" if source.name == "__init__.py" else target.with_suffix(".py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
     (dest / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 

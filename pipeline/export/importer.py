@@ -1,5 +1,5 @@
-"""`python -m pipeline import`: a model trained elsewhere → `runs/NAME/export/` (.pt2, .pt, .onnx,
-metadata.json), after which `make archive NAME=…`, `make serve` and `stylize --model …` work as for
+"""`python -m pipeline import`: a model trained elsewhere → `runs/NAME/export/`. The files (.pt2, .pt,
+.onnx, metadata.json) are our own export's, after which `make archive NAME=…`, `make serve` and `stylize --model …` work as for
 our own runs (our fast decoder and tiled path included). Formats: pytorch/examples'
 `fast_neural_style` state dicts (pipeline.model.importers).
 

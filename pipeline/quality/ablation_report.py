@@ -12,8 +12,9 @@ from PIL import Image
 from pipeline.quality.evaluate import evaluate, list_photos
 from pipeline.quality.figures import side_by_side
 from pipeline.quality.gatys import build_loss
-from pipeline.serve.imaging import load_image, load_style, resize, resize_short, skimage_photo
-from pipeline.serve.model_io import load_model
+from pipeline.common.images import resize, resize_short
+from pipeline.common.image_files import load_image, load_style, skimage_photo
+from pipeline.tools.models import load_model
 
 
 FIGURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # public-domain photos scikit-image ships

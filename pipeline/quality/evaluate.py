@@ -27,7 +27,8 @@ from typing import Any, Callable
 import torch
 
 from pipeline.quality.gatys import GATYS_ITERS, build_loss, optimize
-from pipeline.serve.imaging import IMAGE_SUFFIXES, encode, image_exists, load_image_file, load_style, resize_short
+from pipeline.common.images import IMAGE_SUFFIXES, encode, resize_short
+from pipeline.common.image_files import image_exists, load_image_file, load_style
 from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.metrics import border_artifact_index, psnr
 from pipeline.quality.stability import flicker_settings, photo_flicker
@@ -218,10 +219,10 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         gatys: run the Gatys baseline on the first N photos.
         gatys_iters: Gatys iteration counts to record.
     """
-    from pipeline.serve.memory import reuse_freed_memory
-    from pipeline.serve.model_io import load_model
+    from pipeline.common.memory import reuse_freed_memory
+    from pipeline.tools.models import load_model
 
-    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
+    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.common.memory)
     if not model.is_file():
         print(f"error: model {model} does not exist", file=sys.stderr)
         return 2

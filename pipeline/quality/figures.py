@@ -9,20 +9,42 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
 
-from pipeline.serve.imaging import DecodedImage, limit_side, load_image, to_uint8
-from pipeline.serve.model_io import load_model
+from pipeline.common.images import DecodedImage, limit_side, to_uint8
+from pipeline.common.image_files import load_image
+from pipeline.tools.models import load_model
+
+
+LABEL_HEIGHT = 18  # px of the title band above the columns
+
+
+def grid(rows: Sequence[Sequence[torch.Tensor]], gap: int = 4, titles: Sequence[str] = (),
+         names: Sequence[str] = ()) -> Image.Image:
+    """Rows of (3, H, W) images in [0, 1], all of one size, as one picture with white gaps between
+    (torchvision's `make_grid`); `titles` go in a band above the columns, `names` on each row's first image."""
+    if len({im.shape for row in rows for im in row}) != 1 or len({len(row) for row in rows}) != 1:
+        raise ValueError("a grid needs rows of equally many images, all of one size")
+    cells = [im.detach().float().cpu() for row in rows for im in row]
+    sheet = make_grid(cells, nrow=len(rows[0]), padding=gap, pad_value=1.0)[:, gap:-gap, gap:-gap]  # no outer border
+    picture = Image.fromarray(to_uint8(sheet))
+    if titles:
+        banded = Image.new("RGB", (picture.width, picture.height + LABEL_HEIGHT), "white")
+        banded.paste(picture, (0, LABEL_HEIGHT))
+        picture = banded
+    draw, (h, w) = ImageDraw.Draw(picture), rows[0][0].shape[1:]
+    for i, title in enumerate(titles):
+        draw.text((i * (w + gap) + 4, 3), title, fill="black")
+    top = LABEL_HEIGHT if titles else 0
+    for i, name in enumerate(names):
+        draw.text((4, top + i * (h + gap) + 4), name, fill="white", stroke_width=2, stroke_fill="black")
+    return picture
 
 
 def side_by_side(images: Sequence[torch.Tensor], gap: int = 4) -> Image.Image:
-    """Concatenate (3, H, W) images of equal height left to right, white gaps between."""
-    h = images[0].shape[1]
-    white = torch.ones(3, h, gap)
-    row = [images[0]]
-    for im in images[1:]:
-        row += [white, im]
-    return Image.fromarray(to_uint8(torch.cat(row, dim=2)))
+    """(3, H, W) images of one size left to right, white gaps between."""
+    return grid([images], gap)
 
 
 @torch.no_grad()

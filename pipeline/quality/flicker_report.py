@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pipeline.quality.evaluate import list_photos
+from pipeline.quality.figures import grid
 from pipeline.quality.gatys import build_loss
 from pipeline.quality.stability import FLICKER_JPEG_QUALITY, FLICKER_NOISE_STD, clip_warping_error, synthetic_clip
 from pipeline.quality.style_report import exported, losses, one_hot, write_report
 from pipeline.serve.controls import call_model
-from pipeline.serve.imaging import load_image, load_image_file, load_style, resize_short, to_uint8
-from pipeline.serve.model_io import load_model
+from pipeline.common.images import resize, resize_short, to_uint8
+from pipeline.common.image_files import load_image, load_image_file, load_style
+from pipeline.tools.models import load_model
 from pipeline.train.styles import style_specs
 
 FRAMES, SIZE = 16, (180, 240)  # (h, w) of the clips: longer and larger than `evaluate`'s quick check
@@ -120,14 +122,9 @@ def animation(made: dict, outputs: dict, clip: str, path: Path, cell: int = 160)
     frames_in = made[clip][0]
     columns = [("input", frames_in), *[(name, outs[clip]) for name, outs in outputs.items()]]
     h = round(cell * frames_in.shape[2] / frames_in.shape[3])
-    images = []
-    for t in range(frames_in.shape[0]):
-        canvas = Image.new("RGB", (len(columns) * (cell + 4) - 4, h + 14), "white")
-        draw = ImageDraw.Draw(canvas)
-        for i, (name, frames) in enumerate(columns):
-            canvas.paste(Image.fromarray(to_uint8(frames[t])).resize((cell, h), Image.BILINEAR), (i * (cell + 4), 14))
-            draw.text((i * (cell + 4) + 2, 1), name, fill="black")
-        images.append(canvas)
+    names = [name for name, _ in columns]
+    images = [grid([[resize(frames[t].float(), (h, cell)) for _, frames in columns]], titles=names)
+              for t in range(frames_in.shape[0])]
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".gif":
         frames = [im.convert("P", palette=Image.ADAPTIVE) for im in images]

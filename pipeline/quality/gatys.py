@@ -17,7 +17,8 @@ from typing import Any, Literal
 import torch
 
 from pipeline.loss.losses import LOSS_DEFAULTS, PerceptualLoss
-from pipeline.serve.imaging import encode, image_exists, load_image, load_style, resize_short
+from pipeline.common.images import encode, resize_short
+from pipeline.common.image_files import image_exists, load_image, load_style
 
 GATYS_ITERS = (50, 100, 300)  # iteration counts recorded by default (here, in `evaluate` and the ablation)
 
@@ -86,9 +87,9 @@ def command(*, style: str, content: str, iters: list[int] = list(GATYS_ITERS), s
         optimizer: lbfgs (as Gatys et al.) or adam.
         out: write the final image here (PNG).
     """
-    from pipeline.serve.memory import reuse_freed_memory
+    from pipeline.common.memory import reuse_freed_memory
 
-    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
+    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.common.memory)
     for path in (style, content):
         if not image_exists(path):
             print(f"error: {path} does not exist", file=sys.stderr)

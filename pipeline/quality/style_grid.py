@@ -1,4 +1,4 @@
-"""`python -m pipeline style-grid`: one photo through a multi-style model, one row per style:
+"""`python -m pipeline style-grid`: one photo through a multi-style model, a row per style. Columns:
 photo | strengths 0 and 0.5 (models with the strength control) | the style (strength 1) | 50/50 mix
 with the next style | colours preserved.
 
@@ -14,16 +14,13 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
-from pipeline.quality.figures import side_by_side
+from pipeline.quality.figures import grid
 from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import Conditioning, call_model
-from pipeline.serve.imaging import DecodedImage, limit_side, load_image, scaled_size
-from pipeline.serve.model_io import load_model
-
-LABEL_HEIGHT = 18
-
+from pipeline.common.images import DecodedImage, limit_side, scaled_size
+from pipeline.common.image_files import load_image
+from pipeline.tools.models import load_model
 
 @torch.inference_mode()
 def grid_rows(model: object, photo: torch.Tensor, strengths: tuple[float, ...] = (0.0, 0.5)) -> tuple[list[str], list[list[torch.Tensor]]]:
@@ -43,22 +40,6 @@ def grid_rows(model: object, photo: torch.Tensor, strengths: tuple[float, ...] =
         full = out[len(strengths)]
         rows.append([photo, *out, preserve_color(full, photo)])
     return titles, rows
-
-
-def labelled(titles: list[str], rows: list[list[torch.Tensor]], names: tuple[str, ...], gap: int = 4) -> Image.Image:
-    """The rows stacked with a title line above the columns and the style name on each row's photo."""
-    strips = [side_by_side(row, gap) for row in rows]
-    width, cell = strips[0].width, rows[0][0].shape[2]
-    canvas = Image.new("RGB", (width, LABEL_HEIGHT + sum(s.height + gap for s in strips)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, title in enumerate(titles):
-        draw.text((i * (cell + gap) + 4, 3), title, fill="black")
-    y = LABEL_HEIGHT
-    for strip, name in zip(strips, names):
-        canvas.paste(strip, (0, y))
-        draw.text((4, y + 4), name, fill="white", stroke_width=2, stroke_fill="black")
-        y += strip.height + gap
-    return canvas
 
 
 def command(*, model: Path, out: Path, photo: str = "skimage:chelsea", height: int = 192,
@@ -84,7 +65,7 @@ def command(*, model: Path, out: Path, photo: str = "skimage:chelsea", height: i
     h, w = scaled_size(x.shape[1], x.shape[2], height, "short")
     x = limit_side(DecodedImage(x, None), max(h, w)).rgb
     titles, rows = grid_rows(net, x, tuple(strengths))
-    fig = labelled(titles, rows, net.instyle_controls.styles)
+    fig = grid(rows, titles=titles, names=net.instyle_controls.styles)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.save(out, quality=88) if out.suffix.lower() in (".jpg", ".jpeg") else fig.save(out)
     print(f"wrote {out} ({fig.width}×{fig.height})")

@@ -30,8 +30,9 @@ from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.evaluate import list_photos
 from pipeline.quality.gatys import build_loss
 from pipeline.serve.controls import Conditioning, call_model
-from pipeline.serve.imaging import load_image_file, load_style, resize_short
-from pipeline.serve.model_io import load_model
+from pipeline.common.images import resize_short
+from pipeline.common.image_files import load_image_file, load_style
+from pipeline.tools.models import load_model
 from pipeline.train.styles import style_specs
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -182,7 +183,7 @@ def command(*, multi: Path, singles: list[Path], content: Path, out: Path, plain
         size: short side the photos are resized to, px.
         limit: the first N photos.
     """
-    from pipeline.serve.memory import reuse_freed_memory
+    from pipeline.common.memory import reuse_freed_memory
 
     reuse_freed_memory()
     try:

@@ -1,7 +1,8 @@
-"""Serving stage: pure image processing, model loading and (tiled) inference, shared by the TorchServe
-handler and the offline `stylize` command.
+"""Serving core: what the TorchServe handler runs, and the offline tools build on. Request options
+and limits, style/strength controls, model loading (`.pt2`, `.pt`, `.ckpt`), precision, (tiled)
+inference and colour preservation.
 
-This package is bundled whole into every `.mar`: it imports torch, Pillow, numpy and the standard
-library only (never training, data, Lightning, webdataset or torchvision), plus `pipeline.model`
-lazily when a `.ckpt` is loaded outside TorchServe.
+Exactly the modules the handler imports (with `pipeline.common` and `pipeline.model`) are bundled into
+every `.mar` (`pipeline.export.archive.serving_modules`): torch, Pillow, numpy and the standard library
+only, never training, data, Lightning, webdataset or torchvision.
 """

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from pipeline.serve.imaging import BadImageRequest, style_name
+from pipeline.common.images import BadImageRequest
+from pipeline.common.image_files import style_name
 
 
 @dataclass(frozen=True)

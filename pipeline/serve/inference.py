@@ -11,7 +11,8 @@ import torch
 
 from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import Conditioning, ModelControls, call_model, condition_tensors, conditioning
-from pipeline.serve.imaging import DecodedImage, Options, decode, encode, limit_side, model_input, parse_options
+from pipeline.common.images import DecodedImage, decode, encode, limit_side, model_input
+from pipeline.serve.options import Options, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
 from pipeline.serve.precision import DEFAULT_PRECISION, autocast, check_precision
 from pipeline.serve.tiling import model_width, stylize_tiled, tile_for_cap, tileable_generator, untiled_bytes

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from pipeline.common.images import DEFAULT_MAX_PIXELS  # noqa: F401 (one of the limits; defined where decode checks it)
+
 DEFAULT_MAX_SIDE = 4096  # longest side the model ever sees (4K); larger inputs are downscaled
-DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb cap, checked before any pixel is decoded
 DEFAULT_MAX_MEMORY_MB = 2048  # activations of one model call on the CPU; above it an image is stylized in tiles
 DEVICE_MEMORY_SHARE = 0.8  # of a GPU worker's share of free memory: the rest for cuDNN workspaces and the allocator
 ENV_MAX_SIDE = "INSTYLE_MAX_SIDE"

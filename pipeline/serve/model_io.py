@@ -5,11 +5,11 @@
 - `.pt`: TorchScript written by `pipeline.export.exporter` (metadata embedded as `metadata.json`, the
   generator's weights as `generator_state.pt`: the frozen graph has them only as constants).
 - `.pt2`: a `torch.export` program written by `pipeline.export.exporter` (same embedded metadata).
-- `.onnx`: an ONNX model written by `pipeline.export.onnx_export`, run by ONNX Runtime
-  (`pipeline.serve.onnx_runtime`; the optional `onnx` extra).
+- `.onnx` is not a serving form: ONNX Runtime runs it outside TorchServe, loaded by
+  `pipeline.tools.models.load_model` (the offline tools), which shares `with_serving_info` below.
 
 Every form is run in the generator's inference form (`ResidualGenerator.for_inference`: what export
-captured; a `.ckpt` is switched to it here). `.pt`, `.pt2` and `.onnx` models also get the eager
+captured; a `.ckpt` is switched to it here). `.pt` and `.pt2` models (and `.onnx`, by the tools' loader) also get the eager
 generator their graph was made from, rebuilt from the embedded metadata and weights, as
 `model.instyle_generator`: `pipeline.serve.tiling` runs its modules to stylize images too large for
 memory in tiles, and sizes its memory estimate from it.
@@ -51,7 +51,7 @@ def quiet_jit() -> Iterator[None]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model, metadata) for a `.pt2`, `.pt`, `.onnx` or `.ckpt` file; the model maps (B, 3, H, W) in
+    """(model, metadata) for a `.pt2`, `.pt` or `.ckpt` file; the model maps (B, 3, H, W) in
     [0, 1] to the same shape in [0, 1] (a multi-style or strength model also takes the style weights
     and strengths: `pipeline.serve.controls.call_model`), is in eval mode, and is meant to be called
     under inference_mode. Every form carries `instyle_generator` (the eager generator, for tiled
@@ -67,7 +67,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         weights = None
         if extra[WEIGHTS_NAME]:  # exports since the tiling change carry the weights next to the frozen graph
             weights = torch.load(io.BytesIO(extra[WEIGHTS_NAME]), map_location=device, weights_only=True)
-        model, meta = model.eval(), _parse_metadata(extra[METADATA_NAME], path)
+        model, meta = model.eval(), parse_metadata(extra[METADATA_NAME], path)
     elif suffix == ".pt2":
         extra = {METADATA_NAME: ""}
         program = torch.export.load(str(path), extra_files=extra)
@@ -82,23 +82,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         # refuses .eval(), so only the flags are set, for callers that check `training`.
         for m in model.modules():
             m.training = False
-        meta = _parse_metadata(extra[METADATA_NAME], path)
+        meta = parse_metadata(extra[METADATA_NAME], path)
     elif suffix == ".onnx":
-        from pipeline.serve.onnx_runtime import OnnxGenerator
-
-        model = OnnxGenerator(path, device=device)
-        weights, meta = model.weights, _parse_metadata(model.metadata_json, path)
+        raise ValueError(f"{path}: .onnx models run in ONNX Runtime, not in the serving core; load them with "
+                         "pipeline.tools.models.load_model (what `python -m pipeline stylize` does)")
     elif suffix == ".ckpt":
         ckpt = read_checkpoint(path)
         model, meta = generator_from_checkpoint(ckpt).to(device).for_inference(), checkpoint_metadata(ckpt, path)
         weights = None
     else:
-        raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt, .onnx or .ckpt")
+        raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt or .ckpt")
+    return with_serving_info(model, meta, weights, device), meta
+
+
+def with_serving_info(model: Any, meta: dict[str, Any], weights: dict[str, torch.Tensor] | None,
+                      device: str | torch.device) -> Any:
+    """`model` with `instyle_generator` (its eager twin from `weights`, for tiled inference; None without
+    a description) and `instyle_controls` (its styles and strength, `pipeline.serve.controls`)."""
     if weights is not None:
         # in the instance dict, not as a submodule: the graph module's state dict and .to() stay its own
         model.__dict__["instyle_generator"] = _eager_twin(meta, weights, device)
-    model.instyle_controls = controls_from_metadata(meta)  # styles and strength (pipeline.serve.controls)
-    return model, meta
+    model.instyle_controls = controls_from_metadata(meta)
+    return model
 
 
 def _eager_twin(meta: dict[str, Any], weights: dict[str, torch.Tensor], device: str | torch.device) -> nn.Module | None:
@@ -110,7 +115,7 @@ def _eager_twin(meta: dict[str, Any], weights: dict[str, torch.Tensor], device: 
     return None if generator is None else generator.to(device).for_inference()
 
 
-def _parse_metadata(text: str | bytes, path: Path) -> dict[str, Any]:
+def parse_metadata(text: str | bytes, path: Path) -> dict[str, Any]:
     if not text:
         return {}
     try:

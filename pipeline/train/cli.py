@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from pipeline.data.datamodule import ContentDataModule
-from pipeline.serve.memory import reuse_freed_memory
+from pipeline.common.memory import reuse_freed_memory
 from pipeline.train.module import StyleTransferModule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -60,7 +60,7 @@ class TrainingCLI(LightningCLI):
 def run_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Run LightningCLI with the style module and content data module fixed (no class_path needed).
     `run=False`: no subcommand in `args`; only parse and instantiate the trainer, model and data."""
-    reuse_freed_memory()  # a training step allocates ~2 GB afresh otherwise (pipeline.serve.memory)
+    reuse_freed_memory()  # a training step allocates ~2 GB afresh otherwise (pipeline.common.memory)
     base = {"default_config_files": [str(BASE_CONFIG)]}
     return TrainingCLI(StyleTransferModule, ContentDataModule, args=args, run=run,
                         parser_kwargs={cmd: base for cmd in SUBCOMMANDS} if run else base,

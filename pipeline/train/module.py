@@ -7,15 +7,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.utilities import rank_zero_warn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.data.samples import ContentBatch
 from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, PHOTO_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT,
                                   VGG_FLAVOUR, PerceptualLoss, photo_loss)
 from pipeline.model.generators import build_generator
-from pipeline.serve.imaging import load_style
+from pipeline.common.image_files import load_style
 from pipeline.train.nonfinite import NonFiniteGuard
 from pipeline.train.regularizers import stability_loss
 from pipeline.train.seeds import seed_this_rank
@@ -146,23 +146,24 @@ class StyleTransferModule(L.LightningModule):
         return styles, strength
 
     def image_flops(self, images: torch.Tensor, backward: bool) -> int:
-        """FLOPs of one image of `images`' size through a training step (generator, loss, backward to
-        the generator's weights) or a validation step (forward only), counted by torch's
-        FlopCounterMode once per size on a copy of the generator (its state and the RNG untouched)."""
+        """FLOPs of one image of `images`' size through a training step (generator, loss, backward) or a
+        validation step (forward only), counted by Lightning's `measure_flops` once per size on a copy
+        of the generator (its state and the RNG untouched)."""
         key = (backward, *images.shape[-2:])
         if key not in self._image_flops:
             generator, x = copy.deepcopy(self.generator), images[:1].detach()
             devices = [x.device] if x.device.type == "cuda" else []
             styles = torch.zeros(1, dtype=torch.long, device=x.device) if self.n_styles > 1 else None
-            with torch.random.fork_rng(devices), FlopCounterMode(display=False) as counter, \
-                    torch.set_grad_enabled(backward):
+
+            def step() -> torch.Tensor:
                 output = generator(x)
                 total = self.loss(output, x, styles)["total"]
                 if backward and self.hparams.stability_weight > 0:  # two more generator passes per step
                     total = total + stability_loss(generator, x, output)
-                if backward:
-                    torch.autograd.grad(total, [p for p in generator.parameters() if p.requires_grad])
-            self._image_flops[key] = counter.get_total_flops()
+                return total
+
+            with torch.random.fork_rng(devices), torch.set_grad_enabled(backward):
+                self._image_flops[key] = measure_flops(generator, step, (lambda total: total) if backward else None)
         return self._image_flops[key]
 
     def on_train_batch_start(self, batch: ContentBatch, batch_idx: int) -> None:

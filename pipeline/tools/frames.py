@@ -1,7 +1,7 @@
 """Many frames through the image path: batches of `batch` frames, each stylized exactly as
 `pipeline.serve.inference` stylizes one image (same options, resize, model call and colours).
 
-Used by `pipeline.serve.video` for videos, animations and folders of frames. Frames stream through:
+Used by `pipeline.tools.video` for videos, animations and folders of frames. Frames stream through:
 at most one batch is held, whatever the clip's length.
 """
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Any, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import ModelControls, conditioning
-from pipeline.serve.imaging import DecodedImage, Options, limit_side, parse_options, to_uint8
+from pipeline.common.images import DecodedImage, limit_side, to_uint8
+from pipeline.serve.options import Options, parse_options
 from pipeline.serve.inference import run_batch, size_groups
 
 T = TypeVar("T")
@@ -79,37 +81,18 @@ def opaque_uint8(stylized: torch.Tensor, image: DecodedImage) -> np.ndarray:
 
 
 class Progress:
-    """Frames done and frames/s on stderr: a tqdm bar when tqdm is installed, else one line per second."""
+    """Frames done and frames/s on stderr (a tqdm bar; nothing when not `enabled`)."""
 
     def __init__(self, total: int | None, label: str, enabled: bool = True):
-        self.enabled, self.total, self.label, self.done = enabled, total or None, label, 0
-        self.start = self.shown = time.perf_counter()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:  # the serving package does not require tqdm
-                return
-            self.bar = tqdm(total=self.total, desc=label, unit="frame", file=sys.stderr, dynamic_ncols=True)
+        self.done, self.start = 0, time.perf_counter()
+        self.bar = tqdm(total=total or None, desc=label, unit="frame", file=sys.stderr, dynamic_ncols=True,
+                        disable=not enabled)
 
     def update(self, n: int = 1) -> None:
         self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.perf_counter() - self.shown >= 1.0:
-            self.shown = time.perf_counter()
-            print(f"\r{self._line()}", end="", file=sys.stderr, flush=True)
+        self.bar.update(n)
 
     def close(self) -> float:
         """Stop; returns the frames per second achieved."""
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            print(f"\r{self._line()}", file=sys.stderr, flush=True)
-        return self.done / elapsed
-
-    def _line(self) -> str:
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        total = f"/{self.total}" if self.total else ""
-        return f"{self.label}: {self.done}{total} frames, {rate:.2f} frames/s"
+        self.bar.close()
+        return self.done / max(time.perf_counter() - self.start, 1e-9)

@@ -9,7 +9,7 @@ INPUT a folder → every image in it (by suffix, not recursive) → OUTPUT folde
 files that cannot be read are reported and skipped, and the exit code is then 1.
 Same functions as the TorchServe handler (`pipeline.serve.inference`), so the pixels are the same.
 
-Video mode (`pipeline.serve.video`, needs the `video` extra), chosen by the paths:
+Video mode (`pipeline.tools.video`, needs the `video` extra), chosen by the paths:
 INPUT a video (.mp4 .mov .mkv .avi .webm .m4v) → OUTPUT .mp4/.mkv/.mov (H.264, the input's timing,
 size, rotation; audio copied) or a folder (frame_000000.png, ...); INPUT an animated .gif/.webp →
 OUTPUT the same kind (frame durations, loop count kept); INPUT a folder of frames and OUTPUT
@@ -27,16 +27,16 @@ from typing import Any, Literal
 import torch
 
 from pipeline.serve.controls import conditioning
-from pipeline.serve.imaging import FORMAT_ALIASES, FORMATS, IMAGE_SUFFIXES, BadImageRequest
+from pipeline.common.images import FORMAT_ALIASES, FORMATS, IMAGE_SUFFIXES, BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from pipeline.serve.memory import reuse_freed_memory
-from pipeline.serve.model_io import load_model
+from pipeline.common.memory import reuse_freed_memory
+from pipeline.tools.models import load_model
 from pipeline.serve.precision import DEFAULT_PRECISION, check_precision
-from pipeline.serve.video import job_kind, stylize_video
+from pipeline.tools.video import job_kind, stylize_video
 
 SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-OutputFormat = Literal["png", "jpeg", "jpg", "webp"]  # FORMATS and FORMAT_ALIASES (pipeline.serve.imaging)
+OutputFormat = Literal["png", "jpeg", "jpg", "webp"]  # FORMATS and FORMAT_ALIASES (pipeline.common.images)
 
 
 def stylize_bytes(model: Any, data: bytes, params: dict[str, str], max_side: int = DEFAULT_MAX_SIDE,
@@ -105,7 +105,7 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         precision: fp32 (default) | bf16 | fp16: the model under autocast (images only; docs/serving.md
             has the pixel differences to fp32).
     """
-    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.serve.memory)
+    reuse_freed_memory()  # this command's process: allocator tuning (pipeline.common.memory)
     requested = FORMAT_ALIASES.get(format, format) if format else None
     src, dst = Path(input), Path(output)
     if not src.exists():

@@ -28,11 +28,11 @@ from typing import Any, Iterator
 
 import torch
 
-from pipeline.serve import video_jobs
-from pipeline.serve.frame_files import ANIMATED_SUFFIXES, frame_files, is_animated
-from pipeline.serve.frames import frame_options
+from pipeline.tools import video_jobs
+from pipeline.tools.frame_files import ANIMATED_SUFFIXES, frame_files, is_animated
+from pipeline.tools.frames import frame_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from pipeline.serve.video_io import H264_SUFFIXES, VIDEO_SUFFIXES, ffmpeg_log
+from pipeline.tools.video_io import H264_SUFFIXES, VIDEO_SUFFIXES, ffmpeg_log
 
 
 def job_kind(src: Path, dst: Path) -> str | None:

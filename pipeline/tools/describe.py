@@ -1,5 +1,5 @@
-"""`python -m pipeline describe --model FILE`: what a model offers (its styles, the strength control)
-and how it was trained, as JSON: the same description TorchServe's describe API gives for its archive."""
+"""`python -m pipeline describe --model FILE`: what a model offers and how it was trained, as JSON.
+Its styles and strength control: the same description TorchServe's describe API gives for its archive."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.serve.controls import model_description
-from pipeline.serve.model_io import load_model
+from pipeline.tools.models import load_model
 
 
 def command(*, model: Path) -> int:

@@ -1,4 +1,4 @@
-"""The jobs behind `pipeline.serve.video.stylize_video`, one function per input → output kind.
+"""The jobs behind `pipeline.tools.video.stylize_video`, one function per input → output kind.
 
 Each reads frames, streams them through `frames.stylize_stream` (the image path, `batch` at a
 time) and writes them to `tmp`, the temporary file or folder that `stylize_video` moves onto the
@@ -14,11 +14,12 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from pipeline.serve.frame_files import ANIMATED_SUFFIXES, AnimationWriter, animation_frames, animation_info, output_name
-from pipeline.serve.frames import Progress, opaque_uint8, rgb_image, stylize_stream
-from pipeline.serve.imaging import BadImageRequest, DecodedImage, Options, encode, to_uint8
+from pipeline.tools.frame_files import ANIMATED_SUFFIXES, AnimationWriter, animation_frames, animation_info, output_name
+from pipeline.tools.frames import Progress, opaque_uint8, rgb_image, stylize_stream
+from pipeline.common.images import BadImageRequest, DecodedImage, encode, to_uint8
+from pipeline.serve.options import Options
 from pipeline.serve.inference import prepare
-from pipeline.serve.video_io import Frame, VideoReader, VideoWriter
+from pipeline.tools.video_io import Frame, VideoReader, VideoWriter
 
 FRAME_NAME = "frame_{:06d}.png"  # a video's frames written to a folder: frame_000000.png is frame 0
 

@@ -1,4 +1,5 @@
-"""Pure image pre/post-processing shared by the TorchServe handler, the offline CLI and training.
+"""Pure image decoding, resizing and encoding: the one implementation every stage uses (the
+TorchServe handler, the offline tools, training, evaluation).
 
 bytes → `decode` → `DecodedImage` (RGB as decoded, 8 bit, + optional alpha) → `limit_side` →
 model → `encode` → bytes. Nothing here touches a model, a file system or a server, so the
@@ -13,20 +14,15 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.serve.limits import DEFAULT_MAX_PIXELS
-
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 FORMAT_ALIASES = {"jpg": "jpeg"}
-BOOLEANS = {"": False, "false": False, "0": False, "no": False, "true": True, "1": True, "yes": True}
+DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb cap, checked before any pixel is decoded
 # The file suffixes `decode` reads: the one list every command that takes a folder of images uses.
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
@@ -67,49 +63,6 @@ class DecodedImage:
 def model_input(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels → float32 in [0, 1] (on their device); float pixels are returned as they are."""
     return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
-
-
-@dataclass(frozen=True)
-class Options:
-    format: str = "png"
-    quality: int = 90
-    max_side: int | None = None
-    preserve_color: bool = False
-    style: str | None = None  # as sent; resolved against the model by pipeline.serve.controls
-    strength: str | None = None
-    conditioning: Any = None  # pipeline.serve.controls.Conditioning once resolved (None: the model's default)
-
-    def with_conditioning(self, conditioning: Any) -> "Options":
-        return replace(self, conditioning=conditioning)
-
-
-def parse_options(params: Mapping[str, str], server_max_side: int) -> Options:
-    """Validate request options (`format`, `quality`, `max_side`, `preserve_color`; `style` and
-    `strength` are kept as text for `pipeline.serve.controls`); `max_side` is capped by the server's."""
-    p = {k.lower(): str(v).strip() for k, v in params.items() if v is not None}
-    raw_format = (p.get("format") or "png").lower()  # empty means default, as for the integer options
-    fmt = FORMAT_ALIASES.get(raw_format, raw_format)
-    if fmt not in FORMATS:
-        raise BadImageRequest(f"format={p['format']!r} is not supported; use one of {', '.join(FORMATS)}")
-    quality = _int_option(p, "quality", 90, 1, 100)
-    max_side = _int_option(p, "max_side", server_max_side, 1, None)
-    preserve = p.get("preserve_color", "").lower()
-    if preserve not in BOOLEANS:
-        raise BadImageRequest(f"preserve_color={p['preserve_color']!r}: use true or false")
-    return Options(format=fmt, quality=quality, max_side=min(max_side, server_max_side), preserve_color=BOOLEANS[preserve],
-                   style=p.get("style") or None, strength=p.get("strength") or None)
-
-
-def _int_option(p: Mapping[str, str], name: str, default: int, lo: int, hi: int | None) -> int:
-    if name not in p or p[name] == "":
-        return default
-    try:
-        value = int(p[name])
-    except ValueError:
-        raise BadImageRequest(f"{name}={p[name]!r} is not an integer") from None
-    if value < lo or (hi is not None and value > hi):
-        raise BadImageRequest(f"{name}={value} is out of range [{lo}, {hi if hi is not None else '∞'}]")
-    return value
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -220,68 +173,3 @@ def encode(rgb: torch.Tensor, alpha: torch.Tensor | None, fmt: str = "png", qual
     kwargs = {"quality": quality} if fmt in ("jpeg", "webp") else {"compress_level": 6}
     Image.fromarray(arr, mode="RGB" if alpha is None else "RGBA").save(buf, format=pil_format, **kwargs)
     return buf.getvalue(), content_type
-
-
-def load_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """(3, H, W) float RGB in [0, 1] from an image file (alpha dropped), with a clear error."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read image {path}: {e}") from None
-    try:
-        return decode(data, max_pixels).rgb
-    except BadImageRequest as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
-SKIMAGE = "skimage:"  # `skimage:<name>`: an image scikit-image ships (public domain / CC0), no file needed
-
-
-def skimage_photo(name: str) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array of an image scikit-image ships (greyscale ones replicated)."""
-    import skimage.data
-
-    func = getattr(skimage.data, name, None) if not name.startswith("_") else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skimage warns about optional pooch for *other* images
-            img = np.asarray(func()) if callable(func) else None
-    except Exception as e:  # noqa: BLE001 - images that need a download fail offline with various errors
-        raise ValueError(f"skimage:{name} cannot be loaded here ({type(e).__name__}: {e}); use one it ships, "
-                         "e.g. skimage:hubble_deep_field, skimage:brick, skimage:grass, skimage:coffee") from None
-    if img is None or img.dtype != np.uint8 or img.ndim not in (2, 3):
-        raise ValueError(f"skimage:{name} is not an image scikit-image ships; e.g. skimage:hubble_deep_field, "
-                         "skimage:brick, skimage:grass, skimage:gravel, skimage:immunohistochemistry, skimage:coffee")
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    return np.ascontiguousarray(img[..., :3])
-
-
-def load_image(spec: str | Path) -> torch.Tensor:
-    """(3, H, W) float RGB in [0, 1] from a file path or `skimage:<name>`."""
-    if str(spec).startswith(SKIMAGE):
-        return torch.from_numpy(skimage_photo(str(spec)[len(SKIMAGE):])).permute(2, 0, 1).float().div_(255.0)
-    return load_image_file(Path(spec))
-
-
-def style_name(spec: str | Path) -> str:
-    """The name a style goes by (run names, TensorBoard tags, `X-Style`): its file stem or skimage name."""
-    return str(spec)[len(SKIMAGE):] if str(spec).startswith(SKIMAGE) else Path(spec).stem
-
-
-def image_exists(spec: str | Path) -> bool:
-    """Whether `load_image(spec)` can find it (a file, or a name in scikit-image's data module)."""
-    if str(spec).startswith(SKIMAGE):
-        import skimage.data
-
-        return callable(getattr(skimage.data, str(spec)[len(SKIMAGE):], None))
-    return Path(spec).is_file()
-
-
-def load_style(path: str | Path, size: int | None) -> torch.Tensor:
-    """A style image (a file or `skimage:<name>`) as (1, 3, H, W) in [0, 1], its long side resized
-    to `size` (None: as is)."""
-    img = load_image(path)
-    if size is not None:
-        img = resize(img, scaled_size(img.shape[1], img.shape[2], size, "long"))
-    return img[None].clamp(0, 1)

@@ -1,0 +1,78 @@
+"""Images named on a command line or in a config: files (with a clear error) and `skimage:<name>`
+(an image scikit-image ships), and the names styles go by. Used by training, evaluation and the
+offline tools; the serving core needs only `style_name`.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.common.images import DEFAULT_MAX_PIXELS, BadImageRequest, decode, resize, scaled_size
+
+
+def load_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """(3, H, W) float RGB in [0, 1] from an image file (alpha dropped), with a clear error."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read image {path}: {e}") from None
+    try:
+        return decode(data, max_pixels).rgb
+    except BadImageRequest as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+SKIMAGE = "skimage:"  # `skimage:<name>`: an image scikit-image ships (public domain / CC0), no file needed
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array of an image scikit-image ships (greyscale ones replicated)."""
+    import skimage.data
+
+    func = getattr(skimage.data, name, None) if not name.startswith("_") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skimage warns about optional pooch for *other* images
+            img = np.asarray(func()) if callable(func) else None
+    except Exception as e:  # noqa: BLE001 - images that need a download fail offline with various errors
+        raise ValueError(f"skimage:{name} cannot be loaded here ({type(e).__name__}: {e}); use one it ships, "
+                         "e.g. skimage:hubble_deep_field, skimage:brick, skimage:grass, skimage:coffee") from None
+    if img is None or img.dtype != np.uint8 or img.ndim not in (2, 3):
+        raise ValueError(f"skimage:{name} is not an image scikit-image ships; e.g. skimage:hubble_deep_field, "
+                         "skimage:brick, skimage:grass, skimage:gravel, skimage:immunohistochemistry, skimage:coffee")
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def load_image(spec: str | Path) -> torch.Tensor:
+    """(3, H, W) float RGB in [0, 1] from a file path or `skimage:<name>`."""
+    if str(spec).startswith(SKIMAGE):
+        return torch.from_numpy(skimage_photo(str(spec)[len(SKIMAGE):])).permute(2, 0, 1).float().div_(255.0)
+    return load_image_file(Path(spec))
+
+
+def style_name(spec: str | Path) -> str:
+    """The name a style goes by (run names, TensorBoard tags, `X-Style`): its file stem or skimage name."""
+    return str(spec)[len(SKIMAGE):] if str(spec).startswith(SKIMAGE) else Path(spec).stem
+
+
+def image_exists(spec: str | Path) -> bool:
+    """Whether `load_image(spec)` can find it (a file, or a name in scikit-image's data module)."""
+    if str(spec).startswith(SKIMAGE):
+        import skimage.data
+
+        return callable(getattr(skimage.data, str(spec)[len(SKIMAGE):], None))
+    return Path(spec).is_file()
+
+
+def load_style(path: str | Path, size: int | None) -> torch.Tensor:
+    """A style image (a file or `skimage:<name>`) as (1, 3, H, W) in [0, 1], its long side resized
+    to `size` (None: as is)."""
+    img = load_image(path)
+    if size is not None:
+        img = resize(img, scaled_size(img.shape[1], img.shape[2], size, "long"))
+    return img[None].clamp(0, 1)
