@@ -2,6 +2,7 @@
 
 - `make_checkpoint`: a Lightning-style checkpoint dict around a freshly built generator.
 - `shared_export`: one export (.pt + .pt2) per test session, reused by every serving test file.
+- `reference_output`: what a request should give back, computed without the serving code.
 - `ts_request` / `run_handler`: feed a handler exactly what TorchServe's Python worker gives it
   (ts.service.Service.retrieve_data_for_inference + a real ts.context.Context and metrics cache).
 """
@@ -161,3 +162,40 @@ def load_handler(model_dir: Path, serialized: str = "generator.pt", yaml_config:
     handler = StylizeHandler()
     handler.initialize(context)
     return handler, context
+
+
+def reference_output(run_dir: Path, data: bytes, style: dict[str, float] | None = None, strength: float | None = None,
+                     preserve_color: bool = False) -> np.ndarray:
+    """What the server should answer for `data` (PNG out), computed without the serving code: Pillow decodes,
+    the checkpoint's generator in its training form runs, the colours are kept by a luma shift. (H, W, 3|4)
+    uint8. The served pixels may differ from it by float rounding (the inference form's regrouped arithmetic),
+    ≤ 1 level."""
+    from PIL import ImageOps
+
+    from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
+
+    ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    generator = generator_from_checkpoint(ckpt).eval()
+    im = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    rgba = np.asarray(im.convert("RGBA"))
+    x = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float()[None] / 255
+    args = []
+    names = ckpt.get("styles") or [None]
+    if len(names) > 1 or ckpt["hyper_parameters"].get("strength_control"):
+        weights = torch.tensor([[(style or {names[0]: 1.0}).get(n, 0.0) for n in names]])
+        args.append(weights / weights.sum())
+    if ckpt["hyper_parameters"].get("strength_control"):
+        args.append(torch.tensor([1.0 if strength is None else strength]))
+    with torch.no_grad():
+        y = generator(x, *args)[0].clamp(0, 1).double()
+    if preserve_color:
+        # the photo's colours with the stylized luminance: in BT.601 YCbCr a change of Y alone moves R, G
+        # and B by the same amount, so the answer is the photo shifted by the difference of the lumas
+        luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(3, 1, 1)
+        photo = x[0].double()
+        y = (photo + ((y - photo) * luma).sum(0, keepdim=True)).clamp(0, 1)
+    out = (y * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if has_alpha and (rgba[..., 3] < 255).any():
+        out = np.concatenate([out, rgba[..., 3:]], axis=2)
+    return out

@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline.export.archive import archive_run
-from pipeline.serve.model_io import load_model
-from pipeline.tools.stylize import stylize_bytes
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe, multipart
-from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
+from test_serving_helpers import decode_pil, encode_pil, reference_output, rng_image, shared_export
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("java") is None or not TORCHSERVE.exists(), reason="needs Java and torchserve")]
@@ -38,10 +36,10 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
     cfg = (tmp_path / "config.properties").read_text()
     assert "disable_token_authorization=false" in cfg and "enable_model_api=false" in cfg
 
-    model, _ = load_model(run / "export" / "generator.pt2")  # the offline CLI's path, same file as served
-
-    def offline(data: bytes, **params: str) -> bytes:
-        return stylize_bytes(model, data, {k: v for k, v in params.items()})[0]
+    def near_reference(body: bytes, data: bytes) -> bool:
+        """The served PNG against the answer computed without the serving code (Pillow + the eager generator)."""
+        got, want = pixels(body).astype(int), reference_output(run, data).astype(int)
+        return got.shape == want.shape and np.abs(got - want).max() <= 1
 
     t0 = time.monotonic()
     server.start()
@@ -54,22 +52,22 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
         assert (status, ctype) == (200, "image/png"), body[:500]
         out = decode_pil(body)
         assert out.size == (53, 37) and out.format == "PNG"
-        assert np.array_equal(pixels(body), pixels(offline(odd_jpeg)))
+        assert near_reference(body, odd_jpeg)
 
         # PNG with alpha (multipart), greyscale PNG, JPEG out via header, WebP via /invocations query
         rgba = encode_pil(rng_image(31, 50, channels=4, seed=12))
         form, form_type = multipart("image", "cut.png", rgba, "image/png")
         status, ctype, body = server.request("POST", "/predictions/demo", form, {"Content-Type": form_type})
         assert (status, ctype) == (200, "image/png") and decode_pil(body).mode == "RGBA"
-        assert np.array_equal(pixels(body), pixels(offline(rgba)))
+        assert near_reference(body, rgba)
         grey = encode_pil(rng_image(40, 29, seed=13), "PNG", mode="L")
         status, ctype, body = server.request("POST", "/predictions/demo", grey, {"Content-Type": "image/png"})
         assert status == 200 and decode_pil(body).size == (29, 40)
-        assert np.array_equal(pixels(body), pixels(offline(grey)))
+        assert near_reference(body, grey)
         status, ctype, body = server.request("POST", "/predictions/demo", odd_jpeg,
                                              {"Content-Type": "application/octet-stream", "X-Format": "jpeg", "X-Quality": "80"})
-        assert (status, ctype) == (200, "image/jpeg")
-        assert np.array_equal(pixels(body), pixels(offline(odd_jpeg, format="jpeg", quality="80")))
+        assert (status, ctype) == (200, "image/jpeg")  # lossy: near the reference on average
+        assert np.abs(pixels(body).astype(int) - reference_output(run, odd_jpeg).astype(int)).mean() < 4
         status, ctype, body = server.request("POST", "/invocations?model_name=demo&format=webp&max_side=20", odd_jpeg,
                                              {"Content-Type": "image/jpeg"})
         assert (status, ctype) == (200, "image/webp") and max(decode_pil(body).size) == 20
@@ -85,7 +83,7 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
         status, ctype, body = server.request("POST", "/predictions/demo", odd_jpeg, {"Content-Type": "image/jpeg", "X-Format": "gif"})
         assert status == 400 and "gif" in json.loads(body)["error"]
         status, _, body = server.request("POST", "/predictions/demo", grey, {"Content-Type": "image/png"})
-        assert status == 200 and np.array_equal(pixels(body), pixels(offline(grey)))
+        assert status == 200 and near_reference(body, grey)
 
         # batching: 4 concurrent requests of different sizes land in one TorchServe batch (batchSize 4,
         # so the frontend sends it as soon as the 4th arrives; all 4 within maxBatchDelay 2 s)
@@ -95,7 +93,7 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
             results = list(pool.map(lambda d: server.request("POST", "/predictions/batched", d, {"Content-Type": "image/png"}), images))
         for data, (status, ctype, body) in zip(images, results):
             assert status == 200, body[:300]
-            assert np.abs(pixels(body).astype(int) - pixels(offline(data)).astype(int)).max() <= 1
+            assert near_reference(body, data)
 
         status, _, body = server.request("GET", "/metrics", port=server.metrics, token=None)
         assert status == 200 and b"ModelMs" in body and b"Megapixels" in body

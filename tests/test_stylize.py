@@ -108,3 +108,32 @@ def test_options_may_be_spelled_with_dashes(run, tmp_path):
     assert cli(["stylize", "--model", model, "--preserve-color", "true", "--max-side=32", str(src), str(tmp_path / "b.png")]) == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert decode_pil((tmp_path / "a.png").read_bytes()).size == (32, 21)
+
+
+@pytest.mark.parametrize("kind", ["plain", "styles"])
+def test_the_serving_path_matches_an_independent_computation(tmp_path, kind):
+    """`stylize_bytes` (decode, options, the exported inference form, tiling decisions, colours, encode)
+    against Pillow + the checkpoint's eager generator in its training form, for every kind of input and
+    option: RGB, RGBA (alpha kept), greyscale, a style mix at a strength, colours preserved."""
+    from pipeline.export.exporter import export_run
+    from pipeline.tools.models import load_model
+    from pipeline.tools.stylize import stylize_bytes
+    from test_serving_helpers import make_checkpoint, reference_output
+
+    run = tmp_path / kind
+    make_checkpoint(run, width=8, **({"styles": ["a", "b", "c"], "strength": True} if kind == "styles" else {}))
+    export_run(run, formats=["pt2"])
+    model, _ = load_model(run / "export" / "generator.pt2")
+    cases = [(encode_pil(rng_image(37, 53, seed=1)), {}, {}),
+             (encode_pil(rng_image(29, 41, channels=4, seed=2)), {}, {}),
+             (encode_pil(rng_image(33, 20, seed=3), "PNG", mode="L"), {}, {}),
+             (encode_pil(rng_image(40, 40, seed=4)), {"preserve_color": "true"}, {"preserve_color": True})]
+    if kind == "styles":
+        cases += [(encode_pil(rng_image(35, 47, seed=5)), {"style": "a:0.25,c:0.75", "strength": "0.3"},
+                   {"style": {"a": 0.25, "c": 0.75}, "strength": 0.3}),
+                  (encode_pil(rng_image(35, 47, seed=6)), {"style": "b", "strength": "0"}, {"style": {"b": 1}, "strength": 0.0})]
+    for data, params, reference in cases:
+        got = np.asarray(decode_pil(stylize_bytes(model, data, params)[0])).astype(int)
+        want = reference_output(run, data, **reference).astype(int)
+        assert got.shape == want.shape, params
+        assert np.abs(got - want).max() <= 1, params

@@ -1,5 +1,6 @@
-"""Real training runs in the configurations users scale to: DDP with DataLoader workers through
-`make train`, shards over HTTP and `pipe:` with a missing one, two torchrun "nodes", bf16-mixed and the step LR.
+"""Real training runs in the configurations users scale to: one DDP run with DataLoader workers through
+`make train` from shards over HTTP and `pipe:` with a missing one, resumed; two torchrun "nodes"; bf16-mixed
+and the step LR.
 Runs from remote shards use DataLoader workers: a run must end within seconds of its last step."""
 from __future__ import annotations
 
@@ -69,35 +70,31 @@ def three_shards(tmp_path_factory) -> Path:
     return write_case(tmp_path_factory.mktemp("data") / "s3", 3, n_val=24)
 
 
-def test_make_train_ddp_two_ranks_two_workers_two_epochs(three_shards, style_image, vgg_weights, tmp_path):
-    """`make train` under DDP (2 processes, gloo) with 2 DataLoader workers each, 3 shards that do not
-    divide over 2 ranks × 2 workers, two epochs: exactly 2 × steps_per_epoch steps, no hang."""
-    args = " ".join(TINY[2:] + ["--data.num_workers=2", "--data.steps_per_epoch=3", "--trainer.max_steps=-1",
-                                "--trainer.max_epochs=2", "--trainer.strategy=ddp", "--trainer.devices=2",
-                                f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])
-    res = run(["make", "train", f"PY={sys.executable}", f"STYLE={style_image}", f"DATA={three_shards}",
-               "NAME=ddp_workers", f"ARGS={args}"], timeout=900)
-    assert "MEMBER: 2/2" in res.stdout + res.stderr, "rank 1 never joined the process group"
-    ckpt = last_ckpt(tmp_path / "runs", "ddp_workers")
-    assert (ckpt["global_step"], ckpt["epoch"]) == (6, 1)
-
-
-def test_training_from_http_and_pipe_shards_with_workers_survives_a_404_and_ends(three_shards, style_image,
-                                                                                  vgg_weights, tmp_path):
-    """TRAIN_SHARDS as URLs from a loopback HTTP server, one of them missing (warned about, counted in
-    TensorBoard), VAL_SHARDS a `pipe:` command, 2 DataLoader workers: the run finishes, and exits
-    within seconds of its last step (it used to wait on the cut validation stream's producer)."""
+def test_make_train_ddp_from_url_shards_with_a_404_ends_and_resumes(three_shards, style_image, vgg_weights, tmp_path):
+    """One real DDP run for what users scale to. `make train` with 2 gloo ranks × 2 DataLoader workers each;
+    TRAIN_SHARDS as URLs from a loopback HTTP server (3 shards that do not divide over 2 ranks × 2 workers,
+    and a missing one: warned about, counted in TensorBoard), VAL_SHARDS a `pipe:` command. Two epochs of
+    exactly steps_per_epoch steps; the run exits within seconds of its last step (it used to wait on the
+    cut validation stream's producer); `CKPT=` resumes it for a third epoch from the saved step."""
+    args = TINY[2:] + ["--data.num_workers=2", "--data.steps_per_epoch=3", "--trainer.max_steps=-1",
+                       "--trainer.strategy=ddp", "--trainer.devices=2", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+    run_dir, last = tmp_path / "runs" / "ddp", tmp_path / "runs" / "ddp" / "checkpoints" / "last.ckpt"
     with LoopbackFiles(three_shards) as files:
-        log, teardown = run_to_the_end(
-            ["make", "train", f"PY={sys.executable}", f"STYLE={style_image}", "NAME=http",
-             f"TRAIN_SHARDS={files.url}/train-{{000000..000003}}.tar", f"VAL_SHARDS=pipe:cat {three_shards}/val-000000.tar",
-             "ARGS=" + " ".join(TINY[2:] + ["--data.num_workers=2", "--data.steps_per_epoch=6", "--trainer.max_steps=12",
-                                             f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])])
-    assert last_ckpt(tmp_path / "runs", "http")["global_step"] == 12
-    failed = scalars(tmp_path / "runs" / "http", "data/failed_shards")
-    assert failed and failed[-1][1] >= 1, "the 404 shard was not counted"
-    print(f"exited {teardown:.1f} s after its last step")
-    assert teardown < TEARDOWN_BOUND_S, f"the run took {teardown:.0f} s to exit after its last step:\n{log[-3000:]}"
+        make = ["make", "train", f"PY={sys.executable}", f"STYLE={style_image}", "NAME=ddp",
+                f"TRAIN_SHARDS={files.url}/train-{{000000..000003}}.tar", f"VAL_SHARDS=pipe:cat {three_shards}/val-000000.tar"]
+        log, teardown = run_to_the_end(make + ["ARGS=" + " ".join(args + ["--trainer.max_epochs=2"])], timeout=900)
+        assert "MEMBER: 2/2" in log, "rank 1 never joined the process group"
+        ckpt = last_ckpt(tmp_path / "runs", "ddp")
+        assert (ckpt["global_step"], ckpt["epoch"]) == (6, 1)
+        failed = scalars(run_dir, "data/failed_shards")
+        assert failed and failed[-1][1] >= 1, "the 404 shard was not counted"
+        print(f"exited {teardown:.1f} s after its last step")
+        assert teardown < TEARDOWN_BOUND_S, f"the run took {teardown:.0f} s to exit after its last step:\n{log[-3000:]}"
+        run_to_the_end(make + [f"CKPT={last}", "ARGS=" + " ".join(args + ["--trainer.max_epochs=3"])], timeout=900)
+    resumed = last_ckpt(tmp_path / "runs", "ddp")
+    assert (resumed["global_step"], resumed["epoch"]) == (9, 2)
+    assert min(s for s, _ in scalars(run_dir, "train/total") if s > 6) == 7, "the resumed run did not start at the saved step"
+    assert resumed["optimizer_states"][0]["state"][0]["step"].item() == 9
 
 
 def test_two_torchrun_nodes_train_from_url_shards(three_shards, style_image, vgg_weights, tmp_path):
