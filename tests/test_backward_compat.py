@@ -27,6 +27,7 @@ def pixels(data: bytes) -> np.ndarray:
     return np.asarray(decode_pil(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["last.ckpt", "generator.pt", "generator.pt2"])
 def test_old_files_load_as_one_style_without_strength_and_give_the_same_pixels(name):
     model, meta = load_model(FIXTURE / name)
@@ -38,6 +39,7 @@ def test_old_files_load_as_one_style_without_strength_and_give_the_same_pixels(n
                           pixels((FIXTURE / "expected.png").read_bytes()))
 
 
+@pytest.mark.slow
 def test_old_checkpoint_exports_with_the_new_exporter(tmp_path):
     run = tmp_path / "v0"
     (run / "checkpoints").mkdir(parents=True)
@@ -53,6 +55,7 @@ def test_old_checkpoint_exports_with_the_new_exporter(tmp_path):
         assert np.abs(got - pixels((FIXTURE / "expected.png").read_bytes())).max() <= 1, fmt
 
 
+@pytest.mark.slow
 def test_old_export_serves_and_refuses_styles_it_does_not_have():
     handler, context = load_handler(FIXTURE, "generator.pt2")
     photo = (FIXTURE / "photo.png").read_bytes()
@@ -67,6 +70,7 @@ def test_old_export_serves_and_refuses_styles_it_does_not_have():
         assert status == 400 and message in err["error"] and err["styles"] == ["coffee"]
 
 
+@pytest.mark.slow
 def test_old_checkpoint_loads_into_the_training_module(vgg_weights):
     from pipeline.train.module import StyleTransferModule
 
@@ -77,6 +81,7 @@ def test_old_checkpoint_loads_into_the_training_module(vgg_weights):
         assert torch.isfinite(module._terms(x)["total"])
 
 
+@pytest.mark.slow
 def test_resuming_an_old_run_with_the_new_presets_says_which_flag_to_pass(tmp_path, vgg_weights):
     """The presets now turn the strength control on; an old run resumed with them gets a clear error
     naming the flag, and resumes with it."""

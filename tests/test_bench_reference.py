@@ -63,6 +63,7 @@ def test_reference_and_ours_compute_the_same_function(pair, shape):
     assert diff < 1e-5, f"max abs diff {diff:.3g}"
 
 
+@pytest.mark.slow
 def test_exported_file_equals_reference(tmp_path_factory):
     """What serving loads (the TorchScript export) against the reference with the same weights."""
     run = shared_export(tmp_path_factory)
@@ -80,6 +81,7 @@ def test_mismatched_generator_is_refused():
         load_from_generator(ReferenceNet(), ResidualGenerator(width=16))
 
 
+@pytest.mark.slow
 def test_the_presets_generator_is_the_reference_with_its_resolved_norms(tmp_path):
     """The model `make train` builds (strength control: conditional norms and a strength path), called as a
     request without options is (first style, full strength): the reference network with the (γ, β) its

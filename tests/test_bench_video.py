@@ -23,6 +23,7 @@ def run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_frames_are_the_image_commands_pixels(run):
     model, _ = load_model(run / "export" / "generator.pt2")
     frames = frames_uint8(3, 24, 40)
@@ -35,6 +36,7 @@ def test_frames_are_the_image_commands_pixels(run):
     assert max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(one, batched)) <= 1  # float rounding only
 
 
+@pytest.mark.slow
 def test_per_frame_and_end_to_end_results(run, tmp_path, capsys):
     assert main(["--run", str(run), "--size", "40x24", "--frames", "3", "--batches", "1,2"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -25,6 +25,7 @@ def test_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temp(tmp_path):
     assert torch.load(path, weights_only=True)["global_step"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", presets())
 def test_every_preset_builds_a_trainer_with_atomic_checkpoints(preset, tmp_path, style_image, vgg_weights, monkeypatch):
     """Each preset (base.yaml + overlay) through the real LightningCLI, instantiated, not run: the
@@ -59,6 +60,7 @@ def test_every_preset_builds_a_trainer_with_atomic_checkpoints(preset, tmp_path,
     assert cli.model.hparams.style_size == expected["model"]["style_size"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", presets())
 def test_every_preset_prints_its_resolved_config(preset, tmp_path):
     """`python -m pipeline fit --print_config --config <preset>`, as a user checks a run before starting

@@ -48,6 +48,7 @@ def test_option_parsing():
         parse_options({"preserve_color": "maybe"}, 4096)
 
 
+@pytest.mark.slow
 def test_cli_and_handler_give_the_photos_colours(tmp_path_factory, tmp_path):
     run = shared_export(tmp_path_factory)
     photo = rng_image(40, 56, seed=7)

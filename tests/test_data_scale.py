@@ -66,6 +66,7 @@ class LoopbackFiles:
         self.server.server_close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2])
 def test_every_rank_runs_exactly_steps_per_epoch(cases, tmp_path, world, style_image, vgg_weights):
     """The table: {1, 3, 8} shards × {0, 2} workers × {1, 2} real DDP ranks (gloo): every rank runs

@@ -69,12 +69,14 @@ class _Copies(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["pt2", "pt", "onnx"])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_exported_graphs_name_no_device(runs, kind, form):
     assert device_constants(runs / kind / "export" / f"generator.{form}") == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
 @pytest.mark.parametrize("form", ["pt2", "pt", "onnx"])
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -104,6 +106,7 @@ def test_pixels_cross_to_the_device_as_decoded_8_bit():
     torch.testing.assert_close(device_batch([photo], "cpu")[0], photo.rgb, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_a_graph_naming_the_cpu_fails_on_fake_cuda():
     """Why the export strips devices (and why these tests can fail): torch.export names the CPU where a
     conditioned generator casts its style weights and strengths."""

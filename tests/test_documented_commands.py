@@ -11,8 +11,8 @@ what CI lacks are adapted and say so: the `gpu` preset runs on the CPU when ther
 
 Not run here, with where they are covered: `make install` / `make test` / `make test-fast` (what CI
 itself runs, and its unit tier),
-`make serve` / `make stop` / `make loadtest` (a real TorchServe: tests/test_real_chain.py,
-test_multistyle_chain.py, test_serving_reliability.py), `make tensorboard` (a server that never
+`make serve` / `make stop` / `make loadtest` (a real TorchServe: tests/test_multistyle_chain.py,
+test_serving_reliability.py), `make tensorboard` (a server that never
 exits), `make bench` (10 minutes: tests/test_bench_*.py run its sections), `make gpu-check` (its dry
 run: tests/test_gpu_check.py). docs/scale.md's lines read
 shards from cluster storage (S3, GCS, https): tests/test_data_scale.py runs each kind of source.

@@ -59,6 +59,7 @@ def loss(style_image, vgg_weights):
     return build_loss(load_style(style_image, 64))
 
 
+@pytest.mark.slow
 def test_gatys_lowers_the_loss_and_records_checkpoints(loss, tmp_path, style_image, capsys):
     torch.manual_seed(0)
     content = torch.rand(1, 3, 40, 48)
@@ -76,6 +77,7 @@ def test_gatys_lowers_the_loss_and_records_checkpoints(loss, tmp_path, style_ima
     assert [r["iters"] for r in lines] == [1, 2] and Image.open(tmp_path / "g.png").size == (40, 32)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_report(loss, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -130,6 +132,7 @@ def test_evaluate_writes_metrics_and_report(loss, tmp_path):
         list_photos(tmp_path / "out" / "images" / "..")  # a folder with only json/html
 
 
+@pytest.mark.slow
 def test_ablation_reuses_finished_runs_and_writes_the_report(tmp_path, style_image, vgg_weights, capsys):
     """The report half of `make ablation` on five tiny, already 'trained' runs (reused, not retrained)."""
     from pipeline.quality.ablation import VARIANTS, run_name

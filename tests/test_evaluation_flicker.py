@@ -49,6 +49,7 @@ def resized(path: Path) -> torch.Tensor:
     return F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
+@pytest.mark.slow
 def test_identity_sits_on_its_floor_and_the_floor_is_the_documented_clip(loss, photos, tmp_path):
     result = evaluate(lambda x: x, loss, list_photos(photos), size=SIZE, out=tmp_path / "out", flicker=1)
     first, second = result["images"]
@@ -100,6 +101,7 @@ def test_fresh_noise_per_frame_adds_in_quadrature(loss, photos, tmp_path):
     assert shaky["mean"]["flicker_ratio"] == pytest.approx(np.mean([r["flicker_ratio"] for r in shaky["images"]]))
 
 
+@pytest.mark.slow
 def test_cli_measures_the_requested_style(tmp_path, photos, style_image, vgg_weights, capsys):
     ckpt = make_checkpoint(tmp_path / "runs" / "duo", styles=["a", "b"], strength=True, width=8, n_residual=1,
                            style_size=64)

@@ -37,6 +37,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pt", "pt2", "onnx"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_exported_equals_eager(models, kind, size):
@@ -113,6 +114,7 @@ def test_no_jit_future_warning_leaks(tmp_path, recwarn):
     assert warnings.filters[0][0] == "always"  # our filter only ever lives inside catch_warnings
 
 
+@pytest.mark.slow
 def test_multiscale_and_variants_export(tmp_path):
     for name, overrides in [("ms", {"arch": "multiscale"}), ("tr", {"upsample": "transposed", "padding": "zero"})]:
         run = tmp_path / name

@@ -46,6 +46,7 @@ def _generator(**kwargs) -> ResidualGenerator:
 
 @pytest.mark.parametrize("kwargs, fast", [({}, True), ({"norm": "batch"}, True), ({"padding": "zero"}, False),
                                           ({"upsample": "transposed"}, False)])
+@pytest.mark.slow
 def test_generator_inference_path_matches_the_training_path(kwargs, fast):
     g = _generator(**kwargs)
     assert g.fast_decoder is fast

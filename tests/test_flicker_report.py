@@ -1,6 +1,8 @@
 """flicker-report: the H.264 clip is a faithful round trip, and the report's numbers are the metric's."""
 from __future__ import annotations
 
+import pytest
+
 
 from pipeline.export.exporter import export_run
 from pipeline.quality import flicker_report
@@ -17,6 +19,7 @@ def test_h264_round_trip_keeps_frames_and_is_close():
     assert 0 < mse < 10 ** (-30 / 10)  # lossy, yet above 30 dB PSNR
 
 
+@pytest.mark.slow
 def test_report_errors_are_the_metric_of_the_stylized_clips(tmp_path, monkeypatch, vgg_weights):
     monkeypatch.setattr(flicker_report, "FRAMES", 5)
     monkeypatch.setattr(flicker_report, "SIZE", (40, 48))

@@ -34,6 +34,7 @@ class _Failing:
         raise self.error
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_retried_in_tiles_with_the_same_pixels(served):
     handler, context = served
     req = [ts_request(encode_pil(rng_image(40, 56)))]
@@ -81,6 +82,7 @@ def test_archive_config_for_gpu_workers_and_batching():
             model_config(1, 50, 300, 4096, 10, **bad)
 
 
+@pytest.mark.slow
 def test_handler_precision_setting(tmp_path_factory, monkeypatch):
     export = shared_export(tmp_path_factory) / "export"
     handler, _ = load_handler(export, "generator.pt2", {"handler": {"precision": "bf16"}})

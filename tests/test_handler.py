@@ -191,6 +191,7 @@ def test_split_request_rules():
         assert e.value.status == status and words in str(e.value)
 
 
+@pytest.mark.slow
 def test_pt2_model_gives_the_same_pixels(export_dir, served):
     handler, context = served
     handler2, context2 = load_handler(export_dir, serialized="generator.pt2")

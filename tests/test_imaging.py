@@ -185,6 +185,7 @@ def test_huge_header_is_refused_as_a_bomb():
 DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what `decode` promises to read
 
 
+@pytest.mark.slow
 def test_every_folder_reading_command_takes_every_suffix_decode_reads(tmp_path, tmp_path_factory, capsys):
     """Every file-name suffix PIL registers for a format `decode` reads is listed, and the shard
     writer, `evaluate` and `stylize` all pick up a file of each (upper-case suffixes too)."""

@@ -110,6 +110,7 @@ def test_files_that_are_not_such_a_state_dict_get_clear_errors(tmp_path):
         from_pytorch_examples({"fc.weight": torch.zeros(2, 2)})
 
 
+@pytest.mark.slow
 def test_import_then_archive_serve_and_stylize(tmp_path):
     """`make import` → export files with provenance → the handler serves them → `stylize` gives the
     same pixels as the handler, and both match the network within 1/255."""
@@ -140,6 +141,7 @@ def sd_clean(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if "running" not in k}
 
 
+@pytest.mark.slow
 def test_onnx_export_parity_metadata_and_cli(tmp_path):
     """ONNX: dynamic H/W and batch, live InstanceNormalization, metadata in metadata_props; ONNX Runtime
     equals eager on odd, non-square sizes for our models and imported ones; `stylize` runs it."""
@@ -173,6 +175,7 @@ def test_onnx_export_parity_metadata_and_cli(tmp_path):
     assert decode_pil((tmp_path / "o.png").read_bytes()).size == (41, 30)
 
 
+@pytest.mark.slow
 def test_width_and_residual_blocks_travel_from_hyper_parameters_to_the_export(tmp_path):
     make_checkpoint(tmp_path / "run", width=8, n_residual=2)
     written = export_run(tmp_path / "run", formats=("pt2",))

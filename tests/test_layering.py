@@ -81,6 +81,7 @@ def test_handler_imports_only_the_serving_core():
     assert used and all(stage_of(m) in SERVING for m in used), used
 
 
+@pytest.mark.slow
 def test_serving_package_runs_without_the_training_stack(tmp_path_factory, tmp_path):
     """Every module of the serving core (pipeline.serve, .model, .common) imports, and a .pt2 and a .ckpt
     stylize an image, with Lightning, webdataset and torchvision unimportable; same bytes as in this process."""

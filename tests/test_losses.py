@@ -67,6 +67,7 @@ def _reference_terms(weights, style, out, content, *, style_weight, content_weig
     return {"style": style_weight * style_term.item(), "content": content_weight * content_term.item()}
 
 
+@pytest.mark.slow
 def test_perceptual_loss_terms_with_real_vgg(vgg_weights):
     torch.manual_seed(0)
     style = torch.rand(1, 3, 64, 64)
@@ -91,6 +92,7 @@ def test_perceptual_loss_terms_with_real_vgg(vgg_weights):
     assert loss(style, style)["style"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_loss_config_is_rejected(vgg_weights):
     with pytest.raises(ValueError, match="content_layer"):
         PerceptualLoss(torch.rand(1, 3, 8, 8), content_layer="relu5_3", vgg_weights=vgg_weights)

@@ -1,13 +1,16 @@
-"""One model, two styles, a strength control, through the chain of real artifacts: `make train
-STYLE=a,b` (real VGG) → both styles' losses fall and their outputs differ → `make export` (pt, pt2,
-onnx each equal to eager for every style, a mix and a strength) → `make archive` → real TorchServe:
-per-request X-Style / mix / X-Strength equal the offline CLI, bad controls are 400 JSON listing the
+"""The chain of real artifacts, no hand-built checkpoint: one model, two styles, a strength control.
+`make train STYLE=a,b` (real VGG) → both styles' losses fall and their outputs differ → `make export`
+(pt, pt2, onnx each equal to eager for every style, a mix and a strength) → `make archive` → real
+TorchServe: the default answer is the offline `python -m pipeline stylize` command's file byte for byte,
+per-request X-Style / mix / X-Strength equal the offline path, bad controls are 400 JSON listing the
 styles, the describe API names them, and one batch holds requests for different styles and sizes."""
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,14 +24,22 @@ from pipeline.serve.controls import Conditioning, call_model
 from pipeline.tools.models import load_model
 from pipeline.tools.stylize import stylize_bytes
 from test_data_scale import write_case
-from test_real_chain import make
 from test_serving_helpers import decode_pil, encode_pil, rng_image
 from test_train import TINY
 
 STYLES = ("astronaut", "coffee")  # colour images scikit-image ships, far from a fresh generator's grey output
 NAME = "-".join(STYLES)  # the run name `make train` gives several styles, also the served model's name
 
+ROOT = Path(__file__).resolve().parents[1]
+
 pytestmark = [pytest.mark.slow]
+
+
+def make(target: str, cwd: Path, *variables: str) -> str:
+    res = subprocess.run(["make", "-f", str(ROOT / "Makefile"), target, f"PY={sys.executable}", *variables],
+                         cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"make {target}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +120,16 @@ def test_served_styles_options_errors_describe_and_mixed_batches(trained, tmp_pa
         return np.asarray(decode_pil(stylize_bytes(model, data, params)[0]))
 
     photo = encode_pil(rng_image(45, 61, seed=3))
+    jpeg = tmp_path / "photo.jpg"
+    jpeg.write_bytes(encode_pil(rng_image(45, 61, seed=4), "JPEG", quality=92))
+    cli = subprocess.run([sys.executable, "-m", "pipeline", "stylize", "--model", str(trained / "export" / "generator.pt2"),
+                          str(jpeg), str(tmp_path / "offline.png")], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "step 48" in cli.stdout  # the trained checkpoint's metadata travelled into the export
     with LocalTorchServe(tmp_path / "server", store) as server:
         server.wait_ready([NAME, "duobatch"])
+        status, ctype, body = server.request("POST", f"/predictions/{NAME}", jpeg.read_bytes(), {"Content-Type": "image/jpeg"})
+        assert (status, ctype) == (200, "image/png") and body == (tmp_path / "offline.png").read_bytes()
 
         def post(data: bytes, headers: dict[str, str], model_name: str = NAME) -> tuple[int, str, bytes]:
             return server.request("POST", f"/predictions/{model_name}", data, {"Content-Type": "image/png", **headers})

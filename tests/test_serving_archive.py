@@ -53,6 +53,7 @@ def test_archive_contents(run, tmp_path):
     assert not list((tmp_path / "store").glob(".demo.*"))  # no staging left behind
 
 
+@pytest.mark.slow
 def test_rearchive_replaces_and_pt_option(run, tmp_path):
     store = tmp_path / "store"
     first = archive_run(run, store).stat().st_mtime_ns
@@ -81,6 +82,7 @@ def test_bad_model_name_is_refused(run, tmp_path):
         archive_run(run, tmp_path, name="bad name!")
 
 
+@pytest.mark.slow
 def test_handler_runs_from_the_extracted_archive_without_the_project(run, tmp_path):
     """What the worker does: model dir first on PYTHONPATH, import the handler, initialize, handle.
     The project's own `pipeline`/`handlers` packages are made unimportable to prove the bundle suffices,

@@ -30,7 +30,7 @@ def make_checkpoint(run_dir: Path, seed: int = 0, global_step: int = 42, styles:
                     strength: bool = False, **overrides: Any) -> Path:
     """Write run_dir/checkpoints/last.ckpt as training would (generator.* weights, no VGG); `styles`
     (names) and `strength` make a conditional generator, as multi-style / strength training does.
-    The real chain (a checkpoint written by `make train`) is tested in test_real_chain.py."""
+    The real chain (a checkpoint written by `make train`) is tested in test_multistyle_chain.py."""
     hp = {**HPARAMS, **overrides}
     if styles and "style_image" not in overrides:
         hp["style_image"] = ",".join(f"styles/{n}.jpg" for n in styles)

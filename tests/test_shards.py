@@ -221,6 +221,7 @@ def corrupt_a_sample(shard) -> str:
     return name.rsplit(".", 1)[0]
 
 
+@pytest.mark.slow
 def test_corrupt_sample_inside_a_shard_is_skipped_warned_and_counted(tmp_path):
     shards = _photo_shards(tmp_path)
     bad_key = corrupt_a_sample(next(shards.glob("train-*.tar")))
@@ -234,6 +235,7 @@ def test_corrupt_sample_inside_a_shard_is_skipped_warned_and_counted(tmp_path):
     assert all(b.images.shape == (2, 3, 32, 32) for b in batches)
 
 
+@pytest.mark.slow
 def test_resumed_epochs_draw_a_new_but_reproducible_stream(tmp_path):
     shards = _photo_shards(tmp_path)
     dm = ContentDataModule(str(shards), image_size=32, resize=40, batch_size=1, steps_per_epoch=5, num_workers=0)

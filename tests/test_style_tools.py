@@ -35,6 +35,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
+@pytest.mark.slow
 def test_grid_cells_are_the_servers_answers(runs, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(encode_pil(rng_image(40, 56, seed=9)))
@@ -58,6 +59,7 @@ def test_grid_cells_are_the_servers_answers(runs, tmp_path):
                 assert np.abs(cell.astype(int) - np.asarray(decode_pil(data)).astype(int)).max() <= 2
 
 
+@pytest.mark.slow
 def test_report_losses_against_an_independent_computation(runs, tmp_path, vgg_weights):
     content = tmp_path / "photos"
     content.mkdir()

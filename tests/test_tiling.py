@@ -61,6 +61,7 @@ def test_batch_is_tiled_image_by_image(generator):
     assert diff < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pt", "pt2"])
 def test_exported_models_carry_their_generator(tmp_path_factory, kind):
     run = shared_export(tmp_path_factory)
@@ -78,6 +79,7 @@ def test_other_generators_are_not_tiled(kwargs):
     assert tileable_generator(ResidualGenerator(**kwargs)) is None
 
 
+@pytest.mark.slow
 def test_run_batch_tiles_over_the_memory_cap(generator, monkeypatch):
     calls = []
     real = inference.stylize_tiled
@@ -105,6 +107,7 @@ def test_memory_cap_validation(monkeypatch):
         limits.memory_cap_bytes(0)
 
 
+@pytest.mark.slow
 def test_cli_max_memory_gives_the_same_pixels(tmp_path_factory, tmp_path):
     run = shared_export(tmp_path_factory)
     src = tmp_path / "in.png"

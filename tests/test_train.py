@@ -62,6 +62,7 @@ def val_loss_before_after(ckpt_path: Path, shard_dir: Path) -> tuple[float, floa
     return before, after
 
 
+@pytest.mark.slow
 def test_short_run_learns_logs_and_resumes(shards, style_image, vgg_weights):
     fit(shards, style_image, "--trainer.max_steps=24", "--data.steps_per_epoch=8", "--trainer.callbacks.every_n_steps=10")
     run = shards / "runs" / "tiny"
@@ -89,6 +90,7 @@ def test_short_run_learns_logs_and_resumes(shards, style_image, vgg_weights):
     assert resumed["optimizer_states"][0]["state"][0]["step"].item() == 30
 
 
+@pytest.mark.slow
 def test_missing_style_image_fails_clearly(shards, vgg_weights):
     cmd = [sys.executable, "-m", "pipeline", "fit", *TINY, "--model.style_image=/nonexistent.jpg",
            f"--data.data_dir={shards / 'shards'}", "--trainer.max_steps=1"]
@@ -96,6 +98,7 @@ def test_missing_style_image_fails_clearly(shards, vgg_weights):
     assert res.returncode != 0 and "style image /nonexistent.jpg does not exist" in res.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_message_and_no_nan_checkpoint(shards, style_image, vgg_weights):
     cmd = [sys.executable, "-m", "pipeline", "fit", *TINY, f"--model.style_image={style_image}",
            "--model.style_weight=.nan", "--model.max_nonfinite=3", "--trainer.max_steps=10",
@@ -108,6 +111,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_no_nan_checkpoint(shards
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(shards, style_image, vgg_weights,
                                                                                tmp_path):
     """kill -9 a real run; `CKPT=last.ckpt` resumes at the saved step with the Adam and cosine-LR
@@ -154,6 +158,7 @@ def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(
     assert skipped and skipped[-1][1] >= 1, "the corrupt sample was not counted in TensorBoard"
 
 
+@pytest.mark.slow
 def test_flops_per_batch_against_a_hand_count_of_the_layers(style_image, vgg_weights):
     """What ThroughputMonitor's FLOP/s uses, against 2·Cin·Cout·k²·Hout·Wout summed over the convolutions
     forward hooks see run, plus the Gram matrices' 2·C²·H·W (forward, and twice that backward)."""
@@ -192,6 +197,7 @@ def test_flops_per_batch_against_a_hand_count_of_the_layers(style_image, vgg_wei
     assert module.flops_per_batch == pytest.approx(2 * forward, rel=0.02)
 
 
+@pytest.mark.slow
 def test_stability_regularizer_trains_and_is_logged(shards, style_image, vgg_weights):
     """--model.stability_weight adds the temporal-stability term to training (not to validation)."""
     fit(shards, style_image, "--trainer.max_steps=4", "--data.steps_per_epoch=2", "--model.stability_weight=50",
@@ -203,6 +209,7 @@ def test_stability_regularizer_trains_and_is_logged(shards, style_image, vgg_wei
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["stability_weight"] == 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", ["--model.norm=batch", "--model.arch=multiscale"])
 def test_paper_baselines_train_on_the_presets_with_the_control_turned_off(shards, style_image, vgg_weights, override):
     """The presets turn the strength control on; the paper's baselines cannot have it (it conditions
@@ -215,6 +222,7 @@ def test_paper_baselines_train_on_the_presets_with_the_control_turned_off(shards
     assert not any("strength" in k for k in ckpt["state_dict"])
 
 
+@pytest.mark.slow
 def test_a_teardown_past_its_bound_ends_the_process_with_the_stacks():
     """TeardownBound (base.yaml): armed at train end, a teardown that does not finish in time ends the
     process with status 1 and every thread's stack; one that finishes disarms it."""

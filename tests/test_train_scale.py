@@ -70,6 +70,7 @@ def three_shards(tmp_path_factory) -> Path:
     return write_case(tmp_path_factory.mktemp("data") / "s3", 3, n_val=24)
 
 
+@pytest.mark.slow
 def test_make_train_ddp_from_url_shards_with_a_404_ends_and_resumes(three_shards, style_image, vgg_weights, tmp_path):
     """One real DDP run for what users scale to. `make train` with 2 gloo ranks × 2 DataLoader workers each;
     TRAIN_SHARDS as URLs from a loopback HTTP server (3 shards that do not divide over 2 ranks × 2 workers,
@@ -97,6 +98,7 @@ def test_make_train_ddp_from_url_shards_with_a_404_ends_and_resumes(three_shards
     assert resumed["optimizer_states"][0]["state"][0]["step"].item() == 9
 
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_train_from_url_shards(three_shards, style_image, vgg_weights, tmp_path):
     """Multi-node on one machine: two `torchrun --nnodes=2` "nodes" (rendezvous on 127.0.0.1, gloo)
     train from HTTP shards with a DataLoader worker each; both finish and the checkpoint has the
@@ -126,6 +128,7 @@ def test_two_torchrun_nodes_train_from_url_shards(three_shards, style_image, vgg
     assert last_ckpt(tmp_path / "runs", "nodes")["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_bf16_mixed_and_step_lr_on_the_cpu(three_shards, style_image, vgg_weights, tmp_path):
     """The gpu preset's precision (bf16-mixed autocast; Gram matrices stay fp32) runs on the CPU too,
     and lr_schedule=step drops the LR ×0.1 at 2/3 of max_steps. Correctness, not speed."""
@@ -142,6 +145,7 @@ def test_bf16_mixed_and_step_lr_on_the_cpu(three_shards, style_image, vgg_weight
     assert ckpt["lr_schedulers"][0]["step_size"] == 2 and ckpt["lr_schedulers"][0]["gamma"] == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_bare_make_train_runs_on_the_built_in_style_and_photos(vgg_weights, tmp_path):
     """`make train` with nothing else: scikit-image's hubble_deep_field as the style, its public-domain
     photos (built into data/shards/skimage on first use) as the content, runs/hubble_deep_field/."""

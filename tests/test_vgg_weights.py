@@ -29,6 +29,7 @@ def test_converted_weights_equal_the_shared_reference_copy():
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_missing_weights_error_says_how_to_get_them(tmp_path):
     with pytest.raises(vw.WeightsError, match="make install"):
         VGGFeatures(["relu1_2"], weights_path=tmp_path / "nope.pth")
@@ -53,6 +54,7 @@ def test_wrong_onnx_file_is_refused(tmp_path):
         vw.convert_onnx(fake)
 
 
+@pytest.mark.slow
 def test_caffe_preprocessing_matches_the_documented_formula(vgg_weights):
     vgg = VGGFeatures(["relu1_2"], weights_path=vgg_weights)
     x = torch.rand(1, 3, 8, 8)

@@ -91,6 +91,7 @@ def audio_packets(path: Path) -> list[tuple[bytes, float]]:
 
 @pytest.mark.parametrize("suffix, size, audio, pix_fmt", [(".mp4", (65, 37), "aac", "yuv444p"),
                                                            (".mkv", (64, 36), "libopus", "yuv420p")])
+@pytest.mark.slow
 def test_round_trip_keeps_timing_size_rotation_and_copies_audio(model, tmp_path, suffix, size, audio, pix_fmt):
     src = make_clip(tmp_path / f"clip{suffix}", *size, audio=audio)
     dst = tmp_path / f"out{suffix}"
@@ -136,6 +137,7 @@ def test_every_frame_is_the_image_clis_output_on_that_frame(model, tmp_path, par
     assert codec_error < 6.0 and bias < 1.0 and next_frame > 3 * codec_error, (codec_error, bias, next_frame)
 
 
+@pytest.mark.slow
 def test_frame_folders_in_and_out(model, model_path, tmp_path):
     src = tmp_path / "frames"
     src.mkdir()
@@ -157,6 +159,7 @@ def test_frame_folders_in_and_out(model, model_path, tmp_path):
     assert [(f.width, f.height) for f in decoded_frames(tmp_path / "film.mkv")] == [(65, 37)] * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, loop", [("GIF", 2), ("GIF", None), ("WEBP", 0)])
 def test_animation_keeps_frame_count_durations_and_loop(model, model_path, tmp_path, fmt, loop):
     durations = [50, 80, 120, 60, 200]
@@ -177,6 +180,7 @@ def test_animation_keeps_frame_count_durations_and_loop(model, model_path, tmp_p
     assert got == durations
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_refused_and_existing_output_untouched(model, model_path, tmp_path, capsys):
     good = make_clip(tmp_path / "good.mp4")
     data = good.read_bytes()
@@ -210,6 +214,7 @@ def test_bad_inputs_are_refused_and_existing_output_untouched(model, model_path,
     assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
+@pytest.mark.slow
 def test_cli_usage_errors(model_path, tmp_path, capsys):
     src = make_clip(tmp_path / "c.mp4", audio=None, rotation=None)
     base = ["stylize", "--model", str(model_path)]
@@ -227,6 +232,7 @@ def test_cli_usage_errors(model_path, tmp_path, capsys):
     assert decode_pil((tmp_path / "still.png").read_bytes()).size == (11, 9)
 
 
+@pytest.mark.slow
 def test_serving_package_imports_without_pyav():
     """The serving package is bundled into every .mar, whose workers have no PyAV: importing the video
     modules must not import it (it is imported when a video is read or written)."""
