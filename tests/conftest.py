@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+import torch
+
+if TYPE_CHECKING:
+    from pipeline.train.module import StyleTransferModule
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "assets"
@@ -35,3 +40,40 @@ def style_image(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("style") / "coffee.png"
     Image.fromarray(skimage_photo("coffee")).save(path)
     return path
+
+
+# ---- small training modules (the real VGG-16), built once per test file that uses them
+
+@pytest.fixture(scope="module")
+def single(style_image: Path, vgg_weights: Path) -> StyleTransferModule:
+    """One style, no strength control: the plain generator (small, for speed)."""
+    from pipeline.train.module import StyleTransferModule
+
+    torch.manual_seed(0)
+    return StyleTransferModule(str(style_image), style_size=64, width=8, n_residual=1, vgg_weights=str(vgg_weights))
+
+
+@pytest.fixture(scope="module")
+def duo(style_image: Path, vgg_weights: Path) -> StyleTransferModule:
+    """Two styles (a file and a scikit-image texture) with the strength control, the photo term and
+    the stability term on. Each style's norm parameters are moved off their common initial 1/0, as
+    training would, so the two styles give different outputs."""
+    from pipeline.train.module import StyleTransferModule
+
+    torch.manual_seed(0)
+    module = StyleTransferModule(f"{style_image},skimage:brick", style_size=64, width=8, n_residual=1,
+                                 strength_control=True, stability_weight=1.0, photo_weight=2.0,
+                                 vgg_weights=str(vgg_weights))
+    with torch.no_grad():
+        for name, p in module.generator.named_parameters():
+            if p.dim() == 2 and p.shape[0] == 2 and name.rsplit(".", 1)[1] in ("weight", "bias") \
+                    and "strength_net" not in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return module
+
+
+@pytest.fixture
+def rng() -> Iterator[None]:
+    """Tests that seed torch's global generator leave it as they found it."""
+    with torch.random.fork_rng():
+        yield

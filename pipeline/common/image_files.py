@@ -26,13 +26,14 @@ def load_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.T
 
 
 SKIMAGE = "skimage:"  # `skimage:<name>`: an image scikit-image ships (public domain / CC0), no file needed
+NOT_IMAGES = ("download_all",)  # functions of skimage.data never called: this one downloads every data set
 
 
 def skimage_photo(name: str) -> np.ndarray:
     """An (H, W, 3) uint8 RGB array of an image scikit-image ships (greyscale ones replicated)."""
     import skimage.data
 
-    func = getattr(skimage.data, name, None) if not name.startswith("_") else None
+    func = getattr(skimage.data, name, None) if not name.startswith("_") and name not in NOT_IMAGES else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skimage warns about optional pooch for *other* images
@@ -61,11 +62,14 @@ def style_name(spec: str | Path) -> str:
 
 
 def image_exists(spec: str | Path) -> bool:
-    """Whether `load_image(spec)` can find it (a file, or a name in scikit-image's data module)."""
+    """Whether `load_image(spec)` can load it: a file, or a uint8 image scikit-image ships (a function of
+    skimage.data that returns something else, e.g. a file name, is not a style)."""
     if str(spec).startswith(SKIMAGE):
-        import skimage.data
-
-        return callable(getattr(skimage.data, str(spec)[len(SKIMAGE):], None))
+        try:
+            skimage_photo(str(spec)[len(SKIMAGE):])
+        except ValueError:
+            return False
+        return True
     return Path(spec).is_file()
 
 
