@@ -77,3 +77,9 @@ def rng() -> Iterator[None]:
     """Tests that seed torch's global generator leave it as they found it."""
     with torch.random.fork_rng():
         yield
+
+
+@pytest.fixture
+def no_allocator_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands call reuse_freed_memory (process-wide mallopt): keep it off in the test process."""
+    monkeypatch.setenv("INSTYLE_REUSE_FREED_MEMORY", "0")

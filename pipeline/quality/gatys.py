@@ -40,7 +40,7 @@ def optimize(loss: PerceptualLoss, content: torch.Tensor, checkpoints: list[int]
         raise ValueError(f"optimizer={optimizer!r}: choose lbfgs or adam")
     for p in loss.parameters():
         p.requires_grad_(False)
-    x = content.detach().clone().requires_grad_(True)
+    x = content.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)  # LBFGS flattens its grad
     if optimizer == "lbfgs":
         # step() runs up to max_iter iterations; it is called once per checkpoint interval with
         # the remaining count (the L-BFGS history carries over between calls).

@@ -62,8 +62,8 @@ def command(*, model: Path, out: Path, photo: str = "skimage:chelsea", height: i
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    h, w = scaled_size(x.shape[1], x.shape[2], height, "short")
-    x = limit_side(DecodedImage(x, None), max(h, w)).rgb
+    h, w = scaled_size(x.shape[1], x.shape[2], height, "short" if x.shape[1] <= x.shape[2] else "long")
+    x = limit_side(DecodedImage(x, None), max(h, w)).rgb  # cells `height` high (smaller photos: as they are)
     titles, rows = grid_rows(net, x, tuple(strengths))
     fig = grid(rows, titles=titles, names=net.instyle_controls.styles)
     out.parent.mkdir(parents=True, exist_ok=True)

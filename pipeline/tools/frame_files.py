@@ -91,6 +91,8 @@ class AnimationWriter:
                 kwargs["disposal"] = 2  # full transparent frames: clear, so earlier ones do not show through
         else:
             kwargs.update(loop=self.loop or 0, quality=self.quality)
+            if any(f.mode == "RGBA" for f in self.frames):
+                kwargs["allow_mixed"] = True  # Pillow's lossy animated WebP writes no alpha without it
         self.frames[0].save(path, format=self.fmt, **kwargs)
 
 
