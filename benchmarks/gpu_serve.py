@@ -1,5 +1,5 @@
-"""The serving half of `benchmarks.gpu_check`: every exported form on the device through the real handler,
-and frames/s of the eager generator per precision, with and without torch.compile.
+"""The serving half of `benchmarks.gpu_check`: every served form (.pt, .pt2) on the device through the real
+handler, the `.onnx` through the offline tools (TorchServe never serves it), and frames/s of the eager generator per precision, with and without torch.compile.
 
 Device-synchronized timing: on CUDA each call is timed by CUDA events (the GPU's own clock, waited
 for), so an asynchronous launch is never mistaken for finished work; on the CPU by the wall clock.
@@ -112,9 +112,12 @@ def jpeg_photo(h: int, w: int, seed: int) -> bytes:
 
 
 def serve_forms(export_dir: Path, device: torch.device, images: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
-    """Each exported form loaded by the real handler on `device` (TorchServe's gpu_id in the context's
+    """Each served form loaded by the real handler on `device` (TorchServe's gpu_id in the context's
     system properties) and one batch of `images` (name → (H, W)) served through it, as TorchServe's
-    worker feeds a handler; PNG replies, compared pixel for pixel with the served `.pt2`'s."""
+    worker feeds a handler; the `.onnx` through `python -m pipeline stylize`'s path (ONNX Runtime on
+    `device`'s provider where it has one). PNG replies, compared pixel for pixel with the served `.pt2`'s."""
+    from pipeline.tools.models import load_model
+    from pipeline.tools.stylize import stylize_bytes
     from tests.test_serving_helpers import decode_pil, load_handler, run_handler, ts_request
 
     bodies = {name: jpeg_photo(h, w, seed=i) for i, (name, (h, w)) in enumerate(images.items())}
@@ -124,16 +127,20 @@ def serve_forms(export_dir: Path, device: torch.device, images: dict[str, tuple[
         row: dict[str, Any] = {"form": form}
         try:
             t0 = time.perf_counter()
-            handler, context = load_handler(export_dir, f"generator.{form}", gpu=gpu)
-            row["load_s"] = time.perf_counter() - t0
-            row["device"] = str(handler.device)
-            session = getattr(handler.model, "session", None)  # an .onnx runs in ONNX Runtime, on its own providers
-            if session is not None:
-                row["device"] += f" (onnxruntime {session.get_providers()[0]})"
-            requests = [ts_request(body, content_type="image/jpeg", rid=name) for name, body in bodies.items()]
-            _sync(device)
-            t0 = time.perf_counter()
-            results = run_handler(handler, context, requests)
+            if form == "onnx":
+                model, _ = load_model(export_dir / "generator.onnx", device)
+                row["load_s"] = time.perf_counter() - t0
+                row["device"] = f"{device} (onnxruntime {model.session.get_providers()[0]}, offline path)"
+                t0 = time.perf_counter()
+                results = [(200, *stylize_bytes(model, body, {}, device=device)[::-1]) for body in bodies.values()]
+            else:
+                handler, context = load_handler(export_dir, f"generator.{form}", gpu=gpu)
+                row["load_s"] = time.perf_counter() - t0
+                row["device"] = str(handler.device)
+                requests = [ts_request(body, content_type="image/jpeg", rid=name) for name, body in bodies.items()]
+                _sync(device)
+                t0 = time.perf_counter()
+                results = run_handler(handler, context, requests)
             _sync(device)
             row["batch_s"] = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - one form failing must not hide the others' results
