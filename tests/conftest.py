@@ -83,3 +83,20 @@ def rng() -> Iterator[None]:
 def no_allocator_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
     """Commands call reuse_freed_memory (process-wide mallopt): keep it off in the test process."""
     monkeypatch.setenv("INSTYLE_REUSE_FREED_MEMORY", "0")
+
+
+@pytest.fixture(scope="module")
+def tiny_trio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 3-style checkpoint (styles a, b, c) with the strength control (width 8, one residual block)."""
+    from test_serving_helpers import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("runs") / "trio", styles=["a", "b", "c"], strength=True, width=8,
+                           n_residual=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_trio_generator(tiny_trio: Path) -> torch.nn.Module:
+    """`tiny_trio`'s generator in its training form, rebuilt from the checkpoint (not the tools' loader)."""
+    from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
+
+    return generator_from_checkpoint(read_checkpoint(tiny_trio)).eval()

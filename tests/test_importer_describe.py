@@ -12,14 +12,9 @@ from pipeline.tools import describe
 from pipeline.tools.models import load_model
 from test_import_onnx import examples_state_dict, reference_forward
 from test_serving_helpers import make_checkpoint
-from tool_helpers import STYLES, tiny_trio
+from tool_helpers import STYLES
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")
-
-
-@pytest.fixture(scope="module")
-def trio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_trio(tmp_path_factory)
 
 
 # ---- pipeline/export/importer.py -----------------------------------------------------------------
@@ -72,10 +67,10 @@ def test_import_refuses_bad_source_name_and_file_without_writing(tmp_path: Path,
 
 # ---- pipeline/tools/describe.py ------------------------------------------------------------------
 
-def test_describe_lists_styles_strength_and_generator(trio: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_describe_lists_styles_strength_and_generator(tiny_trio: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The JSON of a 3-style strength checkpoint: its style names in order (first = default), the
     strength control, the generator's size and the training hyper-parameters it was written with."""
-    assert describe.command(model=trio) == 0
+    assert describe.command(model=tiny_trio) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["styles"] == STYLES and info["default_style"] == "a" and info["strength_control"] is True
     assert info["generator"]["arch"] == "residual" and info["generator"]["width"] == 8

@@ -16,19 +16,9 @@ from pipeline.quality import gatys, style_report
 from pipeline.serve.controls import Conditioning
 from pipeline.tools.models import load_model
 from test_serving_helpers import encode_pil, rng_image
-from tool_helpers import tiny_trio, training_form, small_loss, table_rows, tables_are_rectangular
+from tool_helpers import small_loss, table_rows, tables_are_rectangular
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")
-
-
-@pytest.fixture(scope="module")
-def trio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_trio(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def trio_reference(trio: Path) -> nn.Module:
-    return training_form(trio)
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +112,16 @@ def test_ms_per_image_times_every_model() -> None:
     assert ms["sleepy"] >= 20.0 and ms["quick"] < ms["sleepy"]
 
 
-def test_losses_are_the_mean_loss_terms_of_the_conditioned_model(trio: Path, trio_reference: nn.Module, loss: Any) -> None:
+def test_losses_are_the_mean_loss_terms_of_the_conditioned_model(tiny_trio: Path, tiny_trio_generator: nn.Module, loss: Any) -> None:
     """losses(): the mean over photos of the weighted loss terms of the model run with one style and
     strength, against a direct call of the checkpoint's generator with explicit style weights."""
-    model, _ = load_model(trio)
+    model, _ = load_model(tiny_trio)
     photos = [torch.from_numpy(rng_image(32, 40, seed=s)).permute(2, 0, 1).float()[None] / 255 for s in (1, 2)]
     cond = style_report.one_hot(1, 3, 0.25)
     assert cond == Conditioning((0.0, 1.0, 0.0), 0.25)
     got = style_report.losses(model, loss, photos, 0, cond)
     with torch.no_grad():
-        terms = [loss(trio_reference(x, torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([0.25])).clamp(0, 1), x) for x in photos]
+        terms = [loss(tiny_trio_generator(x, torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([0.25])).clamp(0, 1), x) for x in photos]
     assert set(got) == {"style", "content", "tv", "total"}
     for k in got:
         assert got[k] == pytest.approx(sum(t[k].item() for t in terms) / 2, rel=1e-4)

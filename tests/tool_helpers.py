@@ -1,4 +1,4 @@
-"""Helpers of the tool modules' unit tests (no tests here): tiny models and a perceptual loss, markdown table
+"""Helpers of the tool modules' unit tests (no tests here): a small perceptual loss, markdown table
 readers, the BT.601 colour formulas written out, and a local HTTP server standing in for TorchServe's APIs."""
 from __future__ import annotations
 
@@ -8,27 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
-from torch import nn
 
 from pipeline.common.image_files import load_style
-from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
 from pipeline.quality import gatys
-from test_serving_helpers import make_checkpoint
 
-STYLES = ["a", "b", "c"]
+STYLES = ["a", "b", "c"]  # `tiny_trio`'s (tests/conftest.py)
 LOSS_HP = {"style_size": 32, "style_weight": 1e-4, "content_weight": 2e-5}  # `small_loss`'s, for checkpoints
-
-
-def tiny_trio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 3-style checkpoint with the strength control (width 8, one residual block)."""
-    return make_checkpoint(tmp_path_factory.mktemp("runs") / "trio", styles=STYLES, strength=True, width=8, n_residual=1)
-
-
-def training_form(checkpoint: Path) -> nn.Module:
-    """A checkpoint's generator in its training form, rebuilt from the file (not the tools' loader)."""
-    return generator_from_checkpoint(read_checkpoint(checkpoint)).eval()
 
 
 def small_loss(vgg_weights: Path) -> Any:
