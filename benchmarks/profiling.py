@@ -1,7 +1,7 @@
 """Where the time goes: torch.profiler over the reference or our paths (not part of `make bench`).
 
     python -m benchmarks.profiling infer --variant reference --size 512 [--top 15]
-    python -m benchmarks.profiling train --variant ours --size 256
+    python -m benchmarks.profiling train --variant ours --size 256 [--precision bf16-mixed]
 
 Prints the operators with the most self CPU time (warm-up excluded) for one forward (infer) or
 one optimizer step (train). Used to choose the changes recorded in docs/benchmarks.md.
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="default: 1 for infer, 4 for train")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--sort", default="self_cpu_time_total")
+    p.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true", help="train --variant ours only")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="instyle-profile-") as tmp:
         run = make_run(Path(tmp) / "runs" / "bench")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 from PIL import Image
                 style = Path(tmp) / "style.png"
                 Image.fromarray((photo(1, 256, 256)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(style)
-            step = (reference_step if args.variant == "reference" else ours_step)(run, style)
+            step = reference_step(run, style) if args.variant == "reference" else ours_step(run, style, args.precision)
             size = int(args.size)
             x = photo(args.batch or 4, size, size)
             step(x)  # warm-up

@@ -1,6 +1,6 @@
 """Training worker: optimizer steps of the reference or of the project's training step, own process.
 
-    python -m benchmarks.train_step --variant ours --size 256 --run RUN --style STYLE.jpg [--steps 3]
+    python -m benchmarks.train_step --variant ours --size 256 --run RUN --style STYLE.jpg [--steps 3] [--precision bf16-mixed]
 
 `ours` is exactly what `StyleTransferModule.training_step` computes (generator → PerceptualLoss
 with the project's VGGFeatures → backward → Adam), without the Lightning loop around it (logging
@@ -9,7 +9,9 @@ and the progress bar cost milliseconds against seconds per step). `reference` is
 same batches and use the cpu preset's loss weights, so their loss values can be compared. On a run
 of the presets' generator (strength control) `ours` draws each sample's strength as training does
 (`StyleTransferModule.draw_conditions`): its losses then differ from the plain reference's by design.
-Prints one JSON line: the loss terms of every step (warm-up included), step times, images/s, peak RSS.
+`--precision bf16-mixed` runs the step as Lightning's `bf16-mixed` does on the CPU: the forward pass and
+the loss under `torch.autocast("cpu", torch.bfloat16)` (Gram matrices stay fp32), backward and Adam on
+the fp32 weights. Prints one JSON line: the loss terms of every step (warm-up included), step times, images/s, peak RSS.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict
     return trainer.step
 
 
-def ours_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
+def ours_step(run: Path, style_path: Path, precision: str = "32-true") -> Callable[[torch.Tensor], dict[str, float]]:
     from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
     from pipeline.train.module import StyleTransferModule
 
@@ -54,7 +56,8 @@ def ours_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str,
 
     def step(batch: torch.Tensor) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
-        terms = module._terms(batch, *module.draw_conditions(len(batch)))  # what training_step logs and returns
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            terms = module._terms(batch, *module.draw_conditions(len(batch)))  # what training_step logs and returns
         terms["total"].backward()
         opt.step()
         return {k: float(v.detach()) for k, v in terms.items()}
@@ -74,9 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--style", type=Path, required=True)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true", help="ours only")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    step = (reference_step if args.variant == "reference" else ours_step)(args.run, args.style)
+    if args.variant == "reference" and args.precision != "32-true":
+        p.error("the reference trains in fp32 only")
+    step = reference_step(args.run, args.style) if args.variant == "reference" else ours_step(args.run, args.style,
+                                                                                                  args.precision)
     losses, times = [], []
     for i in range(args.warmup + args.steps):
         batch = photo(args.batch, args.size, args.size, seed=100 + i)
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    print(json.dumps({"variant": args.variant, "size": args.size, "batch": args.batch, "losses": losses,
+    print(json.dumps({"variant": args.variant, "precision": args.precision, "size": args.size, "batch": args.batch, "losses": losses,
                       "step_s": times, "median_step_s": median, "images_per_s": args.batch / median,
                       "peak_rss_mb": peak_rss_mb()}))
     return 0
