@@ -44,7 +44,8 @@ STEPS = ["--trainer.max_steps=2", "--data.steps_per_epoch=2", "--data.image_size
          "--trainer.enable_progress_bar=false"]
 ON_CPU = ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--data.num_workers=1"]
 
-pytestmark = pytest.mark.slow
+# ~400 s on an idle 2-core machine (about 30 make lines); a busy one needs more than the suite's 900 s default
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def documented_make_lines(document: Path) -> list[str]:
