@@ -8,7 +8,9 @@ section, and `plain` (the paper's and the reference's architecture), for inferen
 Inference (256², 512², 1920×1080; batch 1 and 4), training (128² and 256², batch 4), serving
 (TorchServe, 512², concurrency 1/4/8, with and without batching), tiled 4K inference and video
 (frames/s of the video path at 640×360 and 1920×1080, batch 1 and 4, and decode + stylize + encode
-of a short H.264 clip; on a CUDA machine also bf16 autocast at batch 8), each case in a fresh process. Prints a table with ratios to the reference and writes
+of a short H.264 clip; on a CUDA machine also bf16 at batch 8), each case in a fresh process. On a CPU
+with native bf16 the served .pt2 is also measured with bf16 convolutions (`export-bf16`: what
+`precision: auto` serves there), and the video rows run at `auto`. Prints a table with ratios to the reference and writes
 benchmarks/results-<machine>.json. Not a test: numbers depend on the machine and on whatever
 else runs on it, so run it on an otherwise idle machine. See docs/benchmarks.md.
 """
@@ -27,7 +29,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import MODEL_KINDS, ROOT, machine_info, machine_slug, make_run, run_worker
-from benchmarks.report import print_report, targets
+from benchmarks.report import print_report, served_variant, targets
+from pipeline.common.cpu import native_bf16
 
 # size: (warm-up calls, timed calls at batch 1, timed calls at batch 4)
 REPEATS = {"256": (2, 10, 5), "512": (1, 5, 3), "1080p": (1, 2, 1)}
@@ -39,8 +42,8 @@ SECTIONS = ("infer", "train", "serve", "tiling", "video")
 VIDEO_SIZES, QUICK_VIDEO_SIZES = (("640x360", 16), ("1920x1080", 4)), (("640x360", 6),)
 VIDEO_CLIP_FRAMES, QUICK_VIDEO_CLIP_FRAMES = 48, 12
 CUDA_VIDEO_FRAMES, CUDA_VIDEO_MAX_MEMORY_MB = 32, 16384  # GPU: batch 8 in one call even at 1080p
-DEFAULT_VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime")
-PLAIN_VARIANTS = ("reference", "eager", "export")  # the plain model next to the preset one: the served form
+DEFAULT_VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime", "export-bf16")
+PLAIN_VARIANTS = ("reference", "eager", "export", "export-bf16")  # the plain model next to the preset one: the served form
 
 
 def style_path(work: Path) -> Path:
@@ -103,7 +106,7 @@ def bench_training(runs: dict[str, Path], work: Path, quick: bool, log) -> list[
 
 
 def bench_video(run: Path, work: Path, quick: bool, log) -> dict[str, Any]:
-    """The served .pt2 on video frames (CPU fp32, batch 1 and the `stylize` default 4; CUDA bf16 autocast,
+    """The served .pt2 on video frames (CPU at `auto`, batch 1 and the `stylize` default 4; CUDA bf16,
     batch 1 and 8, when there is a GPU), and decode + stylize + encode of a synthetic clip."""
     rows = []
     for size, frames in QUICK_VIDEO_SIZES if quick else VIDEO_SIZES:
@@ -111,7 +114,7 @@ def bench_video(run: Path, work: Path, quick: bool, log) -> dict[str, Any]:
         rows.append(run_worker("benchmarks.video", ["--run", str(run), "--size", size, "--frames", str(frames)]))
         if torch.cuda.is_available():  # not run on the 2-vCPU VM (no GPU)
             log(f"video cuda {size}")
-            rows.append(run_worker("benchmarks.video", ["--run", str(run), "--size", size, "--device", "cuda",
+            rows.append(run_worker("benchmarks.video", ["--run", str(run), "--size", size, "--device", "cuda", "--precision", "bf16",
                                                         "--batches", "1,8", "--frames", str(CUDA_VIDEO_FRAMES),
                                                         "--max-memory", str(CUDA_VIDEO_MAX_MEMORY_MB)]))
     log("video end to end")
@@ -135,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown section(s) {', '.join(sorted(unknown))}")
     variants = [v for v in args.variants.split(",") if v]
+    if not native_bf16() and args.variants == p.get_default("variants"):
+        # emulated bf16 is many times slower than fp32 (docs/benchmarks.md): not what `auto` runs here
+        variants = [v for v in variants if not v.endswith("-bf16")]
     if "reference" not in variants:
         variants.insert(0, "reference")
     info = machine_info()
@@ -168,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                 results["serving"] = bench_serving(run, work / "serve", conc, per_client=2 if args.quick else 3)
             except Exception as e:  # noqa: BLE001 - a missing Java must not lose the other sections
                 results["serving"] = {"error": f"{type(e).__name__}: {e}"}
-            if "inference" not in results or not any(r.get("variant") == "export" and r.get("size") == "512"
+            served = served_variant(results)
+            if "inference" not in results or not any(r.get("variant") == served and r.get("size") == "512"
                                                      and r.get("model") == "preset" for r in results["inference"]):
                 results["serving_model_only"] = run_worker("benchmarks.infer", [
-                    "--variant", "export", "--size", "512", "--run", str(run), "--batches", "1", "--repeats", "5"])
+                    "--variant", served, "--size", "512", "--run", str(run), "--batches", "1", "--repeats", "5"])
         if "tiling" in sections:
             log("tiled inference")
             results["tiling"] = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import photo
-from pipeline.serve.precision import PRECISIONS, autocast
+from pipeline.serve.precision import PRECISIONS, precision_mode
 FORMS = ("pt", "pt2", "onnx")
 # 8-bit levels a form's reply may differ from the served .pt2's: TF32 convolutions, ONNX Runtime on the
 # CPU and tiles differ by ~1e-3 (docs/benchmarks.md, GPU), under one level; more is a form computing wrong
@@ -25,28 +24,24 @@ MAX_FORM_DIFF = 4
 
 def at_precision(model: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                  precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`model` called at `precision` the way the server runs it (pipeline.serve.precision.autocast:
-    weights stay fp32, convolutions run in bf16 / fp16 under autocast)."""
+    """`model` called at `precision` the way the server runs it (`pipeline.serve.precision.precision_mode`:
+    the convolutions in bf16 / fp16, the rest in fp32; a torch-function mode, which torch.compile traces)."""
     def call(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, precision):
+        with precision_mode(device, precision):
             return model(x)
 
     return call
 
 
 def unsupported(device: torch.device, precision: str) -> str | None:
-    """Why `precision` cannot run on `device` (None: it can): a one-layer probe under autocast, which
-    raises, or warns and silently falls back to fp32 where the device has no such kernels."""
-    conv = torch.nn.Conv2d(3, 4, 3).to(device)
-    with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
-        warnings.simplefilter("always")
+    """Why `precision` cannot run on `device` (None: it can): a one-layer probe in that precision, which
+    raises where the device has no such kernels."""
+    conv = torch.nn.Conv2d(3, 4, 3).to(device, PRECISIONS[precision])
+    with torch.inference_mode():
         try:
-            y = at_precision(conv, device, precision)(torch.rand(1, 3, 8, 8, device=device))
+            conv(torch.rand(1, 3, 8, 8, device=device, dtype=PRECISIONS[precision]))
         except RuntimeError as e:
             return f"{type(e).__name__}: {str(e)[:200]}"
-    if y.dtype != PRECISIONS[precision]:
-        notes = "; ".join(str(w.message)[:200] for w in caught)
-        return f"autocast ran the probe in {y.dtype} on {device.type}" + (f" ({notes})" if notes else "")
     return None
 
 

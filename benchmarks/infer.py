@@ -12,10 +12,13 @@ reference's. Variants:
   torchscript  runs/NAME/export/generator.pt as the TorchServe handler and the CLI load it
   export       runs/NAME/export/generator.pt2 (torch.export program) as loaded by load_model
   compile      torch.compile (inductor) of the eager generator (compile time reported apart)
+  X-bf16       variant X with bf16 convolutions (`pipeline.serve.precision`: what `auto` runs on a CPU with
+               native bf16); e.g. export-bf16, the served .pt2 as a worker on such a CPU runs it
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -26,7 +29,8 @@ import torch
 
 from benchmarks.common import SIZES, current_rss_mb, generator_gflop, peak_rss_mb, photo
 
-VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime", "compile")
+BASE_VARIANTS = ("reference", "eager", "torchscript", "export", "onnxruntime", "compile")
+VARIANTS = BASE_VARIANTS + ("eager-bf16", "export-bf16", "compile-bf16")
 
 
 def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], Any]]:
@@ -34,8 +38,18 @@ def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tenso
     (the presets' strength control) is called as the server calls it for a request without options:
     its first style at full strength (`pipeline.serve.controls.call_model`)."""
     from pipeline.serve.controls import call_model
+    from pipeline.serve.precision import LowPrecisionConvolutions
     from pipeline.tools.models import load_model
 
+    if variant.endswith("-bf16"):
+        model, grad_mode = build(variant.removesuffix("-bf16"), run)
+
+        def bf16_mode() -> contextlib.ExitStack:
+            stack = contextlib.ExitStack()
+            stack.enter_context(grad_mode())
+            stack.enter_context(LowPrecisionConvolutions(torch.bfloat16))
+            return stack
+        return model, bf16_mode
     ckpt = run / "checkpoints" / "last.ckpt"
     if variant == "reference":
         from benchmarks.reference import reference_for

@@ -96,6 +96,7 @@ def bench_serving(run: Path, work: Path, concurrencies: tuple[int, ...] = (1, 4,
     """Archive, start, wait, measure, stop. Returns the rows plus server start-up facts."""
     from pipeline.export.archive import archive_run
     from pipeline.ops.torchserve_local import LocalTorchServe
+    from pipeline.serve.precision import resolve_precision
 
     store = work / "model_store"
     for name, opts in MODELS.items():
@@ -114,4 +115,6 @@ def bench_serving(run: Path, work: Path, concurrencies: tuple[int, ...] = (1, 4,
             for conc in concurrencies:
                 rows.append(load(server, name, body, conc, max(min_requests, conc * per_client)))
         big = request_1080p(server, "plain")
-    return {"ready_s": ready_s, "request_bytes": len(body), "rows": rows, "request_1080p": big}
+    # what the workers run: the archives' `precision: auto`, resolved as the handler does on this CPU
+    return {"ready_s": ready_s, "request_bytes": len(body), "rows": rows, "request_1080p": big,
+            "precision": resolve_precision("auto", "cpu")}

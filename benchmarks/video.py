@@ -7,8 +7,8 @@ Per-frame mode: the exported `.pt2` loaded by `pipeline.serve.model_io.load_mode
 (H, W, 3) uint8 RGB (what the decoder hands over) through exactly the path `stylize_video` runs
 for each frame: `frames.rgb_image` → `frames.stylize_stream` (`run_batch`, `batch` frames per call
 within the memory cap, frame by frame over it) → `frames.opaque_uint8`. Decoding and encoding are
-left out. On CUDA the calls run under bf16 autocast (`--device cuda`; not measured on the
-2-vCPU VM, which has no GPU).
+left out. `--precision` (default `auto`, what `stylize` and the server run: bf16 convolutions on a
+CPU with native bf16, else fp32) is that of `pipeline.serve.precision`; the row names the one run.
 
 End-to-end mode: a clip of `--frames` frames written with PyAV (H.264, CRF 18, 25 fps, no audio),
 then `pipeline.tools.video.stylize_video` on it (decode + stylize + H.264 encode, batch 4, the
@@ -19,7 +19,6 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import peak_rss_mb, photo
+from pipeline.serve.precision import CHOICES, resolve_precision
 
 PARAMS = {"format": "png", "preserve_color": "false"}  # the request options `stylize` sends by default
 
@@ -39,18 +39,15 @@ def frames_uint8(n: int, h: int, w: int) -> list[np.ndarray]:
 
 
 def stylize_frames(model: Any, frames: list[np.ndarray], batch: int, device: str,
-                   max_memory_mb: int | None) -> list[np.ndarray]:
+                   max_memory_mb: int | None, precision: str) -> list[np.ndarray]:
     """The per-frame path of `stylize_video`, (H, W, 3) uint8 in and out."""
     from pipeline.tools.frames import frame_options, opaque_uint8, rgb_image, stylize_stream
     from pipeline.serve.limits import DEFAULT_MAX_SIDE
 
     options = frame_options(PARAMS, DEFAULT_MAX_SIDE, model.instyle_controls)
     items = ((rgb_image(f, options), k) for k, f in enumerate(frames))
-    # bf16 autocast on CUDA only: on CPUs without native bf16 it is ~10× slower (docs/benchmarks.md).
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
-    with autocast:
-        return [opaque_uint8(y, image) for y, image, _ in stylize_stream(model, items, options, batch, device,
-                                                                          max_memory_mb)]
+    return [opaque_uint8(y, image) for y, image, _ in stylize_stream(model, items, options, batch, device,
+                                                                      max_memory_mb, precision)]
 
 
 def per_frame(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
@@ -61,18 +58,18 @@ def per_frame(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, _ = load_model(args.run / "export" / "generator.pt2", device=args.device)
     result: dict[str, Any] = {"size": f"{w}x{h}", "device": args.device,
-                              "precision": "bf16-autocast" if args.device == "cuda" else "fp32",
+                              "precision": resolve_precision(args.precision, args.device, model),
                               "load_s": time.perf_counter() - t0, "batches": {}}
     frames = frames_uint8(args.frames, h, w)
     start = time.perf_counter()
-    stylize_frames(model, frames[:1], 1, args.device, args.max_memory)  # warm-up: first call, allocator
+    stylize_frames(model, frames[:1], 1, args.device, args.max_memory, args.precision)  # warm-up: first call, allocator
     result["first_frame_s"] = time.perf_counter() - start
     cap = memory_cap_bytes(args.max_memory)
     for batch in (int(b) for b in args.batches.split(",")):
         if args.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        out = stylize_frames(model, frames, batch, args.device, args.max_memory)
+        out = stylize_frames(model, frames, batch, args.device, args.max_memory, args.precision)
         seconds = time.perf_counter() - start  # outputs are uint8 arrays on the CPU: the GPU is done
         assert len(out) == len(frames) and out[0].shape == (h, w, 3)
         result["batches"][str(batch)] = {
@@ -116,12 +113,12 @@ def end_to_end(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
     encode_s = time.perf_counter() - start
 
     model, _ = load_model(args.run / "export" / "generator.pt2")
-    stylize_frames(model, frames[:1], 1, "cpu", None)  # warm-up, as in per-frame mode
+    stylize_frames(model, frames[:1], 1, "cpu", None, args.precision)  # warm-up, as in per-frame mode
     start = time.perf_counter()
-    written = stylize_video(model, src, dst, params=dict(PARAMS), batch=4, progress=False)
+    written = stylize_video(model, src, dst, params=dict(PARAMS), batch=4, progress=False, precision=args.precision)
     seconds = time.perf_counter() - start
     return {"size": f"{w}x{h}", "frames": written, "decoded": decoded, "seconds": seconds,
-            "frames_per_s": written / seconds, "decode_frames_per_s": decoded / decode_s,
+            "frames_per_s": written / seconds, "precision": resolve_precision(args.precision, "cpu", model), "decode_frames_per_s": decoded / decode_s,
             "encode_frames_per_s": len(frames) / encode_s, "batch": 4, "peak_rss_mb": peak_rss_mb(),
             "clip_bytes": src.stat().st_size, "output_bytes": dst.stat().st_size}
 
@@ -136,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--batches", default="1,4", help="frames per model call, comma-separated")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=CHOICES, default="auto", help="of the convolutions (pipeline.serve.precision)")
     p.add_argument("--max-memory", type=int, default=None, help="activation cap per model call, MB "
                    "(default: the shipped default, as `stylize`)")
     p.add_argument("--end-to-end", action="store_true", help="decode + stylize + encode of a synthetic clip")

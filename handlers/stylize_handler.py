@@ -23,7 +23,8 @@ model-config.yaml, overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS.
 
 GPU workers (docs/serving.md, GPU serving): the model runs on TorchServe's `gpu_id`; without an
 explicit max_memory_mb the activation cap is the worker's share of the GPU's free memory; `precision`
-(fp32 | bf16 | fp16, $INSTYLE_PRECISION) runs it under autocast. Out of memory: the cache is freed and
+(auto | fp32 | bf16 | fp16, $INSTYLE_PRECISION; auto: bf16 on a CPU with native bf16, else fp32) is
+that of the convolutions (pipeline.serve.precision); the chosen one is logged and described. Out of memory: the cache is freed and
 the group retried once in tiles, then 507. A CUDA error that poisons the context ends the worker
 process, and TorchServe starts a new one.
 
@@ -52,7 +53,7 @@ from pipeline.serve.limits import (ENV_MAX_MEMORY, device_memory_cap_mb, memory_
                                    workers_per_device)
 from pipeline.common.memory import reuse_freed_memory
 from pipeline.serve.model_io import load_model
-from pipeline.serve.precision import DEFAULT_PRECISION, ENV_PRECISION, autocast, check_precision
+from pipeline.serve.precision import DEFAULT_PRECISION, ENV_PRECISION, precision_mode, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +150,10 @@ def error_body(status: int, message: str, styles: tuple[str, ...] = ()) -> bytes
     return json.dumps({"error": message, "status": status, "styles": list(styles)}).encode("utf-8")
 
 
-def describe(metadata: Mapping[str, Any], controls: ModelControls) -> dict[str, Any]:
+def describe(metadata: Mapping[str, Any], controls: ModelControls, precision: str) -> dict[str, Any]:
     """What `GET /models/NAME?customized=true` shows: the model's styles, strength control and training
-    configuration (`model_description`) and the request options."""
-    return {**model_description(metadata, controls), "options": list(OPTION_NAMES)}
+    configuration (`model_description`), the request options and the precision this worker runs."""
+    return {**model_description(metadata, controls), "options": list(OPTION_NAMES), "precision": precision}
 
 
 class StylizeHandler(BaseHandler):
@@ -176,15 +177,16 @@ class StylizeHandler(BaseHandler):
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         handler_config = yaml_config.get("handler") or {}
         self.max_side, self.max_pixels = server_limits(handler_config)
-        self.precision = check_precision(os.environ.get(ENV_PRECISION) or handler_config.get("precision")
-                                         or DEFAULT_PRECISION, self.model)
-        with torch.inference_mode(), autocast(self.device, self.precision):  # warm-up: fail at load, not later
+        requested = os.environ.get(ENV_PRECISION) or handler_config.get("precision") or DEFAULT_PRECISION  # env first
+        self.precision = resolve_precision(requested, self.device, self.model)
+        self.precision_note = f"{self.precision} (auto)" if requested == "auto" else self.precision
+        with torch.inference_mode(), precision_mode(self.device, self.precision):  # warm-up: fail at load, not later
             for _ in range(2):
                 call_model(self.model, torch.rand(1, 3, 32, 32, device=self.device), None, self.controls)
         # over this many MB of activations an image is stylized in tiles (whole-image norm statistics)
         self.max_memory_mb = self._memory_cap_mb(handler_config, yaml_config)
         logger.info("instyle model %s loaded on %s in %s (%s, step %s); max_side=%d max_pixels=%d max_memory_mb=%d",
-                    serialized, self.device, self.precision, self.controls.describe(), self.metadata.get("global_step"),
+                    serialized, self.device, self.precision_note, self.controls.describe(), self.metadata.get("global_step"),
                     self.max_side, self.max_pixels, self.max_memory_mb)
         self.initialized = True
 
@@ -221,7 +223,7 @@ class StylizeHandler(BaseHandler):
         """Answer every request of the batch: image bytes, or a JSON error for that request only."""
         self.context = context
         if self._is_describe():  # GET /models/NAME?customized=true
-            return [json.dumps(describe(self.metadata, self.controls))]
+            return [json.dumps(describe(self.metadata, self.controls, self.precision_note))]
         metrics = context.metrics  # calls pass a fresh dimensions list: TorchServe's default is a shared mutable one
         # how many requests TorchServe batched into this call (the archive's batchSize / maxBatchDelay)
         metrics.add_metric("BatchSize", len(data), "count", 0, [], MetricTypes.GAUGE)

@@ -72,6 +72,25 @@ def duo(style_image: Path, vgg_weights: Path) -> StyleTransferModule:
     return module
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fp32_unless_asked() -> Iterator[None]:
+    """The suite compares served pixels with independent fp32 computations, so `precision: auto` is
+    pinned to fp32 ($INSTYLE_PRECISION, inherited by TorchServe workers and subprocesses). The tests of
+    the default itself (`auto_precision`: bf16 on a CPU with native bf16) lift the pin."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INSTYLE_PRECISION", "fp32")
+        yield
+
+
+@pytest.fixture
+def auto_precision(monkeypatch: pytest.MonkeyPatch) -> str:
+    """`precision: auto` as users get it: the pin lifted; returns what auto resolves to on this CPU."""
+    from pipeline.serve.precision import resolve_precision
+
+    monkeypatch.delenv("INSTYLE_PRECISION")
+    return resolve_precision("auto", "cpu")
+
+
 @pytest.fixture
 def rng() -> Iterator[None]:
     """Tests that seed torch's global generator leave it as they found it."""

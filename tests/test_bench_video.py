@@ -11,6 +11,7 @@ import pytest
 from benchmarks.video import frames_uint8, main, stylize_frames
 from pipeline.export.exporter import export_run
 from pipeline.serve.model_io import load_model
+from pipeline.serve.precision import resolve_precision
 from pipeline.tools.stylize import stylize_bytes
 from test_serving_helpers import decode_pil, encode_pil, make_checkpoint
 
@@ -28,11 +29,11 @@ def test_frames_are_the_image_commands_pixels(run):
     model, _ = load_model(run / "export" / "generator.pt2")
     frames = frames_uint8(3, 24, 40)
     assert len({f.tobytes() for f in frames}) == 3 and frames[0].dtype == np.uint8
-    one = stylize_frames(model, frames, 1, "cpu", None)
+    one = stylize_frames(model, frames, 1, "cpu", None, "auto")
     for frame, y in zip(frames, one):  # batch 1: what `stylize` writes for that frame as a PNG
         png, _ = stylize_bytes(model, encode_pil(frame), {"format": "png"})
         assert np.array_equal(np.asarray(decode_pil(png).convert("RGB")), y)
-    batched = stylize_frames(model, frames, 2, "cpu", None)
+    batched = stylize_frames(model, frames, 2, "cpu", None, "auto")
     assert max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(one, batched)) <= 1  # float rounding only
 
 
@@ -40,7 +41,8 @@ def test_frames_are_the_image_commands_pixels(run):
 def test_per_frame_and_end_to_end_results(run, tmp_path, capsys):
     assert main(["--run", str(run), "--size", "40x24", "--frames", "3", "--batches", "1,2"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["size"] == "40x24" and result["device"] == "cpu" and result["precision"] == "fp32"
+    assert result["size"] == "40x24" and result["device"] == "cpu"
+    assert result["precision"] == resolve_precision("auto", "cpu")  # what `stylize` runs on this CPU
     for batch in ("1", "2"):
         m = result["batches"][batch]
         assert m["frames"] == 3 and m["one_call_per_batch"] is True

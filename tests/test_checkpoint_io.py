@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.common.cpu import native_bf16
 from pipeline.train.checkpoint_io import AtomicCheckpointIO
 from pipeline.train.cli import preset_path, presets, run_cli
 
@@ -54,10 +55,29 @@ def test_every_preset_builds_a_trainer_with_atomic_checkpoints(preset, tmp_path,
     assert trainer.progress_bar_callback.refresh_rate == expected.get("progress_bar_refresh_rate", 1)
     for kind in (LearningRateMonitor, ThroughputMonitor, TeardownBound, ImageGridLogger):
         assert any(isinstance(c, kind) for c in trainer.callbacks), kind.__name__
-    assert trainer.precision == expected["trainer"]["precision"]
+    if expected.get("native_bf16"):  # the cpu preset: bf16-mixed where the CPU has native bf16 units
+        assert "precision" not in expected["trainer"]
+        assert trainer.precision == ("bf16-mixed" if native_bf16("cpu") else "32-true")
+    else:
+        assert trainer.precision == expected["trainer"]["precision"]
     assert trainer.max_steps == expected["trainer"]["max_steps"]
     assert dict(cli.datamodule.hparams) == {**cli.datamodule.hparams, **expected["data"], "data_dir": str(tmp_path)}
     assert cli.model.hparams.style_size == expected["model"]["style_size"]
+
+
+@pytest.mark.slow
+def test_the_cpu_presets_precision_follows_the_cpu_unless_given(tmp_path, style_image, vgg_weights, monkeypatch):
+    """cpu preset: bf16-mixed only on a CPU with native bf16 units; an explicit precision (or
+    --native_bf16=false) wins; the resolved precision is what the saved config holds."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pipeline"])
+    base = ["--config", str(preset_path("cpu")), f"--model.style_image={style_image}", f"--data.data_dir={tmp_path}"]
+    cases = [([], "bf16-mixed" if native_bf16("cpu") else "32-true"), (["--trainer.precision=32-true"], "32-true"),
+             (["--native_bf16=false"], "32-true"), (["--trainer.precision=bf16-mixed"], "bf16-mixed")]
+    for extra, want in cases:
+        cli = run_cli(base + extra, run=False)
+        assert cli.trainer.precision == want, extra
+        assert cli.config.trainer.precision in (want, None if "--native_bf16=false" in extra else want)
 
 
 @pytest.mark.slow

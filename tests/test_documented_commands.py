@@ -134,7 +134,7 @@ def users_files(home: Path, work: Path) -> None:
     frames[0].save(work / "clip.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
-def test_every_documented_make_line_runs(tmp_path, vgg_weights):
+def test_every_documented_make_line_runs(tmp_path, vgg_weights, auto_precision):
     home, work = tmp_path / "home", tmp_path / "case" / "work"
     work.mkdir(parents=True)
     users_files(home, work)
@@ -143,7 +143,7 @@ def test_every_documented_make_line_runs(tmp_path, vgg_weights):
                                              "ablation"}, lines
     shards = work / "data" / "shards" / "coco"
     ordered = sorted(lines, key=lambda line: verb(line) != "shards")  # the data first, then in document order
-    env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}  # precision: auto, as a user has it
     ran = []
     for line in ordered:
         if verb(line) in NOT_RUN:

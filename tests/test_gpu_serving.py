@@ -83,10 +83,15 @@ def test_archive_config_for_gpu_workers_and_batching():
 
 
 @pytest.mark.slow
-def test_handler_precision_setting(tmp_path_factory, monkeypatch):
+def test_handler_precision_setting(tmp_path_factory, monkeypatch, auto_precision):
     export = shared_export(tmp_path_factory) / "export"
     handler, _ = load_handler(export, "generator.pt2", {"handler": {"precision": "bf16"}})
-    assert handler.precision == "bf16"
+    assert handler.precision == handler.precision_note == "bf16"
+    handler, _ = load_handler(export, "generator.pt2")  # the archive's default
+    assert (handler.precision, handler.precision_note) == (auto_precision, f"{auto_precision} (auto)")
+    monkeypatch.setenv("INSTYLE_PRECISION", "fp32")  # the operator's choice wins over the archive's
+    handler, _ = load_handler(export, "generator.pt2", {"handler": {"precision": "bf16"}})
+    assert handler.precision == "fp32"
     monkeypatch.setenv("INSTYLE_PRECISION", "fp64")
     with pytest.raises(ValueError, match="precision"):
         load_handler(export, "generator.pt2")
@@ -97,6 +102,7 @@ def test_bf16_is_close_to_fp32_and_tiles_with_whole_image_statistics(served):
     image = [DecodedImage(torch.from_numpy(rng_image(96, 136)).permute(2, 0, 1).contiguous(), None)]
     levels = {p: (run_batch(model, image, precision=p)[0] * 255).round() for p in ("fp32", "bf16")}
     diff = (levels["fp32"] - levels["bf16"]).abs()
-    assert 0 < diff.max() <= 12 and diff.mean() < 1.0  # autocast applied; docs/serving.md has photo figures
+    # bf16 convolutions only: an untrained model on noise, 3 levels at most here; docs/serving.md has photo figures
+    assert 0 < diff.max() <= 4 and diff.mean() < 0.5
     tiled = (run_batch(model, image, max_memory_mb=1, precision="bf16", tiled=True)[0] * 255).round()
     assert (tiled - levels["bf16"]).abs().mean() < 1.0

@@ -110,7 +110,8 @@ def test_exports_equal_eager_for_every_style_a_mix_and_a_strength(trained, capsy
 
 
 @pytest.mark.skipif(shutil.which("java") is None or not TORCHSERVE.exists(), reason="needs Java and torchserve")
-def test_served_styles_options_errors_describe_and_mixed_batches(trained, tmp_path):
+def test_served_styles_options_errors_describe_and_mixed_batches(trained, tmp_path, auto_precision):
+    """The chain as users run it, at `precision: auto` (bf16 convolutions on a CPU with native bf16)."""
     make("archive", trained.parents[1], f"NAME={NAME}")
     store = trained.parents[1] / "model_store"
     archive_run(trained, store, name="duobatch", batch_size=4, max_batch_delay_ms=2000)
@@ -126,6 +127,7 @@ def test_served_styles_options_errors_describe_and_mixed_batches(trained, tmp_pa
                           str(jpeg), str(tmp_path / "offline.png")], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "step 48" in cli.stdout  # the trained checkpoint's metadata travelled into the export
+    assert f"precision {auto_precision} (auto)" in cli.stdout
     with LocalTorchServe(tmp_path / "server", store) as server:
         server.wait_ready([NAME, "duobatch"])
         status, ctype, body = server.request("POST", f"/predictions/{NAME}", jpeg.read_bytes(), {"Content-Type": "image/jpeg"})
@@ -165,6 +167,7 @@ def test_served_styles_options_errors_describe_and_mixed_batches(trained, tmp_pa
         described = json.loads(custom) if isinstance(custom, str) else custom
         assert described["styles"] == list(STYLES) and described["strength_control"] is True
         assert described["hyper_parameters"]["strength_control"] is True and "style" in described["options"]
+        assert described["precision"] == f"{auto_precision} (auto)"  # what the worker chose on this CPU
 
         # one TorchServe batch of 4: two sizes × different styles and strengths
         jobs = [(rng_image(37, 53, seed=20), {"X-Style": "coffee"}), (rng_image(64, 48, seed=21), {}),

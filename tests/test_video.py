@@ -110,7 +110,8 @@ def test_round_trip_keeps_timing_size_rotation_and_copies_audio(model, tmp_path,
 
 
 @pytest.mark.parametrize("params", [PARAMS, {"style": "a:0.3,b:0.7", "preserve_color": "true", "max_side": "40"}])
-def test_every_frame_is_the_image_clis_output_on_that_frame(model, tmp_path, params):
+def test_every_frame_is_the_image_clis_output_on_that_frame(model, tmp_path, params, auto_precision):
+    """At `precision: auto`, what users run (bf16 convolutions on a CPU with native bf16)."""
     src = make_clip(tmp_path / "clip.mp4")
     frames = [f.to_ndarray(format="rgb24") for f in decoded_frames(src)]  # decoded here, independently
     expected = [stylize_bytes(model, encode_pil(rgb), {**params, "format": "png"})[0] for rgb in frames]
@@ -119,9 +120,10 @@ def test_every_frame_is_the_image_clis_output_on_that_frame(model, tmp_path, par
     assert [p.name for p in got] == [f"frame_{k:06d}.png" for k in range(12)]
     assert [p.read_bytes() for p in got] == expected  # batch 1: byte for byte
     stylize_video(model, src, tmp_path / "frames4", params=params, batch=4, progress=False)
+    rounding = 1 if auto_precision == "fp32" else 2  # a batch's kernels round differently; bf16 rounds coarser
     for k, p in enumerate(sorted((tmp_path / "frames4").iterdir())):  # batch 4: float rounding at most
         diff = np.abs(np.asarray(decode_pil(p.read_bytes()), int) - np.asarray(decode_pil(expected[k]), int))
-        assert diff.max() <= 1, k
+        assert diff.max() <= rounding, k
     # The H.264 file carries the same frames, up to the codec's loss (CRF 18, 4:4:4 at this odd size).
     stylize_video(model, src, tmp_path / "out.mp4", params=params, batch=1, progress=False)
     video = [f.to_ndarray(format="rgb24").astype(int) for f in decoded_frames(tmp_path / "out.mp4")]

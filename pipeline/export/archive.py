@@ -32,7 +32,7 @@ from model_archiver.model_packaging_utils import ModelExportUtils
 
 import pipeline
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from pipeline.serve.precision import DEFAULT_PRECISION, PRECISIONS
+from pipeline.serve.precision import DEFAULT_PRECISION, check_precision
 
 HANDLER_MODULE = "handlers.stylize_handler"
 Serialized = Literal["pt", "pt2"]
@@ -53,8 +53,7 @@ def model_config(batch_size: int, max_batch_delay_ms: int, response_timeout_s: i
                        ("max_memory_mb", max_memory_mb), ("workers", workers)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be an integer ≥ 1, got {value!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if device_ids and not gpu:
         raise ValueError("device_ids needs gpu=true")
     if device_ids and any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in device_ids):
@@ -183,7 +182,7 @@ def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path =
             response_timeout_s: int = RESPONSE_TIMEOUT_S, max_side: int = DEFAULT_MAX_SIDE,
             max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int | None = None, workers: int | None = None,
             gpu: bool = False, device_ids: list[int] | None = None,
-            precision: Literal["fp32", "bf16", "fp16"] = DEFAULT_PRECISION) -> int:
+            precision: Literal["auto", "fp32", "bf16", "fp16"] = DEFAULT_PRECISION) -> int:
     """Archive exported runs as TorchServe .mar files in STORE (an existing one is replaced atomically).
 
     Args:
@@ -201,7 +200,8 @@ def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path =
         workers: TorchServe minWorkers = maxWorkers (default: TorchServe's, one per GPU or per core).
         gpu: serve on GPUs (deviceType gpu; each worker gets one by TorchServe's gpu_id).
         device_ids: which GPUs, e.g. --device_ids '[0,1]' (default: every visible one); needs --gpu true.
-        precision: inference precision fp32 | bf16 | fp16 (autocast; docs/serving.md for the pixel differences).
+        precision: of the convolutions, auto (bf16 on a worker CPU with native bf16, else fp32) | fp32 | bf16 | fp16
+            (docs/serving.md for the pixel differences).
     """
     run_dirs = [runs / name] if name else exported_runs(runs, serialized)
     if not run_dirs:

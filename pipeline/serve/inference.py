@@ -14,7 +14,7 @@ from pipeline.serve.controls import Conditioning, ModelControls, call_model, con
 from pipeline.common.images import DecodedImage, decode, encode, limit_side, model_input
 from pipeline.serve.options import Options, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
-from pipeline.serve.precision import DEFAULT_PRECISION, autocast, check_precision
+from pipeline.serve.precision import DEFAULT_PRECISION, precision_mode
 from pipeline.serve.tiling import model_width, stylize_tiled, tile_for_cap, tileable_generator, untiled_bytes
 
 
@@ -51,8 +51,8 @@ def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage]
     `conditions`: each image's style weights and strength (`Options.conditioning`; None: the model's
     first style at full strength); one batch may mix them. The model's controls are
     `model.instyle_controls` (set by `load_model`). The pixels cross to `device` as decoded (8 bit)
-    and are converted there; every tensor made here is made on `device`. `precision`: fp32 | bf16 |
-    fp16 (`pipeline.serve.precision`).
+    and are converted there; every tensor made here is made on `device`. `precision`: auto | fp32 |
+    bf16 | fp16 (`pipeline.serve.precision`: low precision for the convolutions only).
 
     Within the memory cap (`max_memory_mb`, else $INSTYLE_MAX_MEMORY_MB, else 2048 MB of
     activations) the images run as one batch; a batch over the cap runs image by image, and an
@@ -61,7 +61,7 @@ def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage]
     whose generator is known (the handler's retry after running out of device memory). The activation
     estimate follows the generator's width (`tiling.untiled_bytes`)."""
     cap = memory_cap_bytes(max_memory_mb)
-    check_precision(precision, model)
+    mode = precision_mode(device, precision, model)  # checks `precision` before any work
     h, w = images[0].size
     controls: ModelControls | None = getattr(model, "instyle_controls", None)
     if controls is not None and controls.conditioned:
@@ -70,7 +70,7 @@ def run_batch(model: Callable[..., torch.Tensor], images: Sequence[DecodedImage]
     else:
         conds = None
     width = model_width(model)
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode(), mode:
         if not tiled and untiled_bytes(h, w, len(images), width) <= cap:
             return list(call_model(model, device_batch(images, device), conds, controls).float().cpu())
         generator = tileable_generator(model) if tiled or untiled_bytes(h, w, 1, width) > cap else None

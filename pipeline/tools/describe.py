@@ -1,5 +1,6 @@
 """`python -m pipeline describe --model FILE`: what a model offers and how it was trained, as JSON.
-Its styles and strength control: the same description TorchServe's describe API gives for its archive."""
+Its styles and strength control: the same description TorchServe's describe API gives for its archive,
+with the precision `auto` chooses for it on this machine's CPU."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,13 @@ import sys
 from pathlib import Path
 
 from pipeline.serve.controls import model_description
+from pipeline.serve.precision import resolve_precision
 from pipeline.tools.models import load_model
 
 
 def command(*, model: Path) -> int:
-    """Print a model's styles, strength control, generator and training hyper-parameters as JSON.
+    """Print a model's styles, strength control, generator, training hyper-parameters and the precision it
+    runs in on this CPU by default (auto) as JSON.
 
     Args:
         model: generator.pt2, generator.pt, generator.onnx or a training .ckpt.
@@ -21,5 +24,6 @@ def command(*, model: Path) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(model_description(meta, net.instyle_controls), indent=2))
+    auto = resolve_precision("auto", "cpu", net)
+    print(json.dumps({**model_description(meta, net.instyle_controls), "precision": f"{auto} (auto)"}, indent=2))
     return 0

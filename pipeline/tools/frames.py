@@ -19,6 +19,7 @@ from pipeline.serve.controls import ModelControls, conditioning
 from pipeline.common.images import DecodedImage, limit_side, to_uint8
 from pipeline.serve.options import Options, parse_options
 from pipeline.serve.inference import run_batch, size_groups
+from pipeline.serve.precision import DEFAULT_PRECISION
 
 T = TypeVar("T")
 
@@ -43,7 +44,8 @@ def rgb_image(rgb: np.ndarray, options: Options) -> DecodedImage:
 
 def stylize_stream(model: Any, items: Iterable[tuple[DecodedImage, T]], options: Options, batch: int,
                    device: str | torch.device = "cpu",
-                   max_memory_mb: int | None = None) -> Iterator[tuple[torch.Tensor, DecodedImage, T]]:
+                   max_memory_mb: int | None = None,
+                   precision: str = DEFAULT_PRECISION) -> Iterator[tuple[torch.Tensor, DecodedImage, T]]:
     """(stylized (3, H, W) float in [0, 1], the frame, its tag) in input order, `batch` frames per
     model call (same-size frames together: `run_batch`, which falls back to one at a time or tiles
     over the memory cap). With `options.preserve_color` the frame's colours are put back, as
@@ -55,18 +57,19 @@ def stylize_stream(model: Any, items: Iterable[tuple[DecodedImage, T]], options:
     for item in items:
         pending.append(item)
         if len(pending) == batch:
-            yield from _run(model, pending, options, device, max_memory_mb)
+            yield from _run(model, pending, options, device, max_memory_mb, precision)
             pending = []
     if pending:
-        yield from _run(model, pending, options, device, max_memory_mb)
+        yield from _run(model, pending, options, device, max_memory_mb, precision)
 
 
 def _run(model: Any, pending: list[tuple[DecodedImage, T]], options: Options, device: str | torch.device,
-         max_memory_mb: int | None) -> Iterator[tuple[torch.Tensor, DecodedImage, T]]:
+         max_memory_mb: int | None, precision: str) -> Iterator[tuple[torch.Tensor, DecodedImage, T]]:
     images = [image for image, _ in pending]
     out: list[torch.Tensor | None] = [None] * len(images)
     for group in size_groups(images):  # never pad frames of different sizes into one batch
-        ys = run_batch(model, [images[i] for i in group], device, max_memory_mb, [options.conditioning] * len(group))
+        ys = run_batch(model, [images[i] for i in group], device, max_memory_mb, [options.conditioning] * len(group),
+                       precision)
         for i, y in zip(group, ys):
             out[i] = preserve_color(y, images[i].rgb) if options.preserve_color else y
     for (image, tag), y in zip(pending, out):

@@ -32,7 +32,7 @@ from pipeline.serve.inference import finish, prepare, run_batch
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.common.memory import reuse_freed_memory
 from pipeline.tools.models import load_model
-from pipeline.serve.precision import DEFAULT_PRECISION, check_precision
+from pipeline.serve.precision import DEFAULT_PRECISION, resolve_precision
 from pipeline.tools.video import job_kind, stylize_video
 
 SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -77,7 +77,7 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
             max_side: int | None = None, server_max_side: int = DEFAULT_MAX_SIDE,
             max_memory_mb: int | None = None, preserve_color: bool = False, style: str | None = None,
             strength: float | None = None, batch: int = 1, fps: float = 25.0, device: str = "cpu",
-            precision: Literal["fp32", "bf16", "fp16"] = DEFAULT_PRECISION) -> int:
+            precision: Literal["auto", "fp32", "bf16", "fp16"] = DEFAULT_PRECISION) -> int:
     """Stylize an image file, or every image in a folder, with the TorchServe handler's exact processing.
 
     Also a video, an animated GIF/WebP, or a folder of frames into a video (see the module docstring).
@@ -102,8 +102,8 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
             GPU and may differ by float rounding, ≤ 1 level in 8 bit.
         fps: video mode: frame rate of a video made from a folder of frames.
         device: where the model runs: cpu (default), cuda, cuda:1, ...
-        precision: fp32 (default) | bf16 | fp16: the model under autocast (images only; docs/serving.md
-            has the pixel differences to fp32).
+        precision: auto (default: bf16 on a CPU with native bf16, else fp32) | fp32 | bf16 | fp16: the
+            precision of the convolutions (the rest is fp32; docs/serving.md has the pixel differences).
     """
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.common.memory)
     requested = FORMAT_ALIASES.get(format, format) if format else None
@@ -119,8 +119,6 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
             raise ValueError(f"--batch {batch}: give at least 1 frame per model call")
         if video == "frames-to-video" and not fps > 0:
             raise ValueError(f"--fps {fps}: give a positive frame rate")
-        if video and precision != "fp32":
-            raise ValueError("--precision is for images; videos are stylized in fp32")
         target = torch.device(device)
         if target.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {device}: this machine's torch sees no CUDA GPU")
@@ -129,12 +127,14 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         return 2
     try:
         net, meta = load_model(model, target)
-        check_precision(precision, net)
+        chosen = resolve_precision(precision, target, net)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
     controls = net.instyle_controls
-    print(f"model {model}: {controls.describe()}, step {meta.get('global_step')}")
+    print(f"model {model}: {controls.describe()}, step {meta.get('global_step')}, "
+          f"precision {chosen}{' (auto)' if precision == 'auto' else ''}")
+    precision = chosen
     params = _params("png", quality, max_side, preserve_color, style, strength)
     try:  # the style options are the same for every image: refuse bad ones before any is read
         conditioning(params, controls)
@@ -142,7 +142,7 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         print(f"error: {e}", file=sys.stderr)
         return 2
     if video:
-        return _video(net, src, dst, params, server_max_side, max_memory_mb, batch, fps, target)
+        return _video(net, src, dst, params, server_max_side, max_memory_mb, batch, fps, target, precision)
 
     def one(path: Path, out: Path, fmt: str) -> None:
         start = time.perf_counter()
@@ -183,12 +183,13 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
 
 
 def _video(net: Any, src: Path, dst: Path, params: dict[str, str], server_max_side: int,
-           max_memory_mb: int | None, batch: int, fps: float, device: torch.device) -> int:
+           max_memory_mb: int | None, batch: int, fps: float, device: torch.device, precision: str) -> int:
     """Video mode of `command`: 0 when written, 1 when the input cannot be read or the output written."""
     start = time.perf_counter()
     try:
         frames = stylize_video(net, src, dst, params=params, batch=batch, max_side=server_max_side,
-                               max_memory_mb=max_memory_mb, device=device, fps=fps, progress=True)
+                               max_memory_mb=max_memory_mb, device=device, fps=fps, progress=True,
+                               precision=precision)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -32,6 +32,7 @@ from pipeline.tools import video_jobs
 from pipeline.tools.frame_files import ANIMATED_SUFFIXES, frame_files, is_animated
 from pipeline.tools.frames import frame_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from pipeline.serve.precision import DEFAULT_PRECISION
 from pipeline.tools.video_io import H264_SUFFIXES, VIDEO_SUFFIXES, ffmpeg_log
 
 
@@ -61,7 +62,7 @@ def job_kind(src: Path, dst: Path) -> str | None:
 def stylize_video(model: Any, src: str | Path, dst: str | Path, *, params: dict[str, str], batch: int = 4,
                   max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS,
                   max_memory_mb: int | None = None, device: str | torch.device = "cpu", fps: float = 25.0,
-                  progress: bool = True) -> int:
+                  progress: bool = True, precision: str = DEFAULT_PRECISION) -> int:
     """Stylize a video, an animation or a folder of frames (see the module docstring) into `dst`;
     returns the number of frames written. `params` are the image CLI's request options (style,
     strength, preserve_color, max_side, quality); `max_side` is the server's cap on them.
@@ -79,7 +80,7 @@ def stylize_video(model: Any, src: str | Path, dst: str | Path, *, params: dict[
     if dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: the output must differ from the input")
     job = video_jobs.Job(model, dict(params), frame_options(params, max_side, getattr(model, "instyle_controls", None)),
-                         batch, max_side, max_pixels, max_memory_mb, device, progress)
+                         batch, max_side, max_pixels, max_memory_mb, device, progress, precision)
     with _replaced_on_success(dst, folder=kind in ("video-to-frames", "frames-to-folder")) as tmp:
         if kind in ("video", "video-to-frames"):
             with ffmpeg_log():

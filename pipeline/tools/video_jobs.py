@@ -19,6 +19,7 @@ from pipeline.tools.frames import Progress, opaque_uint8, rgb_image, stylize_str
 from pipeline.common.images import BadImageRequest, DecodedImage, encode, to_uint8
 from pipeline.serve.options import Options
 from pipeline.serve.inference import prepare
+from pipeline.serve.precision import DEFAULT_PRECISION
 from pipeline.tools.video_io import Frame, VideoReader, VideoWriter
 
 FRAME_NAME = "frame_{:06d}.png"  # a video's frames written to a folder: frame_000000.png is frame 0
@@ -37,9 +38,11 @@ class Job:
     max_memory_mb: int | None
     device: str | torch.device
     progress: bool
+    precision: str = DEFAULT_PRECISION
 
     def stylize(self, items: Iterable[tuple[DecodedImage, Any]]) -> Iterator[tuple[torch.Tensor, DecodedImage, Any]]:
-        return stylize_stream(self.model, items, self.options, self.batch, self.device, self.max_memory_mb)
+        return stylize_stream(self.model, items, self.options, self.batch, self.device, self.max_memory_mb,
+                              self.precision)
 
     def decoded(self, data: bytes, name: str) -> DecodedImage:
         """An image file's bytes through the image CLI's `prepare`, errors naming the frame."""

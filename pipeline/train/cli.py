@@ -3,12 +3,15 @@
 Every run starts from `configs/base.yaml` (loaded before any `--config`), so a preset is a small
 overlay that states only what it changes, and `--config` may be given several times.
 
-Two process-wide settings are top-level options, so a preset can state them: `float32_matmul_precision`
-(torch's, before anything is built) and `progress_bar_refresh_rate` (the bar's host reads of the logged
-losses are syncs: the gpu preset refreshes at its log interval).
+Three settings are top-level options, so a preset can state them: `float32_matmul_precision`
+(torch's, before anything is built), `progress_bar_refresh_rate` (the bar's host reads of the logged
+losses are syncs: the gpu preset refreshes at its log interval) and `native_bf16` (the cpu preset: with
+`trainer.precision` left unset, a CPU run trains in bf16-mixed where the CPU has native bf16 units,
+AVX512-BF16 or AMX, and in 32-true elsewhere; bf16 without them is many times slower, docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from pipeline.data.datamodule import ContentDataModule
 from pipeline.common.memory import reuse_freed_memory
+from pipeline.common.cpu import native_bf16
 from pipeline.train.module import StyleTransferModule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -44,12 +48,21 @@ class TrainingCLI(LightningCLI):
         parser.add_argument("--float32_matmul_precision", type=str, default="highest",
                             choices=["highest", "high", "medium"],
                             help="torch.set_float32_matmul_precision: `high` lets fp32 matmuls use TF32 on GPUs")
+        parser.add_argument("--native_bf16", type=bool, default=False,
+                            help="with trainer.precision unset, train a CPU run in bf16-mixed where the CPU has "
+                                 "native bf16 units (AVX512-BF16, AMX), else in 32-true")
         parser.add_argument("--progress_bar_refresh_rate", type=int, default=1,
                             help="steps between progress-bar refreshes (each reads the logged losses back)")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         torch.set_float32_matmul_precision(config.float32_matmul_precision)
+        trainer = config.trainer
+        on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+        if config.native_bf16 and trainer.precision is None and on_cpu:
+            trainer.precision = "bf16-mixed" if native_bf16("cpu") else "32-true"
+            print(f"precision: {trainer.precision} ({'this CPU has' if native_bf16('cpu') else 'no'} native bf16 units; "
+                  "--trainer.precision sets it)", file=sys.stderr)
         rate = config.progress_bar_refresh_rate
         if rate < 1:
             raise ValueError(f"progress_bar_refresh_rate must be ≥ 1, got {rate}")
