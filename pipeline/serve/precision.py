@@ -105,7 +105,8 @@ class LowPrecisionConvolutions(TorchFunctionMode):
             low = x.to(self.dtype), weight.to(self.dtype), None if bias is None else bias.to(self.dtype)
             return func(*low, *args[3:], **kwargs).float()
         mean = x.mean(dim=(2, 3), keepdim=True)
-        centred = torch.sub(x, mean, out=torch.empty_like(x, dtype=self.dtype))  # one pass: subtract and round
+        # two passes, each vectorized (a subtraction straight into bf16 is a mixed-dtype slow path, ~10x slower)
+        centred = (x - mean).to(self.dtype)
         y = func(centred, weight.to(self.dtype), None, *args[3:], **kwargs).float()
         dc = mean.flatten(1) @ weight.sum(dim=(2, 3)).t()  # (B, C_out): the convolution of the constant mean
         dc = dc if bias is None else dc + bias
