@@ -70,6 +70,9 @@ def compare(model_path: Path, photos: list[Path], params: dict[str, str], precis
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.common.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # as the server and `stylize` run (pipeline.common.memory): times comparable to theirs
     p = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, required=True, help="generator.pt2 or a .ckpt")
     p.add_argument("--photos", type=Path, default=Path("../shared/assets/content/val"))
