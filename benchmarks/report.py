@@ -152,18 +152,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the issue as {target, value, met}; only those this run measured."""
     out = []
     idx, kind = _infer_index(results), _target_kind(results)
-    for size, limit in TARGET_TIME.items():
-        ours, ref = idx.get((kind, SHIPPED, size, "1")), _reference(idx, kind, size, "1")
-        if ours and ref:
-            ratio = ours["median_s"] / ref["median_s"]
-            out.append({"target": f"inference {size} batch 1: {SHIPPED} ({kind} model) time ≤ {limit} × reference",
-                        "value": round(ratio, 3), "met": ratio <= limit})
-    for size, limit in BF16_TARGET_TIME.items():
-        ours, ref = idx.get((kind, SHIPPED_BF16, size, "1")), _reference(idx, kind, size, "1")
-        if ours and ref:
-            ratio = ours["median_s"] / ref["median_s"]
-            out.append({"target": f"inference {size} batch 1: {SHIPPED_BF16} ({kind} model) time ≤ {limit} × reference",
-                        "value": round(ratio, 3), "met": ratio <= limit})
+    for variant, limits in ((SHIPPED, TARGET_TIME), (SHIPPED_BF16, BF16_TARGET_TIME)):
+        for size, limit in limits.items():
+            ours, ref = idx.get((kind, variant, size, "1")), _reference(idx, kind, size, "1")
+            if ours and ref:
+                ratio = ours["median_s"] / ref["median_s"]
+                out.append({"target": f"inference {size} batch 1: {variant} ({kind} model) time ≤ {limit} × reference",
+                            "value": round(ratio, 3), "met": ratio <= limit})
     diffs = results.get("same_output_max_abs_diff", {})
     fp32 = {k: v for k, v in diffs.items() if "-bf16@" not in k}
     if fp32:

@@ -102,3 +102,9 @@ def test_the_presets_generator_is_the_reference_with_its_resolved_norms(tmp_path
             assert diff < 1e-4, f"max abs diff {diff:.3g}"
         weaker = call_model(served, x, [Conditioning((1.0,), 0.3)], served.instyle_controls)
     assert (weaker - want).abs().max().item() > 1e-3  # the strength path is live: another function at 0.3
+    from benchmarks.infer import build  # the bench's export-bf16 row: the served .pt2 with bf16 convolutions
+
+    bf16, mode = build("export-bf16", run)
+    with mode():
+        levels = (bf16(x) - want).abs().max().item() * 255
+    assert 0 < levels <= 4, levels
