@@ -23,9 +23,9 @@ model-config.yaml, overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS.
 
 GPU workers (docs/serving.md, GPU serving): the model runs on TorchServe's `gpu_id`; without an
 explicit max_memory_mb the activation cap is the worker's share of the GPU's free memory; `precision`
-(auto | fp32 | bf16 | fp16, $INSTYLE_PRECISION; auto: bf16 on a CPU with native bf16, else fp32) is
-that of the convolutions (pipeline.serve.precision); the chosen one is logged and described. Out of
-memory: the cache is freed and the group retried once in tiles, then 507. A CUDA error that poisons the context ends the worker
+(auto | fp32 | bf16 | fp16, $INSTYLE_PRECISION; auto: bf16 on a CPU with native bf16) is that of the
+convolutions (pipeline.serve.precision), logged and described. Out of memory: the cache is freed and
+the group retried once in tiles, then 507. A CUDA error that poisons the context ends the worker
 process, and TorchServe starts a new one.
 
 Imports: the archive carries the whole serving package and the generator's definition
@@ -151,8 +151,7 @@ def error_body(status: int, message: str, styles: tuple[str, ...] = ()) -> bytes
 
 
 def describe(metadata: Mapping[str, Any], controls: ModelControls, precision: str) -> dict[str, Any]:
-    """What `GET /models/NAME?customized=true` shows: the model's styles, strength control and training
-    configuration (`model_description`), the request options and the precision this worker runs."""
+    """What `GET /models/NAME?customized=true` shows: `model_description`, options, this worker's precision."""
     return {**model_description(metadata, controls), "options": list(OPTION_NAMES), "precision": precision}
 
 
