@@ -7,8 +7,9 @@ with the project's VGGFeatures → backward → Adam), without the Lightning loo
 and the progress bar cost milliseconds against seconds per step). `reference` is
 `benchmarks.reference.ReferenceTrainer`. Both start from the run's generator weights, see the
 same batches and use the cpu preset's loss weights, so their loss values can be compared. On a run
-of the presets' generator (strength control) `ours` draws each sample's strength as training does
-(`StyleTransferModule.draw_conditions`): its losses then differ from the plain reference's by design.
+of the presets' generator (strength control) `ours` adds the strength samples as training does
+(`StyleTransferModule.with_strength_samples`): its losses then differ from the plain reference's by
+design, and images/s counts the batch's photos.
 `--precision bf16-mixed` runs the step as Lightning's `bf16-mixed` does on the CPU: the forward pass and
 the loss under `torch.autocast("cpu", torch.bfloat16)` (Gram matrices stay fp32), backward and Adam on
 the fp32 weights. Prints one JSON line: the loss terms of every step (warm-up included), step times, images/s, peak RSS.
@@ -57,7 +58,8 @@ def ours_step(run: Path, style_path: Path, precision: str = "32-true") -> Callab
     def step(batch: torch.Tensor) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            terms = module._terms(batch, *module.draw_conditions(len(batch)))  # what training_step logs and returns
+            # what training_step logs and returns
+            terms = module._terms(*module.with_strength_samples(batch, *module.draw_conditions(len(batch))))
         terms["total"].backward()
         opt.step()
         return {k: float(v.detach()) for k, v in terms.items()}

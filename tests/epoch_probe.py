@@ -69,10 +69,10 @@ def draws_probe(rank: int, style: str) -> dict:
     from pipeline.train.seeds import seed_this_rank
 
     seed_everything(0)  # what LightningCLI does on every rank
-    module = StyleTransferModule(style, style_size=32, strength_control=True, stability_weight=1.0)
+    module = StyleTransferModule(style, style_size=32, strength_control=True, stability_weight=1.0, strength_samples=16)
     weights = [p.detach().flatten()[:8].tolist() for p in module.generator.parameters()]
     seed_this_rank(rank)  # what the module's on_fit_start does
-    _, strength = module.draw_conditions(16)
+    _, _, strength = module.with_strength_samples(torch.zeros(16, 3, 2, 2), *module.draw_conditions(16))
     noise = torch.randn(8).tolist()  # as the stability term draws its noise and warps
     net = DistributedDataParallel(torch.nn.Linear(2, 2))
     guard = NonFiniteGuard(limit=2)

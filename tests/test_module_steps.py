@@ -35,9 +35,11 @@ def test_forward_defaults_are_the_first_style_at_full_strength(duo: StyleTransfe
         assert default.shape == x.shape and 0.0 <= float(default.min()) and float(default.max()) <= 1.0
 
 
-def test_draws_full_strength_share_and_uniform_rest_and_styles_in_range(duo: StyleTransferModule, rng: None) -> None:
-    """Over many draws: ≈ FULL_STRENGTH_SHARE of strengths exactly 1, the rest uniform in [0, 1);
-    styles per sample cover 0..N−1 evenly."""
+def test_draws_full_strength_share_and_uniform_rest_and_styles_in_range(duo: StyleTransferModule, rng: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """strength_samples=0 (the first scheme), over many draws: ≈ FULL_STRENGTH_SHARE of strengths
+    exactly 1, the rest uniform in [0, 1); styles per sample cover 0..N−1 evenly."""
+    monkeypatch.setitem(duo.hparams, "strength_samples", 0)
     torch.manual_seed(0)
     n = 40_000
     styles, strength = duo.draw_conditions(n)
@@ -50,6 +52,28 @@ def test_draws_full_strength_share_and_uniform_rest_and_styles_in_range(duo: Sty
     assert abs(float(rest.mean()) - 0.5) < 0.02 and abs(float((rest < 0.25).float().mean()) - 0.25) < 0.02
     assert styles.dtype == torch.long and set(styles.tolist()) == {0, 1}
     assert abs(float(styles.float().mean()) - 0.5) < 0.02
+    images = random_photos()
+    assert duo.with_strength_samples(images, styles[:2], strength[:2])[0] is images  # nothing added
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_strength_samples_are_added_to_a_full_strength_batch(duo: StyleTransferModule, rng: None, k: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default scheme: the drawn batch is all at strength 1 (what a model without the control
+    trains on); `strength_samples` copies of its first photos, with their styles, are appended at
+    strengths uniform in [0, 1) (at most one per photo)."""
+    monkeypatch.setitem(duo.hparams, "strength_samples", k)
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 8, 8)
+    styles, strength = duo.draw_conditions(2)
+    assert torch.equal(strength, torch.ones(2))
+    got_images, got_styles, got_strength = duo.with_strength_samples(images, styles, strength)
+    m = min(k, 2)
+    assert torch.equal(got_images, torch.cat([images, images[:m]])) and torch.equal(got_styles, torch.cat([styles, styles[:m]]))
+    assert torch.equal(got_strength[:2], strength) and got_strength.shape == (2 + m,)
+    extra = torch.cat([duo.with_strength_samples(images, styles, strength)[2][2:] for _ in range(5000)])
+    assert float(extra.min()) >= 0.0 and float(extra.max()) < 1.0
+    assert abs(float(extra.mean()) - 0.5) < 0.02 and abs(float((extra < 0.25).float().mean()) - 0.25) < 0.02
 
 
 def test_draws_one_style_per_batch_and_none_where_unconditioned(duo: StyleTransferModule, single: StyleTransferModule,
@@ -223,6 +247,7 @@ def test_on_train_batch_end_checks_the_guard_only_at_the_log_interval(single: St
 def test_on_fit_start_reseeds_ranks_above_zero(duo: StyleTransferModule, rng: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The module's fit start: rank 0 keeps drawing its stream, rank 1 draws the stream of its own seed."""
     monkeypatch.setenv("PL_GLOBAL_SEED", "11")
+    monkeypatch.setitem(duo.hparams, "strength_samples", 0)  # strengths drawn per sample
     draws = {}
     for rank in (0, 1):
         monkeypatch.setattr(duo, "_trainer", SimpleNamespace(global_rank=rank))

@@ -22,9 +22,9 @@ from pipeline.train.seeds import seed_this_rank
 from pipeline.train.styles import style_name, style_specs
 
 STYLE_SAMPLING = ("sample", "batch")
-# Share of training samples drawn at strength 1 (the default most requests use; the rest uniform in [0, 1]).
-# 0.75 rather than 0.5: the output's mix with the photo already spans the range, and full strength is
-# what must cost nothing (docs/styles.md#strength).
+# With strength_samples=0 (the first scheme): the share of a batch's samples drawn at strength 1, the
+# rest uniform in [0, 1]. The default (strength_samples ≥ 1) keeps the whole batch at strength 1 and
+# adds samples at lower strengths, so full strength sees what a model without the control sees.
 FULL_STRENGTH_SHARE = 0.75
 
 
@@ -49,12 +49,16 @@ class StyleTransferModule(L.LightningModule):
             or several, comma-separated, or a folder of images: one generator for all of them, each
             style called by its file stem.
         style_sampling: with several styles, draw a style per `sample` (default) or one per `batch`.
-        strength_control: also train a strength input s ∈ [0, 1] (half the samples at 1, half
-            uniform): 0 gives the photo back, 1 the full style, evenly between (docs/styles.md). Per
+        strength_control: also train a strength input s ∈ [0, 1]: 0 gives the photo back, 1 the full
+            style, evenly between (docs/styles.md). Per
             sample the style loss is weighted by s and a photo term by 1 − s (`photo_weight`); the
             generator conditions its instance norms on s and mixes its output toward the photo
             (pipeline/model/generators.py). With `norm` batch/none or the multi-scale generator it is
             turned off (a warning says so), so the presets' default never blocks the paper's baselines.
+        strength_samples: with the strength control, samples added to every batch at a uniform strength
+            (copies of its first photos, with their styles), while the batch itself trains full strength
+            as a model without the control would; 0: no extra samples, 3/4 of the batch at full
+            strength and the rest uniform (the first scheme, measured in docs/styles.md).
         photo_weight: weight of the strength control's photo term, (1 − s)·photo_weight·MSE(output,
             photo) per sample (pipeline/loss/losses.py's PHOTO_WEIGHT); it vanishes at full strength.
         stability_weight: weight of the temporal-stability term (pipeline/train/regularizers.py): the
@@ -84,7 +88,7 @@ class StyleTransferModule(L.LightningModule):
                  content_weight: float = CONTENT_WEIGHT, tv_weight: float = TV_WEIGHT, vgg_flavour: str = VGG_FLAVOUR,
                  vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10,
                  style_sampling: str = "sample", strength_control: bool = False, stability_weight: float = 0.0,
-                 photo_weight: float = PHOTO_WEIGHT):
+                 photo_weight: float = PHOTO_WEIGHT, strength_samples: int = 1):
         super().__init__()
         specs = style_specs(style_image)
         strength_control = _strength_control_for(strength_control, arch, norm)
@@ -97,8 +101,9 @@ class StyleTransferModule(L.LightningModule):
         self.hparams["strength_control"] = strength_control
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
-        if stability_weight < 0 or photo_weight < 0:
-            raise ValueError(f"stability_weight and photo_weight must be ≥ 0, got {stability_weight}, {photo_weight}")
+        if stability_weight < 0 or photo_weight < 0 or strength_samples < 0:
+            raise ValueError(f"stability_weight, photo_weight and strength_samples must be ≥ 0, got {stability_weight}, "
+                             f"{photo_weight}, {strength_samples}")
         if style_sampling not in STYLE_SAMPLING:
             raise ValueError(f"style_sampling={style_sampling!r}: choose {' or '.join(STYLE_SAMPLING)}")
         self.style_names = [style_name(s) for s in specs]
@@ -139,11 +144,24 @@ class StyleTransferModule(L.LightningModule):
         if self.n_styles > 1:
             shape = (batch,) if self.hparams.style_sampling == "sample" else (1,)
             styles = torch.randint(self.n_styles, shape, device=self.device).expand(batch)
-        if self.hparams.strength_control:
+        if self.hparams.strength_control and self.hparams.get("strength_samples", 0) > 0:
+            strength = torch.ones(batch, device=self.device)
+        elif self.hparams.strength_control:
             uniform = torch.rand(batch, device=self.device)
             full = torch.rand(batch, device=self.device) < FULL_STRENGTH_SHARE
             strength = torch.where(full, torch.ones_like(uniform), uniform)
         return styles, strength
+
+    def with_strength_samples(self, images: torch.Tensor, styles: torch.Tensor | None, strength: torch.Tensor | None
+                              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The training batch with `strength_samples` copies of its first photos (their styles) appended
+        at strengths uniform in [0, 1); unchanged without the control or with strength_samples=0."""
+        k = min(self.hparams.get("strength_samples", 0), len(images)) if strength is not None else 0
+        if k == 0:
+            return images, styles, strength
+        extra = torch.rand(k, device=images.device, dtype=strength.dtype)
+        return (torch.cat([images, images[:k]]), None if styles is None else torch.cat([styles, styles[:k]]),
+                torch.cat([strength, extra]))
 
     def image_flops(self, images: torch.Tensor, backward: bool) -> int:
         """FLOPs of one image of `images`' size through a training step (generator, loss, backward) or a
@@ -167,7 +185,9 @@ class StyleTransferModule(L.LightningModule):
         return self._image_flops[key]
 
     def on_train_batch_start(self, batch: ContentBatch, batch_idx: int) -> None:
-        self.flops_per_batch = self.image_flops(batch.images, backward=True) * len(batch.images)
+        n = len(batch.images)  # the generator also runs the strength samples
+        n += min(self.hparams.get("strength_samples", 0), n) if self.hparams.strength_control else 0
+        self.flops_per_batch = self.image_flops(batch.images, backward=True) * n
 
     def on_validation_batch_start(self, batch: ContentBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.flops_per_batch = self.image_flops(batch.images, backward=False) * len(batch.images)
@@ -193,8 +213,8 @@ class StyleTransferModule(L.LightningModule):
         (`on_before_optimizer_step`, pipeline/train/nonfinite.py) and counted at the log interval."""
         self.skipped_samples += int(batch.skipped)  # host ints the data stream counted
         self.failed_shards += int(batch.failed_shards)
-        terms = self._terms(batch.images, *self.draw_conditions(len(batch.images)),
-                            stability=self.hparams.stability_weight > 0)
+        images, styles, strength = self.with_strength_samples(batch.images, *self.draw_conditions(len(batch.images)))
+        terms = self._terms(images, styles, strength, stability=self.hparams.stability_weight > 0)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=len(batch.images))
         return terms["total"]
 
