@@ -53,7 +53,7 @@ def ours_step(run: Path, style_path: Path, precision: str = "32-true") -> Callab
                                  strength_control=generator.has_strength, **WEIGHTS)
     module.generator.load_state_dict(generator.state_dict())
     module.train()
-    opt = module.configure_optimizers()  # lr_schedule "none": a plain Adam, as in training
+    opt = module.configure_optimizers()  # Adam as in training (the cpu preset's cosine schedule only sets its LR)
 
     def step(batch: torch.Tensor) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
