@@ -123,20 +123,24 @@ def test_flops_per_batch_scale_with_batch_and_pixels_and_are_cached(single: Styl
 def test_training_flops_add_two_generator_passes_with_the_stability_term(duo: StyleTransferModule, rng: None,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """on_train_batch_start with the stability term on counts exactly two more generator passes (forward
-    and backward) per image of the batch than without, as counted on the generator alone; on a copy
-    (no gradients left on the module)."""
+    and backward) per image the step runs (the batch's photos and its strength samples) than without,
+    as counted on the generator alone; on a copy (no gradients left on the module)."""
     from lightning.fabric.utilities.throughput import measure_flops
 
     x = random_photos(2, 16, 16)
     batch = ContentBatch(images=x, skipped=0, keys=[])
     duo.zero_grad(set_to_none=True)
     counts = {}
-    for weight in (0.0, 1.0):
-        monkeypatch.setitem(duo.hparams, "stability_weight", weight)
-        monkeypatch.setattr(duo, "_image_flops", {})
-        duo.on_train_batch_start(batch, 0)
-        counts[weight] = duo.flops_per_batch
+    for samples in (0, 1):
+        monkeypatch.setitem(duo.hparams, "strength_samples", samples)
+        for weight in (0.0, 1.0):
+            monkeypatch.setitem(duo.hparams, "stability_weight", weight)
+            monkeypatch.setattr(duo, "_image_flops", {})
+            duo.on_train_batch_start(batch, 0)
+            counts[samples, weight] = duo.flops_per_batch
     assert all(p.grad is None for p in duo.parameters())  # counted on a copy: the module's own weights untouched
     generator = copy.deepcopy(duo.generator)
     one_pass = measure_flops(generator, lambda: generator(x[:1]), lambda y: y.sum())
-    assert counts[1.0] - counts[0.0] == 2 * 2 * one_pass
+    assert counts[0, 1.0] - counts[0, 0.0] == 2 * 2 * one_pass  # 2 photos
+    assert counts[1, 1.0] - counts[1, 0.0] == 2 * 3 * one_pass  # and one strength sample
+    assert counts[1, 0.0] * 2 == counts[0, 0.0] * 3
