@@ -144,7 +144,7 @@ class StyleTransferModule(L.LightningModule):
         if self.n_styles > 1:
             shape = (batch,) if self.hparams.style_sampling == "sample" else (1,)
             styles = torch.randint(self.n_styles, shape, device=self.device).expand(batch)
-        if self.hparams.strength_control and self.hparams.get("strength_samples", 0) > 0:
+        if self.hparams.strength_control and self.hparams.get("strength_samples", 0) > 0:  # whole batch at 1
             strength = torch.ones(batch, device=self.device)
         elif self.hparams.strength_control:
             uniform = torch.rand(batch, device=self.device)
@@ -152,11 +152,15 @@ class StyleTransferModule(L.LightningModule):
             strength = torch.where(full, torch.ones_like(uniform), uniform)
         return styles, strength
 
+    def strength_sample_count(self, batch: int) -> int:
+        """How many strength samples a training batch of `batch` photos gets (at most one per photo)."""
+        return min(self.hparams.get("strength_samples", 0), batch) if self.hparams.strength_control else 0
+
     def with_strength_samples(self, images: torch.Tensor, styles: torch.Tensor | None, strength: torch.Tensor | None
                               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The training batch with `strength_samples` copies of its first photos (their styles) appended
         at strengths uniform in [0, 1); unchanged without the control or with strength_samples=0."""
-        k = min(self.hparams.get("strength_samples", 0), len(images)) if strength is not None else 0
+        k = self.strength_sample_count(len(images)) if strength is not None else 0
         if k == 0:
             return images, styles, strength
         extra = torch.rand(k, device=images.device, dtype=strength.dtype)
@@ -185,8 +189,7 @@ class StyleTransferModule(L.LightningModule):
         return self._image_flops[key]
 
     def on_train_batch_start(self, batch: ContentBatch, batch_idx: int) -> None:
-        n = len(batch.images)  # the generator also runs the strength samples
-        n += min(self.hparams.get("strength_samples", 0), n) if self.hparams.strength_control else 0
+        n = len(batch.images) + self.strength_sample_count(len(batch.images))  # the generator runs both
         self.flops_per_batch = self.image_flops(batch.images, backward=True) * n
 
     def on_validation_batch_start(self, batch: ContentBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
