@@ -23,8 +23,10 @@ TOOLS = {
     "export": "pipeline.export.exporter",
     "archive": "pipeline.export.archive",
     "import": "pipeline.export.importer",
+    "package": "pipeline.export.package",
     "stylize": "pipeline.tools.stylize",
     "describe": "pipeline.tools.describe",
+    "web": "pipeline.tools.web",
     "evaluate": "pipeline.quality.evaluate",
     "gatys": "pipeline.quality.gatys",
     "ablation": "pipeline.quality.ablation",
@@ -34,6 +36,7 @@ TOOLS = {
     "flicker-report": "pipeline.quality.flicker_report",
     "loadtest": "pipeline.ops.loadtest",
     "grpc-predict": "pipeline.ops.grpc_client",
+    "demo": "pipeline.ops.demo",
 }
 TRAINING = ("fit", "validate", "test", "predict")
 # packages of the optional extras (pyproject.toml) → the extra that installs them

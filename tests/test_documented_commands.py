@@ -12,7 +12,8 @@ what CI lacks are adapted and say so: the `gpu` preset runs on the CPU when ther
 Not run here, with where they are covered: `make install` / `make test` / `make test-fast` (what CI
 itself runs, and its unit tier),
 `make serve` / `make stop` / `make loadtest` (a real TorchServe: tests/test_multistyle_chain.py,
-test_serving_reliability.py), `make tensorboard` (a server that never
+test_serving_reliability.py), `make demo` (TorchServe on the starter: tests/test_starter.py), `make web`
+(the page in Chromium: tests/test_web.py), `make tensorboard` (a server that never
 exits), `make bench` (10 minutes: tests/test_bench_*.py run its sections), `make gpu-check` (its dry
 run: tests/test_gpu_check.py). docs/scale.md's lines read
 shards from cluster storage (S3, GCS, https): tests/test_data_scale.py runs each kind of source.
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ["README.md", "docs/training.md", "docs/video.md", "docs/ablation.md", "docs/styles.md", "docs/models.md"]
 # What a page takes as done before its lines (the README's run exported, as its serving section does for others)
 PREPARED = {"docs/video.md": ["make export NAME=trio"]}
-NOT_RUN = {"install", "test", "test-fast", "serve", "stop", "loadtest", "tensorboard", "bench", "gpu-check"}
+NOT_RUN = {"install", "test", "test-fast", "serve", "stop", "loadtest", "tensorboard", "bench", "gpu-check", "demo", "web"}
 STEPS = ["--trainer.max_steps=2", "--data.steps_per_epoch=2", "--data.image_size=64", "--data.resize=80",
          "--data.val_size=64", "--data.batch_size=2", "--model.style_size=128", "--trainer.limit_val_batches=1",
          "--trainer.enable_progress_bar=false"]

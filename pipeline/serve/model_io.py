@@ -1,7 +1,8 @@
 """Load a generator for inference from any of the three forms the project produces.
 
 - `.ckpt`: a Lightning training checkpoint, read as plain data by `pipeline.model.checkpoint`
-  (`weights_only=True`; only the `generator.*` weights are used).
+  (`weights_only=True`; only the `generator.*` weights are used); `.safetensors`, a packaged model
+  (`pipeline.model.packaged`: models/starter/), the same way.
 - `.pt`: TorchScript written by `pipeline.export.exporter` (metadata embedded as `metadata.json`, the
   generator's weights as `generator_state.pt`: the frozen graph has them only as constants).
 - `.pt2`: a `torch.export` program written by `pipeline.export.exporter` (same embedded metadata).
@@ -51,7 +52,7 @@ def quiet_jit() -> Iterator[None]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model, metadata) for a `.pt2`, `.pt` or `.ckpt` file; the model maps (B, 3, H, W) in
+    """(model, metadata) for a `.pt2`, `.pt`, `.ckpt` or `.safetensors` file; the model maps (B, 3, H, W) in
     [0, 1] to the same shape in [0, 1] (a multi-style or strength model also takes the style weights
     and strengths: `pipeline.serve.controls.call_model`), is in eval mode, and is meant to be called
     under inference_mode. Every form carries `instyle_generator` (the eager generator, for tiled
@@ -86,12 +87,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     elif suffix == ".onnx":
         raise ValueError(f"{path}: .onnx models run in ONNX Runtime, not in the serving core; load them with "
                          "pipeline.tools.models.load_model (what `python -m pipeline stylize` does)")
-    elif suffix == ".ckpt":
+    elif suffix in (".ckpt", ".safetensors"):
         ckpt = read_checkpoint(path)
         model, meta = generator_from_checkpoint(ckpt).to(device).for_inference(), checkpoint_metadata(ckpt, path)
         weights = None
     else:
-        raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt or .ckpt")
+        raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt, .ckpt or .safetensors")
     return with_serving_info(model, meta, weights, device), meta
 
 

@@ -17,7 +17,7 @@ def command(*, model: Path) -> int:
     runs in on this CPU by default (auto) as JSON.
 
     Args:
-        model: generator.pt2, generator.pt, generator.onnx or a training .ckpt.
+        model: generator.pt2, generator.pt, generator.onnx, a training .ckpt, or a packaged model's name (`starter`: models/starter/).
     """
     try:
         net, meta = load_model(model)

@@ -1,6 +1,7 @@
 """Load a generator for the offline tools and evaluation from any file the project writes. The serving
-forms (`.pt2`, `.pt`, `.ckpt`, by `pipeline.serve.model_io.load_model`) and `.onnx`, run by ONNX Runtime
-(`pipeline.export.onnx_runtime`; the optional `onnx` extra). Every model comes back with the same call
+forms (`.pt2`, `.pt`, `.ckpt`, `.safetensors`, by `pipeline.serve.model_io.load_model`), a packaged
+model by name (`starter`), and `.onnx`, run by ONNX Runtime (`pipeline.export.onnx_runtime`; the optional
+`onnx` extra). Every model comes back with the same call
 and the same `instyle_generator` / `instyle_controls` as the serving forms."""
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from typing import Any
 
 import torch
 
+from pipeline.model.packaged import resolve_model
 from pipeline.serve.model_io import load_model as load_serving_model
 from pipeline.serve.model_io import parse_metadata, with_serving_info
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
-    """(model, metadata) for a `.pt2`, `.pt`, `.onnx` or `.ckpt` file (see `pipeline.serve.model_io`)."""
-    path = Path(path)
+    """(model, metadata) for a `.pt2`, `.pt`, `.onnx`, `.ckpt` or `.safetensors` file (see
+    `pipeline.serve.model_io`), or a packaged model by name (`starter`: models/starter/)."""
+    path = resolve_model(path)
     if path.suffix.lower() != ".onnx":
         return load_serving_model(path, device)
     if not path.is_file():

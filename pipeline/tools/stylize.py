@@ -87,7 +87,7 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
     Args:
         input: image file or folder of images (by suffix, not recursive).
         output: output file (format from --format, else its suffix, else png) or folder (STEM.EXT per image).
-        model: generator.pt2, generator.pt or a .ckpt.
+        model: generator.pt2, generator.pt, a .ckpt, or a packaged model's name (`starter`: models/starter/).
         format: output format (default: from OUTPUT's suffix, else png).
         quality: jpeg/webp quality 1..100 (default 90).
         max_side: downscale so the longer side is ≤ N.
