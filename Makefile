@@ -23,19 +23,29 @@ OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
 TB_PORT ?= 6006
 BENCH_ARGS ?=
 
-.PHONY: help install test test-fast shards train tensorboard export import archive serve stop loadtest eval ablation bench gpu-check stylize stylize-video
+.PHONY: help install demo test test-fast shards train tensorboard export import archive serve stop loadtest eval ablation bench gpu-check stylize stylize-video web
 
 help:
-	@echo "make install | test | test-fast | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
+	@echo "make install | demo | test | test-fast | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
 	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
 	@echo "make stylize MODEL=generator.pt2 IN=photo.jpg|photos/|film.mp4|anim.gif OUT=... [ARGS='--style NAME --strength 0.7']"
 	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | bench [BENCH_ARGS=--quick] | gpu-check [DATA=dir] [ARGS=--dry-run]"
+	@echo "make web NAME=run [SERVE=1] [PORT=8000]  (the run's .onnx as a static page: web/dist/run/, docs/web.md)"
 
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
 install:
 	python3 -m venv .venv
 	$(PY) -m pip install -e '.[test,onnx,video]'
 	$(PY) -m pipeline vgg-weights
+
+# A stylized photo with no training: the committed starter model (models/starter/: 4 styles, strength) exported
+# to runs/starter/export/, archived, served by TorchServe (as `make serve`), asked for each style
+# (demo/<style>.jpg), and the curl line to try printed. `make stop` ends the server.
+demo:
+	$(PY) -m pipeline export --run runs/starter --ckpt "$(ROOT)models/starter/generator.safetensors" --formats '[pt2,onnx]'
+	$(PY) -m pipeline archive --name starter
+	@$(MAKE) --no-print-directory -f "$(ROOT)Makefile" serve PY="$(PY)"
+	$(PY) -m pipeline demo --model starter
 
 # The whole suite (what CI runs: real training, TorchServe, DDP), and its unit tier (tests not marked
 # slow, ~1 min; docs/architecture.md#tests).
@@ -78,7 +88,7 @@ archive:
 # model_store/. The launcher needs --ts-config: it does not read ./config.properties by itself.
 serve:
 	@mkdir -p model_store logs
-	PATH="$(abspath .venv/bin):$$PATH" .venv/bin/torchserve --start --ncs --ts-config config.properties
+	PATH="$(abspath $(dir $(PY))):$$PATH" $(dir $(PY))torchserve --start --ncs --ts-config config.properties
 
 # N clients × M requests of mixed sizes against a private loopback TorchServe; every response checked.
 CLIENTS  ?= 8
@@ -112,9 +122,19 @@ ablation:
 	$(PY) -m pipeline ablation --style "$(STYLE)" --preset $(PRESET) --steps $(STEPS) \
 		$(if $(DATA),--data "$(DATA)") $(if $(CONTENT),--content "$(CONTENT)") $(ARGS)
 
+# The run's generator.onnx in the browser (onnxruntime-web): a static page in web/dist/NAME/ (docs/web.md);
+# SERVE=1 then serves it on 127.0.0.1:PORT with the headers wasm threads need. npm ci only when the lock changed.
+PORT ?= 8000
+$(ROOT)web/node_modules/.package-lock.json: $(ROOT)web/package-lock.json
+	npm ci --prefix "$(ROOT)web" --ignore-scripts --no-audit --no-fund
+web:
+	@test -n "$(NAME)" || { echo "usage: make web NAME=<run in runs/, exported with onnx> [SERVE=1] [PORT=8000]"; exit 2; }
+	@$(MAKE) --no-print-directory -f "$(ROOT)Makefile" "$(ROOT)web/node_modules/.package-lock.json"
+	$(PY) -m pipeline web --run "runs/$(NAME)" $(if $(SERVE),--serve true --port $(PORT)) $(ARGS)
+
 # Stops the server this directory started (TorchServe's own pid file), never by process name.
 stop:
-	.venv/bin/torchserve --stop
+	$(dir $(PY))torchserve --stop
 
 # Reference vs our paths side by side (inference, training, TorchServe, tiled 4K, video): prints a table and
 # writes benchmarks/results-<machine>.json. ~10 min on 2 cores; BENCH_ARGS=--quick for ~3 min. Run it
