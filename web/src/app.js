@@ -45,13 +45,14 @@ function show(imageData) {
   outCtx.putImageData(imageData, 0, 0);
 }
 
-/** Stylize the uploaded photo with the current controls; changes during a run cause one more run. */
+/** Stylize the uploaded photo with the current controls, after what is queued; changes made while a
+ * render waits are picked up by it, so a slider drag costs at most one render behind. */
 function renderPhoto() {
-  if (!photo || camera) return photoQueue;
   if (photoDirty) return photoQueue;
   photoDirty = true;
   photoQueue = photoQueue.then(async () => {
     photoDirty = false;
+    if (!photo || camera) return;
     const start = performance.now();
     const out = await model.stylize(drawSource(photo, photo.width, photo.height), controls());
     show(out);
@@ -63,10 +64,13 @@ function renderPhoto() {
   return photoQueue;
 }
 
-async function loadPhoto(file) {
-  // Pixels as stored: no colour-space conversion, so they are the bytes the CLI decodes.
-  photo = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-  if (camera) stopWebcam();
+function loadPhoto(file) {
+  photoQueue = photoQueue.then(async () => {
+    // Pixels as stored: no colour-space conversion, so they are the bytes the CLI decodes.
+    photo = await createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    if (camera) stopWebcam();
+  }).catch(fail);
+  photoDirty = false;  // a render queued before the load would see the old photo: queue one after it
   return renderPhoto();
 }
 
@@ -166,7 +170,7 @@ async function main() {
     : '';
   ui.status.textContent = `backend ${model.backend === 'webgpu' ? 'WebGPU' : 'wasm'}${threads} · `
     + `${model.styles.join(', ')}${model.hasStrength ? ' · strength control' : ''}`;
-  ui.photo.addEventListener('change', () => ui.photo.files[0] && loadPhoto(ui.photo.files[0]).catch(fail));
+  ui.photo.addEventListener('change', () => ui.photo.files[0] && loadPhoto(ui.photo.files[0]));
   ui.webcam.disabled = !navigator.mediaDevices?.getUserMedia;
   ui.webcam.addEventListener('click', () => (camera ? stopWebcam() : startWebcam().catch(e => { stopWebcam(); fail(e); })));
 }
