@@ -1,0 +1,116 @@
+"""Frames per second of the web page (`make web`): runs' `.onnx` in headless Chromium, webcam at 640×360.
+
+    python -m benchmarks.web_fps [--runs runs/width8 runs/width16 ...] [--seconds 5] [--warmup 2]
+        [--min_frames 3] [--out FILE]
+
+Each run's page is built with the real builder (pipeline/tools/web.py) and opened in the system's
+Chromium (/usr/bin/chromium, headless, no GPU) on the wasm backend, with Chromium's fake camera, which
+the page asks for 640×360. The page's own webcam loop runs (camera frame → canvas → model → canvas);
+after `--warmup` frames, the frames finished over at least `--seconds` (and at least `--min_frames`)
+give frames/s. Each page is measured served with cross-origin isolation (wasm threads: one per core)
+and without (one thread). Prints a table, writes JSON (default benchmarks/results-web-fps-<machine>.json).
+Runs default to runs/width8, width16, width32, and starter when it is exported; a run without
+export/generator.onnx is an error that names the export to run. docs/web.md comes from this command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import machine_info, machine_slug
+from pipeline.tools.web import WebBuildError, build, start
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync", "--disable-quic", "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream"]
+DEFAULT_RUNS = ("runs/width8", "runs/width16", "runs/width32", "runs/starter")
+
+
+def measure(browser: Any, url: str, seconds: float, warmup: int, min_frames: int) -> dict[str, Any]:
+    """The page's webcam loop at `url`: frames/s after `warmup` frames, over ≥ `seconds` and ≥ `min_frames`."""
+    page = browser.new_page()
+    try:
+        page.goto(url + "?backend=wasm")
+        info = page.evaluate("instyle.ready()")
+        page.click("#webcam")
+        page.wait_for_function(f"instyle.counter().frames >= {warmup}", timeout=600_000)
+        first = page.evaluate("instyle.counter()")
+        deadline = first["t"] + 1000 * seconds
+        page.wait_for_function(f"instyle.counter().t >= {deadline} && instyle.counter().frames >= "
+                               f"{first['frames'] + min_frames}", timeout=600_000, polling=100)
+        last = page.evaluate("instyle.counter()")
+        # the frames done between the two readings, over the time between them
+        frames, span = last["frames"] - first["frames"], (last["t"] - first["t"]) / 1000
+        return {"backend": info["backend"], "threads": info["threads"], "isolated": info["crossOriginIsolated"],
+                "frame": f"{last['width']}x{last['height']}", "frames": frames, "seconds": round(span, 2),
+                "fps": round(frames / span, 2), "ms_per_frame": round(1000 * span / frames, 1)}
+    finally:
+        page.close()
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| run | width | styles | wasm threads | frame | frames/s | ms/frame |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        threads = f"{r['threads']} ({'isolated' if r['isolated'] else 'not isolated'})"
+        lines.append(f"| {r['run']} | {r['width']} | {r['styles']} | {threads} | {r['frame'].replace('x', '×')} | "
+                     f"{r['fps']:.1f} | {r['ms_per_frame']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=Path, nargs="+", help="run folders exported with onnx (default: "
+                   f"{', '.join(DEFAULT_RUNS)}, starter when it is exported)")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--warmup", type=int, default=2, help="frames before the measurement starts")
+    p.add_argument("--min_frames", type=int, default=3)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    runs = args.runs or [Path(r) for r in DEFAULT_RUNS if r != "runs/starter" or Path(r, "export").exists()]
+    from playwright.sync_api import sync_playwright
+
+    machine = machine_info()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        try:
+            pages = {run: build(run, Path(tmp) / run.name) for run in runs}
+        except WebBuildError as e:
+            p.error(str(e))
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        for run, folder in pages.items():
+            meta = json.loads((folder / "metadata.json").read_text())
+            for isolated in (True, False):
+                httpd, url = start(folder, isolated=isolated)
+                try:
+                    load = os.getloadavg()[0]
+                    row = {"run": run.name, "width": (meta.get("generator_kwargs") or {}).get("width"),
+                           "styles": len(meta.get("styles") or [None]), "load_before": round(load, 2),
+                           **measure(browser, url, args.seconds, args.warmup, args.min_frames)}
+                finally:
+                    httpd.shutdown()
+                    httpd.server_close()
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        chromium = browser.version
+        browser.close()
+    result = {"machine": {**machine, "chromium": chromium,
+                          "onnxruntime_web": json.loads((Path(__file__).resolve().parents[1] / "web" / "package.json")
+                                                        .read_text())["dependencies"]["onnxruntime-web"]},
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "settings": vars(args) | {
+                  "runs": [str(r) for r in runs], "out": None}, "rows": rows}
+    print(table(rows))
+    print(f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs; Chromium {chromium}, headless, no GPU")
+    out = args.out or Path(__file__).resolve().parent / f"results-web-fps-{machine_slug(machine)}.json"
+    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"→ {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
