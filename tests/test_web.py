@@ -127,15 +127,21 @@ def page_url(page_folder: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def playwright() -> Iterator[object]:
+    """Playwright's driver, one per module (its sync API cannot nest), for the system's Chromium."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: the browser tests need Debian's Chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright) -> Iterator[object]:
+    b = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+    yield b
+    b.close()
 
 
 @pytest.fixture
@@ -231,3 +237,30 @@ def test_without_isolation_the_page_runs_one_wasm_thread(browser, page_folder):
         page.close()
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.slow
+def test_the_webgpu_backend_on_a_software_adapter_has_the_cli_pixels(playwright, page_folder, photo, tiny_trio, tmp_path,
+                                                                      no_allocator_tuning):
+    """WebGPU through Chromium's SwiftShader adapter (CPU Vulkan): the page's other backend, its own
+    onnxruntime-web build, exercised without a GPU."""
+    shutil.copyfile(photo, page_folder / photo.name)
+    software = ["--enable-unsafe-swiftshader", "--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader",
+                "--enable-features=Vulkan", "--use-angle=swiftshader"]
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                         args=[a for a in BROWSER_ARGS if a != "--disable-gpu"] + software)
+    httpd, url = start(page_folder)
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        if page.evaluate("instyle.ready()")["backend"] != "webgpu":
+            pytest.skip("this Chromium offers no WebGPU adapter, not even SwiftShader's")
+        got = pixels(page.evaluate("u => instyle.stylizeUrl(u, {weights: [0, 1, 1], strength: 0.25})", photo.name))
+    finally:
+        browser.close()
+        httpd.shutdown()
+        httpd.server_close()
+    expected = cli(tiny_trio.parent.parent / "export" / "generator.onnx", photo, tmp_path / "gpu.png",
+                   "--style", "b:1,c:1", "--strength", "0.25")
+    diff = np.abs(got.astype(int) - expected)
+    assert diff.max() <= TOLERANCE and (diff > 0).mean() < DIFFERING, f"max {diff.max()}, {(diff > 0).mean():.2%} differ"
