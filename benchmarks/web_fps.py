@@ -10,11 +10,13 @@ after `--warmup` frames, the frames finished over at least `--seconds` (and at l
 give frames/s. Each page is measured served with cross-origin isolation (wasm threads: one per core)
 and without (one thread). Prints a table, writes JSON (default benchmarks/results-web-fps-<machine>.json).
 Runs default to runs/width8, width16, width32, and starter when it is exported; a run without
-export/generator.onnx is an error that names the export to run. docs/web.md comes from this command.
+export/generator.onnx is an error that names the export to run. docs/web.md comes from this command,
+and its screenshot from `--screenshot FILE` (the first run's page, a scikit-image photo uploaded).
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import tempfile
@@ -54,6 +56,33 @@ def measure(browser: Any, url: str, seconds: float, warmup: int, min_frames: int
         page.close()
 
 
+def screenshot(browser: Any, url: str, path: Path, photo: str, style: str, strength: float) -> None:
+    """The page stylizing scikit-image's `photo` with `style` ('a:0.6,b:0.4' weights by name) at `strength`,
+    saved as a palette PNG (docs/images/web_page.png)."""
+    from PIL import Image
+
+    from pipeline.common.image_files import skimage_photo
+
+    page = browser.new_page(viewport={"width": 1100, "height": 560})
+    try:
+        page.goto(url + "?backend=wasm")
+        info = page.evaluate("instyle.ready()")
+        for name, _, weight in (part.partition(":") for part in style.split(",") if part):
+            page.fill(f"#mix input[data-style='{info['styles'].index(name)}']", str(round(100 * float(weight or 1))))
+        if info["strength"]:
+            page.fill("#strength", str(strength))
+        with tempfile.TemporaryDirectory() as tmp:
+            Image.fromarray(skimage_photo(photo)).save(Path(tmp) / f"{photo}.png")
+            page.set_input_files("#photo", str(Path(tmp) / f"{photo}.png"))
+            page.evaluate("instyle.settled()")
+        page.evaluate("document.activeElement.blur()")  # no focus ring on the last slider set
+        shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+        # A 256-colour palette, dithered: a third of the plain PNG's bytes, for the docs folder
+        shot.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
+    finally:
+        page.close()
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| run | width | styles | wasm threads | frame | frames/s | ms/frame |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -71,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="frames before the measurement starts")
     p.add_argument("--min_frames", type=int, default=3)
     p.add_argument("--out", type=Path)
+    p.add_argument("--screenshot", type=Path, help="instead: a screenshot of the first run's page stylizing --photo")
+    p.add_argument("--photo", default="chelsea", help="--screenshot: a scikit-image photo")
+    p.add_argument("--style", default="", help="--screenshot: weights by style name, 'a:0.6,b:0.4'")
+    p.add_argument("--strength", type=float, default=1.0, help="--screenshot: the strength")
     args = p.parse_args(argv)
     runs = args.runs or [Path(r) for r in DEFAULT_RUNS if r != "runs/starter" or Path(r, "export").exists()]
     from playwright.sync_api import sync_playwright
@@ -83,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         except WebBuildError as e:
             p.error(str(e))
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        if args.screenshot:
+            httpd, url = start(pages[runs[0]])
+            try:
+                screenshot(browser, url, args.screenshot, args.photo, args.style, args.strength)
+            finally:
+                httpd.shutdown()
+                httpd.server_close()
+            print(f"→ {args.screenshot}")
+            return 0
         for run, folder in pages.items():
             meta = json.loads((folder / "metadata.json").read_text())
             for isolated in (True, False):

@@ -101,6 +101,7 @@ function stopWebcam() {
   camera = null;
   ui.video.srcObject = null;
   ui.webcam.textContent = 'Start webcam';
+  renderPhoto();  // back to the uploaded photo, if there is one
 }
 
 /** Webcam frames per second over the last 2 s (0 until two frames are done). */
