@@ -43,6 +43,7 @@ export class Model {
     const chosen = await pickBackend(backend);
     const ort = await import(ORT_DIR + (chosen === 'webgpu' ? 'ort.webgpu.min.mjs' : 'ort.wasm.min.mjs'));
     ort.env.wasm.wasmPaths = ORT_DIR;
+    ort.env.wasm.proxy = chosen === 'wasm';  // inference in a worker: the page stays responsive during a run
     ort.env.logLevel = 'error';  // not the warning that shape ops stay on the CPU under WebGPU (by design)
     ort.env.wasm.numThreads = wasmThreads(threads);
     const meta = await (await fetch(metadataUrl)).json();
