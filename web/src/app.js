@@ -34,6 +34,7 @@ function drawSource(source, w, h) {
   const sw = Math.max(1, Math.round(w * scale)), sh = Math.max(1, Math.round(h * scale));
   if (ui.source.width !== sw || ui.source.height !== sh) [ui.source.width, ui.source.height] = [sw, sh];
   srcCtx.imageSmoothingQuality = 'high';
+  srcCtx.clearRect(0, 0, sw, sh);  // a transparent photo must not show the previous frame through
   srcCtx.drawImage(source, 0, 0, sw, sh);
   return srcCtx.getImageData(0, 0, sw, sh);
 }
@@ -58,7 +59,6 @@ function renderPhoto() {
     show(out);
     photosDone += 1;
     ui.fps.textContent = `photo ${out.width}×${out.height}: ${(performance.now() - start).toFixed(0)} ms`;
-    ui.save.href = ui.result.toDataURL('image/png');
     ui.save.hidden = false;
   }).catch(fail);
   return photoQueue;
@@ -171,6 +171,8 @@ async function main() {
     : '';
   ui.status.textContent = `backend ${model.backend === 'webgpu' ? 'WebGPU' : 'wasm'}${threads} · `
     + `${model.styles.join(', ')}${model.hasStrength ? ' · strength control' : ''}`;
+  // The PNG is encoded when asked for, not after every render.
+  ui.save.addEventListener('click', () => { ui.save.href = ui.result.toDataURL('image/png'); });
   ui.photo.addEventListener('change', () => ui.photo.files[0] && loadPhoto(ui.photo.files[0]));
   ui.webcam.disabled = !navigator.mediaDevices?.getUserMedia;
   ui.webcam.addEventListener('click', () => (camera ? stopWebcam() : startWebcam().catch(e => { stopWebcam(); fail(e); })));
