@@ -96,14 +96,18 @@ def test_the_builder_says_what_to_run(tmp_path, case, expected, capsys):
 
 # ---- the real page in headless Chromium
 
-@pytest.fixture(scope="module")
-def node_modules() -> Path:
+def ensure_node_modules() -> Path:
     """The pinned onnxruntime-web, installed by the real `npm ci` when it is not there yet."""
     if not (WEB / "node_modules" / "onnxruntime-web").exists():
         if shutil.which("npm") is None:
             pytest.skip("npm is missing: install Node.js 20 and npm (apt-get install nodejs npm)")
         subprocess.run(["npm", "ci", "--prefix", str(WEB), "--ignore-scripts", "--no-audit", "--no-fund"], check=True)
     return WEB / "node_modules"
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    return ensure_node_modules()
 
 
 @pytest.fixture(scope="module")
