@@ -1,14 +1,14 @@
 """Frames per second of the web page (`make web`): runs' `.onnx` in headless Chromium, webcam at 640×360.
 
     python -m benchmarks.web_fps [--runs runs/width8 runs/width16 ...] [--seconds 5] [--warmup 2]
-        [--min_frames 3] [--out FILE]
+        [--min_frames 3] [--max_side 320|512] [--out FILE]
 
 Each run's page is built with the real builder (pipeline/tools/web.py) and opened in the system's
 Chromium (/usr/bin/chromium, headless, no GPU) on the wasm backend, with Chromium's fake camera, which
 the page asks for 640×360. The page's own webcam loop runs (camera frame → canvas → model → canvas);
 after `--warmup` frames, the frames finished over at least `--seconds` (and at least `--min_frames`)
-give frames/s. Each page is measured served with cross-origin isolation (wasm threads: one per core)
-and without (one thread). Prints a table, writes JSON (default benchmarks/results-web-fps-<machine>.json).
+give frames/s (`--max_side 320`: the page's control, the frames scaled to 320×180 first). Each page
+is measured served with cross-origin isolation (wasm threads: one per core) and without (one thread). Prints a table, writes JSON (default benchmarks/results-web-fps-<machine>.json).
 Runs default to runs/width8, width16, width32, and starter when it is exported; a run without
 export/generator.onnx is an error that names the export to run. docs/web.md comes from this command,
 and its screenshot from `--screenshot FILE` (the first run's page, a scikit-image photo uploaded).
@@ -34,12 +34,16 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 DEFAULT_RUNS = ("runs/width8", "runs/width16", "runs/width32", "runs/starter")
 
 
-def measure(browser: Any, url: str, seconds: float, warmup: int, min_frames: int) -> dict[str, Any]:
-    """The page's webcam loop at `url`: frames/s after `warmup` frames, over ≥ `seconds` and ≥ `min_frames`."""
+def measure(browser: Any, url: str, seconds: float, warmup: int, min_frames: int,
+            max_side: int | None = None) -> dict[str, Any]:
+    """The page's webcam loop at `url`: frames/s after `warmup` frames, over ≥ `seconds` and ≥ `min_frames`;
+    `max_side`: the page's "max side" control (320 or 512: the camera frame scaled down first)."""
     page = browser.new_page()
     try:
         page.goto(url + "?backend=wasm")
         info = page.evaluate("instyle.ready()")
+        if max_side:
+            page.select_option("#max-side", str(max_side))
         page.click("#webcam")
         page.wait_for_function(f"instyle.counter().frames >= {warmup}", timeout=600_000)
         first = page.evaluate("instyle.counter()")
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=int, default=2, help="frames before the measurement starts")
     p.add_argument("--min_frames", type=int, default=3)
+    p.add_argument("--max_side", type=int, choices=(320, 512), help="the page's max side: frames scaled down to it")
     p.add_argument("--out", type=Path)
     p.add_argument("--screenshot", type=Path, help="instead: a screenshot of the first run's page stylizing --photo")
     p.add_argument("--photo", default="chelsea", help="--screenshot: a scikit-image photo")
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                     load = os.getloadavg()[0]
                     row = {"run": run.name, "width": (meta.get("generator_kwargs") or {}).get("width"),
                            "styles": len(meta.get("styles") or [None]), "load_before": round(load, 2),
-                           **measure(browser, url, args.seconds, args.warmup, args.min_frames)}
+                           **measure(browser, url, args.seconds, args.warmup, args.min_frames, args.max_side)}
                 finally:
                     httpd.shutdown()
                     httpd.server_close()
