@@ -44,7 +44,8 @@ install:
 demo:
 	$(PY) -m pipeline export --run runs/starter --ckpt "$(ROOT)models/starter/generator.safetensors" --formats '[pt2,onnx]'
 	$(PY) -m pipeline archive --name starter
-	@$(MAKE) --no-print-directory -f "$(ROOT)Makefile" serve PY="$(PY)"
+	@mkdir -p logs  # the server's launcher output to a file: a daemon holding this terminal's pipe would hang `make demo | tee`
+	@$(MAKE) --no-print-directory -f "$(ROOT)Makefile" serve PY="$(PY)" > logs/demo-serve.out 2>&1 || { cat logs/demo-serve.out; exit 1; }
 	$(PY) -m pipeline demo --model starter
 
 # The whole suite (what CI runs: real training, TorchServe, DDP), and its unit tier (tests not marked
