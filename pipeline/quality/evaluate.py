@@ -206,7 +206,7 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
     Writes OUT/metrics.json and OUT/report.html.
 
     Args:
-        model: .pt2, .pt or .ckpt.
+        model: .pt2, .pt, .ckpt, .safetensors, or a packaged model's name (`starter`).
         content: folder of photos.
         out: report folder.
         style: style image, a file or skimage:<name> (default: the model's training style, from its metadata).
@@ -220,9 +220,15 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         gatys_iters: Gatys iteration counts to record.
     """
     from pipeline.common.memory import reuse_freed_memory
+    from pipeline.model.packaged import resolve_model
     from pipeline.tools.models import load_model
 
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.common.memory)
+    try:
+        model = resolve_model(model)  # a packaged model's name (`starter`) → its file
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not model.is_file():
         print(f"error: model {model} does not exist", file=sys.stderr)
         return 2
