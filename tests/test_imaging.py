@@ -219,3 +219,23 @@ def test_images_scikit_image_ships_load_by_name():
     assert image_exists("skimage:grass") and not image_exists("skimage:no_such_image")
     with pytest.raises(ValueError, match="not an image scikit-image ships"):
         load_image("skimage:no_such_image")
+
+
+def test_png_level_from_environment(monkeypatch):
+    from pipeline.common.images import encode
+
+    torch.manual_seed(0)
+    rgb = torch.rand(3, 64, 80)
+    rgb[:, :32] = 0.5  # a flat half that deflate shrinks at any level
+    sizes = {}
+    for level in ("0", "1", "9"):
+        monkeypatch.setenv("INSTYLE_PNG_LEVEL", level)
+        data, kind = encode(rgb, None, "png")
+        back = np.asarray(Image.open(io.BytesIO(data)))
+        assert kind == "image/png" and np.array_equal(back, (rgb.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+        sizes[level] = len(data)
+    assert sizes["0"] > sizes["1"] >= sizes["9"]  # lossless at every level; only the bytes change
+    for bad in ("10", "-1", "fast"):
+        monkeypatch.setenv("INSTYLE_PNG_LEVEL", bad)
+        with pytest.raises(ValueError, match="INSTYLE_PNG_LEVEL"):
+            encode(rgb, None, "png")
