@@ -38,7 +38,7 @@ def test_frames_per_second_with_and_without_isolation(run_dir, tmp_path, capsys)
         assert r["frames"] >= 2 and r["seconds"] >= 1 and r["fps"] == pytest.approx(r["frames"] / r["seconds"], rel=0.01)
     assert rows[1]["threads"] == 1 and rows[0]["threads"] >= 1
     assert result["machine"]["onnxruntime_web"] == "1.30.0" and result["machine"]["chromium"]
-    assert "| trio | 8 | 3 |" in capsys.readouterr().out
+    assert "| trio | 8 | 3 |" in capsys.readouterr().out and rows[0]["fps_each"] == [rows[0]["fps"]]
 
 
 def test_the_screenshot_shows_the_page(run_dir, tmp_path):

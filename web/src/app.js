@@ -19,6 +19,7 @@ let photoQueue = Promise.resolve();
 let photoDirty = false;
 const frameTimes = [];     // completion times of webcam frames, the last 2 s (the fps readout)
 let frames = 0;            // webcam frames stylized since the page loaded
+let lastFrame = 0;         // when the latest of them was done (performance.now())
 
 /** The controls as the model takes them: raw slider weights (normalized by the model), strength, colours. */
 function controls() {
@@ -89,6 +90,7 @@ async function startWebcam() {
       frames += 1;
       const now = performance.now();
       frameTimes.push(now);
+      lastFrame = now;
       while (frameTimes.length > 2 && now - frameTimes[0] > 2000) frameTimes.shift();
       ui.fps.textContent = `${fps().toFixed(1)} fps · ${out.width}×${out.height}`;
     }
@@ -201,7 +203,7 @@ window.instyle = {
   },
   output: () => rgbBase64(outCtx.getImageData(0, 0, ui.result.width, ui.result.height)),
   fps,
-  counter: () => ({ frames, t: performance.now(), width: ui.result.width, height: ui.result.height }),
+  counter: () => ({ frames, last: lastFrame, t: performance.now(), width: ui.result.width, height: ui.result.height }),
   startWebcam: () => { startWebcam().catch(fail); },
   stopWebcam,
 };
