@@ -127,6 +127,7 @@ ablation:
 # SERVE=1 then serves it on 127.0.0.1:PORT with the headers wasm threads need. npm ci only when the lock changed.
 PORT ?= 8000
 $(ROOT)web/node_modules/.package-lock.json: $(ROOT)web/package-lock.json
+	@command -v npm >/dev/null || { echo "make web needs Node.js 20 and npm (e.g. apt-get install nodejs npm)"; exit 2; }
 	npm ci --prefix "$(ROOT)web" --ignore-scripts --no-audit --no-fund
 web:
 	@test -n "$(NAME)" || { echo "usage: make web NAME=<run in runs/, exported with onnx> [SERVE=1] [PORT=8000]"; exit 2; }
