@@ -132,7 +132,7 @@ $(ROOT)web/node_modules/.package-lock.json: $(ROOT)web/package-lock.json
 web:
 	@test -n "$(NAME)" || { echo "usage: make web NAME=<run in runs/, exported with onnx> [SERVE=1] [PORT=8000]"; exit 2; }
 	@$(MAKE) -s --no-print-directory -f "$(ROOT)Makefile" "$(ROOT)web/node_modules/.package-lock.json"
-	$(PY) -m pipeline web --run "runs/$(NAME)" $(if $(SERVE),--serve true --port $(PORT)) $(ARGS)
+	$(PY) -m pipeline web --run "runs/$(NAME)" --out "web/dist/$(NAME)" $(if $(SERVE),--serve true --port $(PORT)) $(ARGS)
 
 # Stops the server this directory started (TorchServe's own pid file), never by process name.
 stop:

@@ -149,6 +149,7 @@ def test_make_demo_serves_the_starter_from_a_fresh_directory(tmp_path):
             if path.name != "photo.jpg":
                 stylized = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB")).astype(int)
                 assert stylized.shape == photo.shape and np.abs(stylized - photo).mean() > 20, path.name
+        starter_page_runs_the_webcam(tmp_path, env, python)
     finally:  # `make stop` as a user would; then the server's port must close (Java exits a few seconds later)
         subprocess.run(["make", "-f", str(ROOT / "Makefile"), "stop", f"PY={python}"], cwd=tmp_path, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
@@ -157,6 +158,38 @@ def test_make_demo_serves_the_starter_from_a_fresh_directory(tmp_path):
         while time.monotonic() < deadline and request("127.0.0.1", port, "GET", "/ping", timeout=2)[0] != 0:
             time.sleep(1)
         assert request("127.0.0.1", port, "GET", "/ping", timeout=2)[0] == 0, "make stop left the server running"
+
+
+def starter_page_runs_the_webcam(work: Path, env: dict[str, str], python: str) -> None:
+    """`make web NAME=starter` on the export `make demo` wrote, opened in Chromium: its 4 styles and the
+    fake webcam stylized live."""
+    from test_web import BROWSER_ARGS, CHROMIUM, ensure_node_modules
+
+    from pipeline.tools.web import start
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: the page's part needs Debian's Chromium (apt-get install chromium)")
+    ensure_node_modules()
+    run = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "web", "NAME=starter", f"PY={python}"], cwd=work,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    from playwright.sync_api import sync_playwright
+
+    httpd, url = start(work / "web" / "dist" / "starter")  # in the working directory, as runs/ and model_store/
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+            page = browser.new_page()
+            page.goto(url)
+            info = page.evaluate("instyle.ready()")
+            assert info["styles"] == read_packaged(STARTER)["styles"] and info["strength"], info
+            page.click("#webcam")
+            page.wait_for_function("instyle.counter().frames >= 2", timeout=120_000)
+            assert page.evaluate("instyle.fps()") > 0
+            browser.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
