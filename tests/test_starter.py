@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from pipeline.export.package import probe_photo
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
 from pipeline.model.generators import build_generator
 from pipeline.model.packaged import read_packaged, resolve_model, write_packaged
@@ -31,14 +31,6 @@ EXPECTED = ROOT / "tests" / "fixtures" / "starter_expected.png"
 SIDE = 64
 
 
-def probe() -> torch.Tensor:
-    """(1, 3, 64, 64) scikit-image's astronaut, area-downscaled."""
-    from skimage import data
-
-    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
-    return F.interpolate(image, size=(SIDE, SIDE), mode="area")
-
-
 def starter_panels() -> np.ndarray:
     """(64, 64·(N+1), 3) uint8: the probe in each style at full strength, then an even mix of all at 0.5."""
     model, _ = load_model("starter")
@@ -47,7 +39,7 @@ def starter_panels() -> np.ndarray:
     conditions = [Conditioning(tuple(float(i == j) for j in range(n)), 1.0) for i in range(n)]
     conditions.append(Conditioning(tuple(1.0 / n for _ in range(n)), 0.5))
     with torch.inference_mode():
-        out = call_model(model, probe().expand(len(conditions), -1, -1, -1), conditions, controls)
+        out = call_model(model, probe_photo(SIDE).expand(len(conditions), -1, -1, -1), conditions, controls)
     panels = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return np.concatenate(list(panels), axis=1)
 
@@ -60,7 +52,7 @@ def test_starter_paints_what_it_painted_when_committed():
     # fp32 arithmetic differs a little between CPUs and thread counts (a level at most, seen here)
     assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
     # and the panels are paintings, not the photo nor each other
-    photo = (probe()[0].permute(1, 2, 0).numpy() * 255).round()
+    photo = (probe_photo(SIDE)[0].permute(1, 2, 0).numpy() * 255).round()
     for i in range(got.shape[1] // SIDE - 1):
         panel = got[:, i * SIDE:(i + 1) * SIDE]
         assert np.abs(panel - photo).mean() > 20

@@ -19,12 +19,13 @@ from pipeline.model.packaged import WEIGHTS_FILE, read_packaged, write_packaged
 PROBE_SIDE = 256  # the probe photo's side: large enough for every layer's statistics, quick on a CPU
 
 
-def probe_photo() -> torch.Tensor:
-    """(1, 3, 256, 256) scikit-image's astronaut in [0, 1]: a public-domain photo every install has."""
+def probe_photo(side: int = PROBE_SIDE) -> torch.Tensor:
+    """(1, 3, side, side) scikit-image's astronaut in [0, 1], area-downscaled: a public-domain photo every
+    install has."""
     from skimage import data
 
     image = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
-    return F.interpolate(image, size=(PROBE_SIDE, PROBE_SIDE), mode="area")
+    return F.interpolate(image, size=(side, side), mode="area")
 
 
 @torch.inference_mode()

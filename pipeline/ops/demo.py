@@ -89,9 +89,9 @@ def stylize(host: str, port: int, key: str, model: str, photo: bytes, style: str
     status, body = request(host, port, "POST", f"/predictions/{model}", key, photo, headers)
     if status != 200:
         raise RuntimeError(f"POST /predictions/{model} (style {style}): HTTP {status} {body[:300]!r}")
-    size = Image.open(io.BytesIO(body)).size
-    if size != Image.open(io.BytesIO(photo)).size:
-        raise RuntimeError(f"the server answered a {size} image for a {Image.open(io.BytesIO(photo)).size} photo")
+    size, expected = Image.open(io.BytesIO(body)).size, Image.open(io.BytesIO(photo)).size
+    if size != expected:
+        raise RuntimeError(f"the server answered a {size} image for a {expected} photo")
     return body
 
 
