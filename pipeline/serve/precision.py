@@ -1,7 +1,8 @@
 """The inference precision of a served model: auto (default) | fp32 | bf16 | fp16.
 
 `bf16` / `fp16` run the **convolutions** in that precision and everything else in fp32: each
-convolution's input, weight and bias are rounded to the low precision, the convolution accumulates in
+convolution with `LOW_PRECISION_MIN_CHANNELS` input channels or more has its input, weight and bias
+rounded to the low precision, the convolution accumulates in
 fp32 inside oneDNN / cuDNN, and its output is returned as fp32. Instance-norm statistics, the residual
 sums, the strength path and the output activation stay fp32, so the rounding of one layer is never
 carried into the next in low precision (`torch.autocast` keeps activations in bf16 between layers:
@@ -37,6 +38,14 @@ DEFAULT_PRECISION = "auto"
 ENV_PRECISION = "INSTYLE_PRECISION"
 # how a convolution is called: by the eager layers (F.conv2d), and in a torch.export graph
 _CONVOLUTIONS = {F.conv2d, torch.conv2d, torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default}
+# Convolutions with fewer input channels stay fp32: in the residual generators the first two (the photo's 3
+# channels, then `width`), which are also where rounding hurts most. The photo in bf16 is rounded by up to half
+# an 8-bit level, and the instance norm after the first convolution amplifies that: on a trained plain model, bf16
+# in the first convolution alone gave up to 5 levels of difference to fp32, every other convolution alone ≤ 1,
+# and fp32 in the first two brought the whole network from 5 levels to 2 (docs/serving.md, Precision). Few
+# input channels is also where bf16 buys least: at 512², 3→32 9×9 takes 15 ms in fp32 against 9 ms in bf16 with
+# the rounding passes, and 32→64 3×3/2 11 ms against 16 ms.
+LOW_PRECISION_MIN_CHANNELS = 64
 
 
 def fp32_only(model: Any) -> str | None:
@@ -83,7 +92,8 @@ def _centrable(func: Any, args: tuple, kwargs: dict) -> bool:
 
 
 class LowPrecisionConvolutions(TorchFunctionMode):
-    """Every fp32 convolution run in `dtype` (fp32 accumulation), its output returned as fp32.
+    """Every fp32 convolution with `LOW_PRECISION_MIN_CHANNELS` input channels or more run in `dtype`
+    (fp32 accumulation), its output returned as fp32.
 
     An unpadded convolution runs on its input minus the input's per-channel mean, and the mean's part,
     sum(W)·mean + bias, is added back in fp32: the same function (a constant channel stays constant
@@ -98,7 +108,8 @@ class LowPrecisionConvolutions(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if func not in _CONVOLUTIONS or args[0].dtype != torch.float32:
+        if (func not in _CONVOLUTIONS or args[0].dtype != torch.float32
+                or args[0].shape[1] < LOW_PRECISION_MIN_CHANNELS):
             return func(*args, **kwargs)
         x, weight = args[0], args[1]
         bias = args[2] if len(args) > 2 else kwargs.pop("bias", None)
