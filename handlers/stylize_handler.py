@@ -18,8 +18,9 @@ Bad input → 4xx with a JSON body {"error": ..., "status": ..., "styles": [...]
 fails, the rest of the batch and the worker carry on. The model's styles and training config:
 TorchServe's describe API, `GET /models/NAME?customized=true` (management port).
 
-Server limits: `handler: {max_side: 4096, max_pixels: 50000000}` in the archive's
-model-config.yaml, overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS.
+Server limits: `handler: {max_side: 4096, max_pixels: 50000000}` in the archive's model-config.yaml,
+overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS. A CPU worker runs `threads` torch threads
+($INSTYLE_THREADS; default: the cores shared among the model's workers, pipeline.serve.limits.cpu_threads).
 
 GPU workers (docs/serving.md, GPU serving): the model runs on TorchServe's `gpu_id`; without an
 explicit max_memory_mb the activation cap is the worker's share of the GPU's free memory; `precision`
@@ -49,8 +50,8 @@ from ts.utils.util import PredictionException
 from pipeline.serve.controls import ModelControls, call_model, model_description
 from pipeline.common.images import BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch, size_groups
-from pipeline.serve.limits import (ENV_MAX_MEMORY, device_memory_cap_mb, memory_cap_bytes, server_limits,
-                                   workers_per_device)
+from pipeline.serve.limits import (ENV_MAX_MEMORY, cpu_threads, device_memory_cap_mb, memory_cap_bytes,
+                                   server_limits, workers_per_device)
 from pipeline.common.memory import reuse_freed_memory
 from pipeline.serve.model_io import load_model
 from pipeline.serve.precision import DEFAULT_PRECISION, ENV_PRECISION, precision_mode, resolve_precision
@@ -127,22 +128,19 @@ def _text(key: str, value: Any) -> str:
 
 
 def is_grpc(headers: Mapping[str, Any]) -> bool:
-    """Whether a request came over gRPC: TorchServe gives unary gRPC requests no request headers (only
-    per-field content types, which are dicts), while HTTP requests always carry string headers (Host,
-    Content-Length, and TorchServe's own url_path)."""
+    """Whether a request came over gRPC: TorchServe gives those only per-field content types (dicts) as
+    headers, while HTTP requests always carry string headers (Host, Content-Length, TorchServe's url_path)."""
     return not any(isinstance(v, str) for v in headers.values())
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Out of memory, told by the exception's type: host RAM (`MemoryError`) or an accelerator's
-    (`torch.OutOfMemoryError`), never by the wording of a message."""
+    """Out of memory, told by the exception's type (`MemoryError`, `torch.OutOfMemoryError`), never its wording."""
     return isinstance(error, (MemoryError, torch.OutOfMemoryError))
 
 
 def poisons_the_device(error: BaseException) -> bool:
-    """A CUDA error after which the process's context is unusable ('an illegal memory access was
-    encountered', 'device-side assert triggered', ...): every later call would fail too. Told by the
-    type torch raises for accelerator runtime errors; out of memory is not one of them."""
+    """A CUDA error after which the process's context is unusable ('an illegal memory access', 'device-side
+    assert triggered', ...), told by torch's type for accelerator runtime errors (out of memory is not one)."""
     return isinstance(error, torch.AcceleratorError) and not isinstance(error, torch.OutOfMemoryError)
 
 
@@ -150,9 +148,10 @@ def error_body(status: int, message: str, styles: tuple[str, ...] = ()) -> bytes
     return json.dumps({"error": message, "status": status, "styles": list(styles)}).encode("utf-8")
 
 
-def describe(metadata: Mapping[str, Any], controls: ModelControls, precision: str) -> dict[str, Any]:
-    """What `GET /models/NAME?customized=true` shows: `model_description`, options, this worker's precision."""
-    return {**model_description(metadata, controls), "options": list(OPTION_NAMES), "precision": precision}
+def describe(metadata: Mapping[str, Any], controls: ModelControls, precision: str, threads: int) -> dict[str, Any]:
+    """`GET /models/NAME?customized=true`: `model_description`, options, this worker's precision and threads."""
+    return {**model_description(metadata, controls), "options": list(OPTION_NAMES), "precision": precision,
+            "threads": threads}
 
 
 class StylizeHandler(BaseHandler):
@@ -176,6 +175,10 @@ class StylizeHandler(BaseHandler):
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         handler_config = yaml_config.get("handler") or {}
         self.max_side, self.max_pixels = server_limits(handler_config)
+        self.threads = torch.get_num_threads()
+        if self.device.type == "cpu":  # workers × threads = cores (pipeline.serve.limits.cpu_threads)
+            self.threads = cpu_threads(yaml_config)
+            torch.set_num_threads(self.threads)
         requested = os.environ.get(ENV_PRECISION) or handler_config.get("precision") or DEFAULT_PRECISION  # env first
         self.precision = resolve_precision(requested, self.device, self.model)
         self.precision_note = f"{self.precision} (auto)" if requested == "auto" else self.precision
@@ -184,9 +187,9 @@ class StylizeHandler(BaseHandler):
                 call_model(self.model, torch.rand(1, 3, 32, 32, device=self.device), None, self.controls)
         # over this many MB of activations an image is stylized in tiles (whole-image norm statistics)
         self.max_memory_mb = self._memory_cap_mb(handler_config, yaml_config)
-        logger.info("instyle model %s loaded on %s in %s (%s, step %s); max_side=%d max_pixels=%d max_memory_mb=%d",
-                    serialized, self.device, self.precision_note, self.controls.describe(), self.metadata.get("global_step"),
-                    self.max_side, self.max_pixels, self.max_memory_mb)
+        logger.info("instyle model %s loaded on %s in %s (%s, step %s); max_side=%d max_pixels=%d max_memory_mb=%d "
+                    "threads=%d", serialized, self.device, self.precision_note, self.controls.describe(),
+                    self.metadata.get("global_step"), self.max_side, self.max_pixels, self.max_memory_mb, self.threads)
         self.initialized = True
 
     def _memory_cap_mb(self, handler_config: Mapping[str, Any], yaml_config: Mapping[str, Any]) -> int:
@@ -222,7 +225,7 @@ class StylizeHandler(BaseHandler):
         """Answer every request of the batch: image bytes, or a JSON error for that request only."""
         self.context = context
         if self._is_describe():  # GET /models/NAME?customized=true
-            return [json.dumps(describe(self.metadata, self.controls, self.precision_note))]
+            return [json.dumps(describe(self.metadata, self.controls, self.precision_note, self.threads))]
         metrics = context.metrics  # calls pass a fresh dimensions list: TorchServe's default is a shared mutable one
         # how many requests TorchServe batched into this call (the archive's batchSize / maxBatchDelay)
         metrics.add_metric("BatchSize", len(data), "count", 0, [], MetricTypes.GAUGE)

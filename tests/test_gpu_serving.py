@@ -76,8 +76,11 @@ def test_archive_config_for_gpu_workers_and_batching():
     assert config == {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8, "maxBatchDelay": 20, "responseTimeout": 300,
                       "deviceType": "gpu", "deviceIds": [0, 1],
                       "handler": {"max_side": 4096, "max_pixels": 50_000_000, "precision": "bf16"}}
-    assert yaml.safe_load(model_config(1, 50, 300, 4096, 10, 512))["deviceType"] == "cpu"
-    for bad in ({"precision": "fp8"}, {"device_ids": [0]}, {"workers": 0}):
+    cpu = yaml.safe_load(model_config(1, 50, 300, 4096, 10, 512))
+    assert cpu["deviceType"] == "cpu" and cpu["minWorkers"] == cpu["maxWorkers"] == 2 and "threads" not in cpu["handler"]
+    assert "minWorkers" not in yaml.safe_load(model_config(4, 50, 300, 4096, 10, 512))  # batching: one worker
+    assert yaml.safe_load(model_config(1, 50, 300, 4096, 10, workers=3, threads=1))["handler"]["threads"] == 1
+    for bad in ({"precision": "fp8"}, {"device_ids": [0]}, {"workers": 0}, {"threads": 0}):
         with pytest.raises(ValueError):
             model_config(1, 50, 300, 4096, 10, **bad)
 

@@ -96,6 +96,32 @@ def test_env_overrides_model_config(export_dir, monkeypatch):
     assert "MP limit" in _error(res, 413)
 
 
+def test_cpu_worker_threads_share_the_cores(export_dir, monkeypatch):
+    """A CPU worker runs its share of the cores (at least one): TorchServe's workers of the model split them;
+    the handler's `threads` and $INSTYLE_THREADS (first) override; a bad value fails at load."""
+    import os
+
+    from handlers.stylize_handler import StylizeHandler
+    from test_serving_helpers import make_context
+
+    cpus = len(os.sched_getaffinity(0))
+    assert load_handler(export_dir)[0].threads == cpus
+    assert load_handler(export_dir, yaml_config={"minWorkers": 2, "maxWorkers": 2})[0].threads == max(1, cpus // 2)
+    assert load_handler(export_dir, yaml_config={"maxWorkers": 4 * cpus})[0].threads == 1
+    assert load_handler(export_dir, yaml_config={"handler": {"threads": 3}})[0].threads == 3
+    monkeypatch.setenv("INSTYLE_THREADS", "1")
+    before = torch.get_num_threads()
+    handler = StylizeHandler()
+    try:
+        handler.initialize(make_context(export_dir, "generator.pt", {"handler": {"threads": 3}}))
+        assert handler.threads == torch.get_num_threads() == 1  # what the worker's torch runs
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.delenv("INSTYLE_THREADS")
+    with pytest.raises(ValueError, match="threads"):
+        load_handler(export_dir, yaml_config={"handler": {"threads": "lots"}})
+
+
 def test_memory_cap_from_model_config_tiles_with_the_same_pixels(export_dir, served, monkeypatch):
     """handler.max_memory_mb (model-config.yaml) makes the handler stylize in tiles: same pixels."""
     from pipeline.serve import inference, limits

@@ -7,6 +7,7 @@ styles, the describe API names them, and one batch holds requests for different 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -168,6 +169,8 @@ def test_served_styles_options_errors_describe_and_mixed_batches(trained, tmp_pa
         assert described["styles"] == list(STYLES) and described["strength_control"] is True
         assert described["hyper_parameters"]["strength_control"] is True and "style" in described["options"]
         assert described["precision"] == f"{auto_precision} (auto)"  # what the worker chose on this CPU
+        # the archive's two CPU workers share the cores (archive.CPU_WORKERS, limits.cpu_threads)
+        assert described["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
 
         # one TorchServe batch of 4: two sizes × different styles and strengths
         jobs = [(rng_image(37, 53, seed=20), {"X-Style": "coffee"}), (rng_image(64, 48, seed=21), {}),

@@ -160,7 +160,11 @@ def load_handler(model_dir: Path, serialized: str = "generator.pt", yaml_config:
 
     context = make_context(model_dir, serialized, yaml_config, gpu=gpu)
     handler = StylizeHandler()
-    handler.initialize(context)
+    threads = torch.get_num_threads()
+    try:
+        handler.initialize(context)  # sets the process's torch threads, as a worker's (handler.threads)
+    finally:
+        torch.set_num_threads(threads)  # the test process keeps its own
     return handler, context
 
 

@@ -36,7 +36,7 @@ LIMIT = 2 * 1024 * 1024
 def server(tmp_path_factory):
     run = shared_export(tmp_path_factory)
     cwd = tmp_path_factory.mktemp("ts-reliability")
-    archive_run(run, cwd / "model_store", name="demo")
+    archive_run(run, cwd / "model_store", name="demo", workers=1)  # one worker: the restart test kills it
     srv = LocalTorchServe(cwd, cwd / "model_store", overrides={"max_request_size": str(LIMIT)})
     srv.start()
     try:

@@ -38,19 +38,25 @@ HANDLER_MODULE = "handlers.stylize_handler"
 Serialized = Literal["pt", "pt2"]
 BATCH_SIZE = 1  # TorchServe batchSize: on 2 cores batching was slower (docs/benchmarks.md)
 MAX_BATCH_DELAY_MS = 50
+# CPU archives run two workers sharing the cores (pipeline.serve.limits.cpu_threads): one request's decode,
+# PNG encode and IPC overlap the other's model call (docs/serving.md, Workers and threads)
+CPU_WORKERS = 2
 RESPONSE_TIMEOUT_S = 300
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts as a model name
 
 
 def model_config(batch_size: int, max_batch_delay_ms: int, response_timeout_s: int, max_side: int,
                  max_pixels: int, max_memory_mb: int | None = None, *, workers: int | None = None, gpu: bool = False,
-                 device_ids: Sequence[int] | None = None, precision: str = DEFAULT_PRECISION) -> str:
+                 device_ids: Sequence[int] | None = None, precision: str = DEFAULT_PRECISION,
+                 threads: int | None = None) -> str:
     """model-config.yaml: TorchServe's keys (workers, batching, timeout, deviceType / deviceIds) plus the
     handler's own section (read by the handler). Without `max_memory_mb` the handler derives the cap:
-    2048 MB on the CPU, its share of the GPU's free memory on a GPU."""
+    2048 MB on the CPU, its share of the GPU's free memory on a GPU. Without `workers` an unbatched CPU
+    archive runs CPU_WORKERS workers, others TorchServe's default; without `threads` each CPU worker takes
+    its share of the cores."""
     for key, value in (("batch_size", batch_size), ("max_batch_delay_ms", max_batch_delay_ms),
                        ("response_timeout_s", response_timeout_s), ("max_side", max_side), ("max_pixels", max_pixels),
-                       ("max_memory_mb", max_memory_mb), ("workers", workers)):
+                       ("max_memory_mb", max_memory_mb), ("workers", workers), ("threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be an integer ≥ 1, got {value!r}")
     check_precision(precision)
@@ -59,6 +65,8 @@ def model_config(batch_size: int, max_batch_delay_ms: int, response_timeout_s: i
     if device_ids and any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in device_ids):
         raise ValueError(f"device_ids must be GPU indices ≥ 0, got {list(device_ids)}")
     config: dict[str, Any] = {}
+    # two CPU workers unless batching, which fills one worker's batches from the queue (two would halve them)
+    workers = CPU_WORKERS if workers is None and not gpu and batch_size == 1 else workers
     if workers is not None:
         config.update(minWorkers=workers, maxWorkers=workers)
     config.update(batchSize=batch_size, maxBatchDelay=max_batch_delay_ms, responseTimeout=response_timeout_s,
@@ -68,6 +76,8 @@ def model_config(batch_size: int, max_batch_delay_ms: int, response_timeout_s: i
     handler = {"max_side": max_side, "max_pixels": max_pixels, "precision": precision}
     if max_memory_mb is not None:
         handler["max_memory_mb"] = max_memory_mb
+    if threads is not None:
+        handler["threads"] = threads
     config["handler"] = handler
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -136,14 +146,16 @@ def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: st
                 serialized: Serialized = "pt2", batch_size: int = BATCH_SIZE, max_batch_delay_ms: int = MAX_BATCH_DELAY_MS,
                 response_timeout_s: int = RESPONSE_TIMEOUT_S, max_side: int = DEFAULT_MAX_SIDE,
                 max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int | None = None, workers: int | None = None,
-                gpu: bool = False, device_ids: Sequence[int] | None = None, precision: str = DEFAULT_PRECISION) -> Path:
+                gpu: bool = False, device_ids: Sequence[int] | None = None, precision: str = DEFAULT_PRECISION,
+                threads: int | None = None) -> Path:
     """Archive `run_dir/export/` as `store/<name>.mar` (name defaults to the run folder's name)."""
     run_dir = Path(run_dir)
     name = name or run_dir.resolve().name
     if not NAME_RE.match(name):
         raise ValueError(f"model name {name!r} is not allowed by TorchServe (letters, digits, _ - . only)")
     config_text = model_config(batch_size, max_batch_delay_ms, response_timeout_s, max_side, max_pixels, max_memory_mb,
-                               workers=workers, gpu=gpu, device_ids=device_ids, precision=precision)  # checks them
+                               workers=workers, gpu=gpu, device_ids=device_ids, precision=precision,
+                               threads=threads)  # checks them
     if serialized not in ("pt", "pt2"):
         raise ValueError(f"serialized must be pt or pt2, got {serialized!r}")
     export = run_dir / "export"
@@ -182,7 +194,7 @@ def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path =
             response_timeout_s: int = RESPONSE_TIMEOUT_S, max_side: int = DEFAULT_MAX_SIDE,
             max_pixels: int = DEFAULT_MAX_PIXELS, max_memory_mb: int | None = None, workers: int | None = None,
             gpu: bool = False, device_ids: list[int] | None = None,
-            precision: Literal["auto", "fp32", "bf16", "fp16"] = DEFAULT_PRECISION) -> int:
+            precision: Literal["auto", "fp32", "bf16", "fp16"] = DEFAULT_PRECISION, threads: int | None = None) -> int:
     """Archive exported runs as TorchServe .mar files in STORE (an existing one is replaced atomically).
 
     Args:
@@ -197,11 +209,14 @@ def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path =
         max_pixels: refuse images with more pixels, before decoding.
         max_memory_mb: activation memory per model call; larger images are stylized in tiles with whole-image
             instance-norm statistics (default: 2048 on the CPU; on a GPU the worker's share of its free memory).
-        workers: TorchServe minWorkers = maxWorkers (default: TorchServe's, one per GPU or per core).
+        workers: TorchServe minWorkers = maxWorkers (default: 2 on the CPU at batch_size 1, sharing the cores;
+            else TorchServe's, one).
         gpu: serve on GPUs (deviceType gpu; each worker gets one by TorchServe's gpu_id).
         device_ids: which GPUs, e.g. --device_ids '[0,1]' (default: every visible one); needs --gpu true.
         precision: of the convolutions, auto (bf16 on a worker CPU with native bf16, else fp32) | fp32 | bf16 | fp16
             (docs/serving.md for the pixel differences).
+        threads: torch threads per CPU worker (default: the cores shared out among the workers; $INSTYLE_THREADS
+            on the server overrides both).
     """
     run_dirs = [runs / name] if name else exported_runs(runs, serialized)
     if not run_dirs:
@@ -214,7 +229,7 @@ def command(*, name: str | None = None, runs: Path = Path("runs"), store: Path =
             mar = archive_run(run_dir, store, serialized=serialized, batch_size=batch_size,
                               max_batch_delay_ms=max_batch_delay_ms, response_timeout_s=response_timeout_s,
                               max_side=max_side, max_pixels=max_pixels, max_memory_mb=max_memory_mb, workers=workers,
-                              gpu=gpu, device_ids=device_ids, precision=precision)
+                              gpu=gpu, device_ids=device_ids, precision=precision, threads=threads)
         except (FileNotFoundError, ValueError, OSError, ModelArchiverError) as e:
             print(f"archive failed for {run_dir}: {e}", file=sys.stderr)
             failed += 1

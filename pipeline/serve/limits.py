@@ -17,6 +17,7 @@ DEVICE_MEMORY_SHARE = 0.8  # of a GPU worker's share of free memory: the rest fo
 ENV_MAX_SIDE = "INSTYLE_MAX_SIDE"
 ENV_MAX_PIXELS = "INSTYLE_MAX_PIXELS"
 ENV_MAX_MEMORY = "INSTYLE_MAX_MEMORY_MB"
+ENV_THREADS = "INSTYLE_THREADS"
 
 
 def positive_int_setting(key: str, env_name: str, default: int, *, value: Any = None,
@@ -66,6 +67,26 @@ def device_memory_cap_mb(free_bytes: int, workers: int, share: float = DEVICE_ME
 def workers_per_device(config: Mapping[str, Any], device_count: int) -> int:
     """How many of this model's workers share one GPU: TorchServe hands out `deviceIds` (else every
     visible GPU) round-robin to maxWorkers (else minWorkers, else one) workers."""
-    workers = int(config.get("maxWorkers") or config.get("minWorkers") or 1)
+    workers = model_workers(config)
     devices = len(config.get("deviceIds") or []) or max(1, device_count)
     return max(1, -(-workers // devices))
+
+
+def model_workers(config: Mapping[str, Any]) -> int:
+    """How many workers TorchServe runs for a model, from its model-config.yaml (maxWorkers, else
+    minWorkers, else the server's default of one)."""
+    return int(config.get("maxWorkers") or config.get("minWorkers") or 1)
+
+
+def cpu_threads(config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                cpus: int | None = None) -> int:
+    """Torch threads of one CPU worker: $INSTYLE_THREADS, else the `handler:` section's `threads`, else the
+    CPUs this process may run on shared out among the model's workers (at least one each), so that
+    workers × threads = cores: two workers of one thread on two cores overlap one request's decode, PNG
+    encode and IPC with the other's model call instead of oversubscribing the cores (docs/serving.md,
+    Workers and threads)."""
+    config = config or {}
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    shared = max(1, cpus // model_workers(config))
+    return positive_int_setting("threads", ENV_THREADS, shared, env=env, config=config.get("handler") or {})

@@ -6,7 +6,7 @@ rounded to the low precision, the convolution accumulates in
 fp32 inside oneDNN / cuDNN, and its output is returned as fp32. Instance-norm statistics, the residual
 sums, the strength path and the output activation stay fp32, so the rounding of one layer is never
 carried into the next in low precision (`torch.autocast` keeps activations in bf16 between layers:
-10-11 levels of difference to fp32 on photos, against 3-6 with this rule on trained models; the
+10-11 levels of difference to fp32 on photos, against 1-3 with this rule on trained models; the
 figures are in docs/serving.md, Precision). The convolutions are
 where the time goes and where native bf16 units (AVX512-BF16, AMX) pay; the exported graphs stay as
 captured (float32 weights, device-agnostic, dynamic H/W). It is done at run time by a torch-function
