@@ -5,6 +5,7 @@ from typing import Any
 
 SAME_OUTPUT_TOL = 1e-4  # max abs difference of [0, 1] images, ours vs reference, same weights
 SAME_LOSS_RTOL = 1e-4  # relative difference of the first step's loss terms
+SERVE_SHARE = 0.9  # served requests/s over the model-only images/s of the same file (1 process, all threads)
 TARGET_TIME = {"1080p": 0.6, "512": 0.7, "256": 0.85}  # ours / reference latency, batch 1
 SHIPPED = "export"  # the .pt2 that `make archive` serves, in fp32 (CPUs without native bf16, GPUs)
 SHIPPED_BF16 = "export-bf16"  # the same on a CPU with native bf16 (`precision: auto`)
@@ -194,8 +195,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for r in serving.get("rows", []):
         if r["model"] == "plain" and r["concurrency"] == 4 and model_only:
             frac = r["requests_per_s"] / model_only
-            out.append({"target": "serving at concurrency 4 ≥ 85 % of model-only throughput, zero errors",
-                        "value": round(frac, 3), "met": frac >= 0.85 and r["errors"] == 0})
+            out.append({"target": f"serving at concurrency 4 ≥ {SERVE_SHARE:.0%} of model-only throughput, zero errors",
+                        "value": round(frac, 3), "met": frac >= SERVE_SHARE and r["errors"] == 0})
     return out
 
 

@@ -1,0 +1,81 @@
+"""TorchServe workers × threads: the CPU archive's default (two workers sharing the cores) against one worker
+holding them all, alternated, with the model-only rate of the same file before and after.
+
+    python -m benchmarks.workers [--run RUN] [--rounds 2] [--out FILE]
+
+Without --run it measures the benchmark's preset model (`benchmarks.common.make_run`, seeded weights). Each
+set-up gets a fresh private TorchServe on loopback; both of its workers are READY before the load starts.
+Concurrency 1 (6 requests) and 4 (20 requests) with 512² JPEGs, as `benchmarks.serving` sends them. The
+figures of docs/serving.md (Workers and threads) come from this command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import make_run, run_worker
+from benchmarks.serving import load, request_body
+
+SETUPS = {"2 workers (default)": None, "1 worker": 1}  # archive_run(workers=...)
+
+
+def model_only(run: Path) -> float:
+    """Images/s of the served .pt2 at batch 1 in one process with every thread, at what `auto` runs here."""
+    from pipeline.serve.precision import resolve_precision
+
+    variant = "export-bf16" if resolve_precision("auto", "cpu") == "bf16" else "export"
+    result = run_worker("benchmarks.infer", ["--variant", variant, "--size", "512", "--run", str(run),
+                                             "--batches", "1", "--repeats", "6"])
+    return result["batches"]["1"]["images_per_s"]
+
+
+def serve(run: Path, work: Path, workers: int | None, body: bytes) -> list[dict[str, Any]]:
+    """Concurrency 1 and 4 against a fresh server of one archive of `run`."""
+    from pipeline.export.archive import archive_run
+    from pipeline.ops.torchserve_local import LocalTorchServe
+    from pipeline.serve.limits import model_workers
+
+    archive_run(run, work / "store", name="m", workers=workers)
+    expected = model_workers({"maxWorkers": workers or 2})
+    with LocalTorchServe(work / "ts", work / "store") as server:
+        server.wait_ready(["m"], timeout=240)
+        deadline = time.monotonic() + 240
+        while sum(w["status"] == "READY" for w in server.workers("m")) < expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every worker came up:\n{server.logs()}")
+            time.sleep(0.5)
+        for _ in range(4):  # warm-up: each worker's first calls
+            server.request("POST", "/predictions/m", body, {"Content-Type": "image/jpeg"})
+        return [load(server, "m", body, conc, total) for conc, total in ((1, 6), (4, 20))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.workers")
+    p.add_argument("--run", type=Path, default=None, help="an exported run (default: the benchmark's preset model)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="instyle-workers-") as tmp:
+        run = args.run or make_run(Path(tmp) / "runs" / "preset")
+        body = request_body()
+        out: dict[str, Any] = {"model_only_images_per_s": [model_only(run)], "rows": []}
+        for rnd in range(args.rounds):
+            for name, workers in SETUPS.items():
+                for row in serve(run, Path(tmp) / f"{rnd}-{workers}", workers, body):
+                    out["rows"].append({**row, "setup": name, "round": rnd})
+                    print(f"{name:20s} concurrency {row['concurrency']}: {row['requests_per_s']:.2f} requests/s, "
+                          f"p50 {row['p50_s'] * 1e3:.0f} ms, p99 {row['p99_s'] * 1e3:.0f} ms, errors {row['errors']}",
+                          flush=True)
+        out["model_only_images_per_s"].append(model_only(run))
+    print("model-only images/s (before, after):", ", ".join(f"{v:.2f}" for v in out["model_only_images_per_s"]))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
