@@ -5,13 +5,17 @@ holding them all, alternated, with the model-only rate of the same file before a
 
 Without --run it measures the benchmark's preset model (`benchmarks.common.make_run`, seeded weights). Each
 set-up gets a fresh private TorchServe on loopback; both of its workers are READY before the load starts.
-Concurrency 1 (6 requests) and 4 (20 requests) with 512² JPEGs, as `benchmarks.serving` sends them. The
+Concurrency 1 (6 requests) and 4 (20 requests) with 512² JPEGs, as `benchmarks.serving` sends them. During
+the concurrency-4 load it also records where the CPU went (seconds per process of the server: the Java
+frontend, each worker) and the handler's last DecodeMs / ModelMs / EncodeMs (its metrics endpoint). The
 figures of docs/serving.md (Workers and threads) come from this command.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +37,35 @@ def model_only(run: Path) -> float:
     return result["batches"]["1"]["images_per_s"]
 
 
+def cpu_seconds(pgid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of every live process in process group `pgid`: pid → (role, seconds)."""
+    out, tick = {}, os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) != pgid:
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        role = "worker" if "model_service_worker" in cmd else "java" if "java" in cmd.split(" ")[0] else "launcher"
+        out[int(proc.name)] = (role, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def handler_ms(text: str) -> dict[str, float]:
+    """The handler's last DecodeMs / ModelMs / EncodeMs from the Prometheus text of the metrics port."""
+    found = {}
+    for name in ("DecodeMs", "ModelMs", "EncodeMs"):
+        match = re.search(rf"^{name}{{[^}}]*}} ([0-9.eE+-]+)$", text, re.M)
+        if match:
+            found[name] = float(match.group(1))
+    return found
+
+
 def serve(run: Path, work: Path, workers: int | None, body: bytes) -> list[dict[str, Any]]:
     """Concurrency 1 and 4 against a fresh server of one archive of `run`."""
     from pipeline.export.archive import archive_run
@@ -50,7 +83,20 @@ def serve(run: Path, work: Path, workers: int | None, body: bytes) -> list[dict[
             time.sleep(0.5)
         for _ in range(4):  # warm-up: each worker's first calls
             server.request("POST", "/predictions/m", body, {"Content-Type": "image/jpeg"})
-        return [load(server, "m", body, conc, total) for conc, total in ((1, 6), (4, 20))]
+        rows = [load(server, "m", body, 1, 6)]
+        assert server.proc is not None
+        group = os.getpgid(server.proc.pid)
+        before, wall = cpu_seconds(group), time.perf_counter()
+        rows.append(load(server, "m", body, 4, 20))
+        wall, after = time.perf_counter() - wall, cpu_seconds(group)
+        used: dict[str, float] = {}
+        for pid, (role, seconds) in after.items():
+            key = f"{role} {pid}" if role == "worker" else role
+            used[key] = round(seconds - before.get(pid, (role, 0.0))[1], 2)
+        metrics = server.request("GET", "/metrics", port=server.metrics)[2].decode()
+        rows[-1].update(cpu_s=used, cpu_available_s=round(wall * (os.cpu_count() or 1), 2),
+                        handler_ms=handler_ms(metrics))
+        return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 for row in serve(run, Path(tmp) / f"{rnd}-{workers}", workers, body):
                     out["rows"].append({**row, "setup": name, "round": rnd})
                     print(f"{name:20s} concurrency {row['concurrency']}: {row['requests_per_s']:.2f} requests/s, "
-                          f"p50 {row['p50_s'] * 1e3:.0f} ms, p99 {row['p99_s'] * 1e3:.0f} ms, errors {row['errors']}",
-                          flush=True)
+                          f"p50 {row['p50_s'] * 1e3:.0f} ms, p99 {row['p99_s'] * 1e3:.0f} ms, errors {row['errors']}"
+                          + (f"; CPU s {row['cpu_s']} of {row['cpu_available_s']}, handler {row['handler_ms']}"
+                             if "cpu_s" in row else ""), flush=True)
         out["model_only_images_per_s"].append(model_only(run))
     print("model-only images/s (before, after):", ", ".join(f"{v:.2f}" for v in out["model_only_images_per_s"]))
     if args.out:

@@ -1,0 +1,50 @@
+"""The small benchmark tools behind docs/serving.md's figures: PNG encode costs, per-convolution bf16
+sensitivity, and the workers benchmark's CPU and metrics readers (their servers run in `make bench`)."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from benchmarks import png, precision_layers, workers
+
+
+def test_handler_metrics_are_read_from_prometheus_text():
+    text = ("# HELP x\nModelMs{ModelName=\"m\",Level=\"Model\",Hostname=\"vm\",} 529.95\n"
+            "EncodeMs{ModelName=\"m\",Level=\"Model\",Hostname=\"vm\",} 4.8E1\nDecodeMsX{a=\"b\",} 1\n")
+    assert workers.handler_ms(text) == {"ModelMs": 529.95, "EncodeMs": 48.0}
+
+
+def test_cpu_seconds_of_a_process_group_include_this_process():
+    sum(i * i for i in range(200_000))  # some CPU time of our own
+    found = workers.cpu_seconds(os.getpgid(0))
+    assert os.getpid() in found and found[os.getpid()][1] > 0
+
+
+def test_png_cost_is_of_a_lossless_encode_at_each_strategy():
+    arr = np.asarray(Image.fromarray(data.astronaut()).resize((64, 64)))
+    for strategy in png.STRATEGIES.values():
+        seconds, size = png.encode_cost(arr, 1, strategy)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=1, compress_type=strategy)
+        assert seconds > 0 and size == buf.tell()
+        assert np.array_equal(np.asarray(Image.open(buf)), arr)
+
+
+@pytest.mark.slow
+def test_per_convolution_sensitivity_on_the_starter(tmp_path, capsys):
+    """Every convolution of the starter is numbered and scored; the first one alone in bf16 moves pixels."""
+    Image.fromarray(data.astronaut()).resize((48, 48)).save(tmp_path / "a.png")
+    from pipeline.model.packaged import resolve_model
+
+    assert precision_layers.main(["--model", str(resolve_model("starter")), "--photos", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "16 convolutions" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 16
+    first_alone = [float(v) for v in rows[0].split("|")[2].split(",")]  # max, mean, pixels > 2
+    assert first_alone[1] > 0
