@@ -143,9 +143,14 @@ def served_variant(results: dict[str, Any]) -> str:
 
 
 def _model_only(results: dict[str, Any]) -> float | None:
+    """The served file's model-only images/s (512², batch 1): the mean of the runs just before and after the
+    serving load where there are (a dict in older result files), else the inference section's row."""
+    near = results.get("serving_model_only")
+    near = [near] if isinstance(near, dict) else near or []
+    rates = [r["batches"]["1"]["images_per_s"] for r in near if r.get("batches")]
+    if rates:
+        return sum(rates) / len(rates)
     m = _infer_index(results).get((_target_kind(results), served_variant(results), "512", "1"))
-    if m is None and results.get("serving_model_only", {}).get("batches"):
-        m = results["serving_model_only"]["batches"]["1"]
     return m["images_per_s"] if m else None
 
 
