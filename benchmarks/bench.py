@@ -1,6 +1,7 @@
 """`make bench` (= `python -m benchmarks.bench`): the reference and the project's paths side by side.
 
-    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling,video] [--variants ...] [--out FILE]
+    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling,video] [--variants ...] [--rounds N]
+        [--out FILE]
 
 Two models with the same seeded weights where they share them: `preset`, the generator `make train`
 builds (one style, the strength control: conditional norms and the strength path), measured in every
@@ -20,6 +21,7 @@ import argparse
 import datetime as dt
 import json
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -67,21 +69,45 @@ def worker_env(variant: str) -> dict[str, str]:
     return {"INSTYLE_REUSE_FREED_MEMORY": "0"} if variant == "reference" else {}
 
 
-def bench_inference(runs: dict[str, Path], work: Path, variants: list[str], quick: bool, log) -> tuple[list[dict], dict]:
+def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case's row from its rounds (fresh processes, interleaved with the other cases): per batch size the
+    median over rounds of each round's median time; every round's own figures are kept under `rounds`."""
+    if len(results) == 1:
+        return results[0]
+    merged = {**results[0], "rounds": results, "batches": {}}
+    for batch, first in results[0]["batches"].items():
+        median = statistics.median(r["batches"][batch]["median_s"] for r in results)
+        merged["batches"][batch] = {**first, "median_s": median, "images_per_s": int(batch) / median,
+                                    "gflops": first["gflops"] * first["median_s"] / median,
+                                    "min_s": min(r["batches"][batch]["min_s"] for r in results),
+                                    "peak_rss_mb": max(r["batches"][batch]["peak_rss_mb"] for r in results)}
+    return merged
+
+
+def bench_inference(runs: dict[str, Path], work: Path, variants: list[str], quick: bool, log,
+                    rounds: int = 1) -> tuple[list[dict], dict]:
     """Every variant on the preset model, PLAIN_VARIANTS on the plain one; each output compared with the
-    reference's on the same weights (for the preset model: the plain network with its resolved γ, β)."""
+    reference's on the same weights (for the preset model: the plain network with its resolved γ, β).
+    With `rounds` > 1 every case of a size runs that many times, the cases interleaved (reference, ours,
+    reference, ...), so that the machine's drift falls on all of them alike (`merge_rounds`)."""
     rows, diffs = [], {}
     outputs = work / "outputs"
     for size, (warm, reps, reps_b) in (QUICK_REPEATS if quick else REPEATS).items():
-        for kind, run in runs.items():
-            kind_variants = variants if kind == "preset" else [v for v in variants if v in PLAIN_VARIANTS]
-            for variant in kind_variants:
-                log(f"infer {kind:6s} {variant:12s} {size}")
+        cases = [(kind, run, variant) for kind, run in runs.items()
+                 for variant in (variants if kind == "preset" else [v for v in variants if v in PLAIN_VARIANTS])]
+        done: dict[tuple[str, str], list[dict]] = {}
+        for rnd in range(rounds):
+            for kind, run, variant in cases:
+                log(f"infer {kind:6s} {variant:12s} {size}" + (f" (round {rnd + 1}/{rounds})" if rounds > 1 else ""))
                 res = run_worker("benchmarks.infer", ["--variant", variant, "--size", size, "--run", str(run),
                                                       "--warmup", str(warm), "--repeats", str(reps),
                                                       "--repeats-batched", str(reps_b), "--save", str(outputs / kind)],
                                  env=worker_env(variant))
-                rows.append({**res, "model": kind})
+                done.setdefault((kind, variant), []).append(res)
+        for (kind, variant), results in done.items():
+            rows.append({**merge_rounds(results), "model": kind})
+        for kind in runs:
+            kind_variants = [v for k, v in done if k == kind]
             ref_file = outputs / kind / f"reference-{size}.pt"
             for variant in kind_variants:
                 out_file = outputs / kind / f"{variant}-{size}.pt"
@@ -132,11 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="inference variants (benchmarks.infer)")
     p.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results-<machine>.json)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--rounds", type=int, default=1, help="inference: run every case this many times, interleaved, "
+                   "and report the median (a noisy machine's drift then falls on every case alike)")
     args = p.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown section(s) {', '.join(sorted(unknown))}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be ≥ 1, got {args.rounds}")
     variants = [v for v in args.variants.split(",") if v]
     if not native_bf16() and args.variants == p.get_default("variants"):
         # emulated bf16 is many times slower than fp32 (docs/benchmarks.md): not what `auto` runs here
@@ -162,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = {kind: make_run(work / "runs" / f"bench-{kind}", kind=kind) for kind in MODEL_KINDS}
         run = runs["preset"]  # serving, tiling and video: the model users serve
         if "infer" in sections:
-            results["inference"], results["same_output_max_abs_diff"] = bench_inference(runs, work, variants, args.quick, log)
+            results["inference"], results["same_output_max_abs_diff"] = bench_inference(runs, work, variants, args.quick,
+                                                                                        log, args.rounds)
         if "train" in sections:
             results["training"] = bench_training(runs, work, args.quick, log)
         if "serve" in sections:

@@ -48,3 +48,18 @@ def test_per_convolution_sensitivity_on_the_starter(tmp_path, capsys):
     assert len(rows) == 16
     first_alone = [float(v) for v in rows[0].split("|")[2].split(",")]  # max, mean, pixels > 2
     assert first_alone[1] > 0
+
+
+def test_rounds_merge_into_the_median_of_each_rounds_median():
+    from benchmarks.bench import merge_rounds
+
+    def result(median: float, low: float, rss: float) -> dict:
+        return {"variant": "export", "size": "512", "batches": {
+            "1": {"median_s": median, "min_s": low, "images_per_s": 1 / median, "gflops": 80.8 / median,
+                  "peak_rss_mb": rss, "repeats": 5}}}
+
+    rounds = [result(0.3, 0.28, 900), result(0.5, 0.45, 950), result(0.4, 0.35, 920)]
+    merged = merge_rounds(rounds)["batches"]["1"]
+    assert merged["median_s"] == 0.4 and merged["min_s"] == 0.28 and merged["peak_rss_mb"] == 950
+    assert merged["images_per_s"] == pytest.approx(2.5) and merged["gflops"] == pytest.approx(80.8 / 0.4)
+    assert merge_rounds(rounds)["rounds"] == rounds and merge_rounds(rounds[:1]) == rounds[0]
