@@ -200,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks.serving import bench_serving
             from pipeline.serve.precision import resolve_precision
 
-            precision = resolve_precision("auto", "cpu")  # what the workers will resolve on this CPU
-            results["serving_model_only_before"] = run_worker("benchmarks.infer", [
-                "--variant", "export-bf16" if precision == "bf16" else "export", "--size", "512", "--run", str(run),
-                "--batches", "1", "--repeats", "5"])
+            # the model-only rate the served one is compared with, measured next to the load, before and after
+            # (this VM's speed drifts by tens of % within minutes: a rate from the inference section is too far)
+            served = served_variant({"serving": {"precision": resolve_precision("auto", "cpu")}})  # as the workers
+            served_args = ["--variant", served, "--size", "512", "--run", str(run), "--batches", "1", "--repeats", "5"]
+            before = run_worker("benchmarks.infer", served_args)
 
             log("serving (TorchServe)")
             conc = (1, 4) if args.quick else (1, 4, 8)
@@ -211,12 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["serving"] = bench_serving(run, work / "serve", conc, per_client=2 if args.quick else 3)
             except Exception as e:  # noqa: BLE001 - a missing Java must not lose the other sections
                 results["serving"] = {"error": f"{type(e).__name__}: {e}"}
-            # the model-only rate the served one is compared with, measured next to the load, before and after
-            # (this VM's speed drifts by tens of % within minutes: a rate from the inference section is too far)
-            served_args = ["--variant", served_variant(results), "--size", "512", "--run", str(run), "--batches", "1",
-                           "--repeats", "5"]
-            results["serving_model_only"] = [results.pop("serving_model_only_before"),
-                                             run_worker("benchmarks.infer", served_args)]
+            results["serving_model_only"] = [before, run_worker("benchmarks.infer", served_args)]
         if "tiling" in sections:
             log("tiled inference")
             results["tiling"] = {

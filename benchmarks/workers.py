@@ -29,9 +29,10 @@ SETUPS = {"2 workers (default)": None, "1 worker": 1}  # archive_run(workers=...
 
 def model_only(run: Path) -> float:
     """Images/s of the served .pt2 at batch 1 in one process with every thread, at what `auto` runs here."""
+    from benchmarks.report import served_variant
     from pipeline.serve.precision import resolve_precision
 
-    variant = "export-bf16" if resolve_precision("auto", "cpu") == "bf16" else "export"
+    variant = served_variant({"serving": {"precision": resolve_precision("auto", "cpu")}})  # as the workers run it
     result = run_worker("benchmarks.infer", ["--variant", variant, "--size", "512", "--run", str(run),
                                              "--batches", "1", "--repeats", "6"])
     return result["batches"]["1"]["images_per_s"]
@@ -68,12 +69,11 @@ def handler_ms(text: str) -> dict[str, float]:
 
 def serve(run: Path, work: Path, workers: int | None, body: bytes) -> list[dict[str, Any]]:
     """Concurrency 1 and 4 against a fresh server of one archive of `run`."""
-    from pipeline.export.archive import archive_run
+    from pipeline.export.archive import CPU_WORKERS, archive_run
     from pipeline.ops.torchserve_local import LocalTorchServe
-    from pipeline.serve.limits import model_workers
 
     archive_run(run, work / "store", name="m", workers=workers)
-    expected = model_workers({"maxWorkers": workers or 2})
+    expected = workers or CPU_WORKERS
     with LocalTorchServe(work / "ts", work / "store") as server:
         server.wait_ready(["m"], timeout=240)
         deadline = time.monotonic() + 240

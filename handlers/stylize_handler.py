@@ -22,16 +22,13 @@ Server limits: `handler: {max_side: 4096, max_pixels: 50000000}` in the archive'
 overridden by $INSTYLE_MAX_SIDE / $INSTYLE_MAX_PIXELS. A CPU worker runs `threads` torch threads
 ($INSTYLE_THREADS; default: the cores shared among the model's workers, pipeline.serve.limits.cpu_threads).
 
-GPU workers (docs/serving.md, GPU serving): the model runs on TorchServe's `gpu_id`; without an
-explicit max_memory_mb the activation cap is the worker's share of the GPU's free memory; `precision`
-(auto | fp32 | bf16 | fp16, $INSTYLE_PRECISION; auto: bf16 on a CPU with native bf16) is that of the
-convolutions (pipeline.serve.precision), logged and described. Out of memory: the cache is freed and
-the group retried once in tiles, then 507. A CUDA error that poisons the context ends the worker
-process, and TorchServe starts a new one.
+GPU workers (docs/serving.md): the model runs on TorchServe's `gpu_id`; without an explicit max_memory_mb the
+cap is the worker's share of the GPU's free memory. `precision` (auto | fp32 | bf16 | fp16, $INSTYLE_PRECISION)
+is that of the convolutions (pipeline.serve.precision), logged and described. Out of memory: the cache is
+freed and the group retried once in tiles, then 507; a CUDA error that poisons the context ends the worker.
 
-Imports: the archive carries the whole serving package and the generator's definition
-(`pipeline/serve/`, `pipeline/model/`, see `pipeline.export.archive`) in the model directory, which TorchServe puts first on the worker's
-PYTHONPATH, so the worker needs no project install and runs exactly the code that was archived.
+Imports: the archive carries `pipeline/serve/` and `pipeline/model/` (pipeline.export.archive) in the model
+directory, first on the worker's PYTHONPATH: the worker runs exactly the code that was archived.
 """
 from __future__ import annotations
 
