@@ -2,7 +2,8 @@
 again break a documented command silently.
 
 The lines are read from the documents' code blocks (continuations joined, `&&` chains split) and run
-through bash in a fresh working directory, with HOME pointing at a folder that holds the user's files
+through bash, each group of documents (`GROUPS`) in order in a fresh working directory of its own, the
+groups side by side, with HOME pointing at a folder that holds the user's files
 the lines name (`~/art/*.jpg`, `~/photos/...`, `../shared/assets/...`: small images made here). Only
 budgets are changed: training lines get a few steps at small sizes appended to their ARGS (later
 options win), `make ablation` STEPS=2 and a small evaluation, `make eval` two photos. Lines that need
@@ -25,6 +26,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +38,10 @@ from PIL import Image
 from test_import_onnx import examples_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-# In this order: docs/video.md stylizes with docs/training.md's 3-style run, which docs/styles.md's own `trio` replaces.
 DOCUMENTS = ["README.md", "docs/training.md", "docs/video.md", "docs/ablation.md", "docs/styles.md", "docs/models.md"]
+# Run side by side, each group's documents in order: docs/video.md stylizes with docs/training.md's 3-style run,
+# which docs/styles.md's own `trio` replaces; the README's and docs/training.md's `starry_night` runs differ.
+GROUPS = [["README.md"], ["docs/training.md", "docs/video.md", "docs/styles.md"], ["docs/ablation.md", "docs/models.md"]]
 # What a page takes as done before its lines (the README's run exported, as its serving section does for others)
 PREPARED = {"docs/video.md": ["make export NAME=trio"]}
 NOT_RUN = {"install", "test", "test-fast", "serve", "stop", "loadtest", "tensorboard", "bench", "gpu-check", "demo", "web"}
@@ -45,7 +50,7 @@ STEPS = ["--trainer.max_steps=2", "--data.steps_per_epoch=2", "--data.image_size
          "--trainer.enable_progress_bar=false"]
 ON_CPU = ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--data.num_workers=1"]
 
-# ~400 s on an idle 2-core machine (about 30 make lines); a busy one needs more than the suite's 900 s default
+# about 30 make lines in three groups side by side; a busy machine needs more than the suite's 900 s default
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
@@ -135,13 +140,14 @@ def users_files(home: Path, work: Path) -> None:
     frames[0].save(work / "clip.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
-def test_every_documented_make_line_runs(tmp_path, vgg_weights, auto_precision):
-    home, work = tmp_path / "home", tmp_path / "case" / "work"
+def run_group(documents: list[str], root: Path) -> tuple[Path, list[tuple[str, float]]]:
+    """Run the documents' make lines in order (their shards first) in a fresh working directory of their
+    own under `root`; returns it and (line, seconds) of each line run. A failing line fails the test with
+    its output."""
+    home, work = root / "home", root / "case" / "work"
     work.mkdir(parents=True)
     users_files(home, work)
-    lines = [line for doc in DOCUMENTS for line in PREPARED.get(doc, []) + documented_make_lines(ROOT / doc)]
-    assert {verb(line) for line in lines} >= {"shards", "train", "export", "import", "archive", "stylize", "eval",
-                                             "ablation"}, lines
+    lines = [line for doc in documents for line in PREPARED.get(doc, []) + documented_make_lines(ROOT / doc)]
     shards = work / "data" / "shards" / "coco"
     ordered = sorted(lines, key=lambda line: verb(line) != "shards")  # the data first, then in document order
     env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}  # precision: auto, as a user has it
@@ -150,12 +156,29 @@ def test_every_documented_make_line_runs(tmp_path, vgg_weights, auto_precision):
         if verb(line) in NOT_RUN:
             continue
         command = adapted(line, shards) + f" -f {ROOT / 'Makefile'} PY={sys.executable}"
+        start = time.perf_counter()
         res = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, f"{command}\n--- stdout ---\n{res.stdout[-2500:]}\n--- stderr ---\n{res.stderr[-4000:]}"
-        ran.append(line)
-    assert (work / "runs" / "trio" / "export" / "generator.pt2").is_file()
-    assert (work / "model_store" / "starry_night.mar").is_file() and (work / "model_store" / "candy.mar").is_file()
-    assert (work / "reports" / "ablation-starry_night" / "table.md").is_file()
-    assert (work / "film-starry.mp4").is_file() and (work / "clip-udnie.gif").is_file()
-    assert Image.open(work / "stylized.png").size == Image.open(work / "photo.jpg").size  # the README's first result
-    assert len(ran) >= 15, ran
+        ran.append((line, time.perf_counter() - start))
+    return work, ran
+
+
+def test_every_documented_make_line_runs(tmp_path, vgg_weights, auto_precision):
+    every = [line for doc in DOCUMENTS for line in documented_make_lines(ROOT / doc)]
+    assert {verb(line) for line in every} >= {"shards", "train", "export", "import", "archive", "stylize", "eval",
+                                             "ablation"}, every
+    assert sorted(doc for group in GROUPS for doc in group) == sorted(DOCUMENTS)
+    # The groups share nothing (each has its own working directory and HOME), so they run side by side:
+    # most of a line's time is a single-threaded Python start-up, and the 2-core CI machine idles otherwise.
+    with ThreadPoolExecutor(len(GROUPS)) as pool:
+        results = list(pool.map(lambda i: run_group(GROUPS[i], tmp_path / f"group{i}"), range(len(GROUPS))))
+    for work, ran in results:
+        print("\n".join(f"{seconds:6.1f} s  {line}" for line, seconds in ran))  # shown with a failure, and by -s
+    (readme, _), (training, _), (other, _) = results
+    assert Image.open(readme / "stylized.png").size == Image.open(readme / "photo.jpg").size  # the README's first result
+    assert (readme / "model_store" / "starry_night.mar").is_file()
+    assert (training / "runs" / "trio" / "export" / "generator.pt2").is_file()
+    assert (training / "film-starry.mp4").is_file() and (training / "clip-udnie.gif").is_file()
+    assert (other / "model_store" / "candy.mar").is_file()
+    assert (other / "reports" / "ablation-starry_night" / "table.md").is_file()
+    assert sum(len(ran) for _, ran in results) >= 15, results
