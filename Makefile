@@ -22,6 +22,7 @@ VAL_SRC ?=
 OUT     ?= data/shards/$(notdir $(abspath $(SRC)))
 TB_PORT ?= 6006
 BENCH_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: help install demo test test-fast shards train tensorboard export import archive serve stop loadtest eval ablation bench gpu-check stylize stylize-video web
 
@@ -50,8 +51,10 @@ demo:
 
 # The whole suite (what CI runs: real training, TorchServe, DDP), and its unit tier (tests not marked
 # slow, ~1 min; docs/architecture.md#tests).
+# Two xdist workers: much of the suite waits on subprocesses (make lines, TorchServe's JVM, DDP ranks), so
+# two test processes keep a 2-core machine busy (docs/architecture.md#tests). TEST_WORKERS=0: in-process.
 test:
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-fast:
 	$(PY) -m pytest -m "not slow" $(ARGS)
