@@ -119,15 +119,21 @@ def bench_inference(runs: dict[str, Path], work: Path, variants: list[str], quic
 
 def bench_training(runs: dict[str, Path], work: Path, quick: bool, log) -> list[dict]:
     """The reference's step, ours on the plain model (same losses as the reference) and ours on the preset
-    model (strengths drawn per sample, as `make train` does)."""
+    model (strengths drawn per sample, as `make train` does); on a CPU with native bf16 also the preset
+    model under `bf16-mixed` (`ours-bf16`: what the `cpu` preset trains with there)."""
     rows, style = [], style_path(work)
+    cases = [("plain", "reference"), ("plain", "ours"), ("preset", "ours")]
+    if native_bf16():
+        cases.append(("preset", "ours-bf16"))
     for size, (warm, steps) in (QUICK_TRAIN_STEPS if quick else TRAIN_STEPS).items():
-        for kind, variant in (("plain", "reference"), ("plain", "ours"), ("preset", "ours")):
+        for kind, variant in cases:
             log(f"train {kind:6s} {variant:10s} {size}")
-            res = run_worker("benchmarks.train_step", ["--variant", variant, "--size", str(size), "--run", str(runs[kind]),
-                                                       "--style", str(style), "--warmup", str(warm),
-                                                       "--steps", str(steps)], env=worker_env(variant))
-            rows.append({**res, "model": kind})
+            precision = ["--precision", "bf16-mixed"] if variant.endswith("-bf16") else []
+            res = run_worker("benchmarks.train_step", ["--variant", variant.removesuffix("-bf16"), "--size", str(size),
+                                                       "--run", str(runs[kind]), "--style", str(style), "--warmup",
+                                                       str(warm), "--steps", str(steps), *precision],
+                             env=worker_env(variant))
+            rows.append({**res, "variant": variant, "model": kind})
     return rows
 
 
