@@ -50,9 +50,9 @@ demo:
 	$(PY) -m pipeline demo --model starter
 
 # The whole suite (what CI runs: real training, TorchServe, DDP), and its unit tier (tests not marked
-# slow, ~1 min; docs/architecture.md#tests).
-# Two xdist workers: much of the suite waits on subprocesses (make lines, TorchServe's JVM, DDP ranks), so
-# two test processes keep a 2-core machine busy (docs/architecture.md#tests). TEST_WORKERS=0: in-process.
+# slow); docs/architecture.md#tests. The suite runs in two xdist workers: much of it waits on subprocesses
+# (make lines, TorchServe's JVM, DDP ranks), so two test processes keep a 2-core machine busy.
+# TEST_WORKERS=0 runs it in one process.
 test:
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
