@@ -1,6 +1,7 @@
 """Generators: size contract and the paper's instance-norm properties."""
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -84,12 +85,16 @@ def test_inference_form_computes_the_training_form(kwargs):
     trained = g(*args)
     with torch.no_grad():
         assert torch.equal(g(*args), trained)  # no grad-mode switch: the same code either way
+        # the training form's own float32 rounding, against the same function in float64
+        rounding = (trained - copy.deepcopy(g).double()(*(a.double() for a in args))).abs().max().item()
     g.for_inference()
     assert g.inference and not g.training and not any(p.requires_grad for p in g.parameters())
     with torch.inference_mode():
         served = g(*args)
     assert served.is_contiguous() and served.shape == x.shape
-    torch.testing.assert_close(served, trained.detach(), rtol=0, atol=1e-5)
+    # Regrouped sums round differently: no further off than twice the training form's own rounding (the linear
+    # `clamp` output, ~10 before the clamp with these weights, rounds to ~1e-5; the sigmoid damps it).
+    torch.testing.assert_close(served, trained.detach(), rtol=0, atol=max(1e-5, 2 * rounding))
 
 
 @pytest.mark.parametrize("arch", ["residual", "multiscale"])
