@@ -149,8 +149,8 @@ class ResidualGenerator(nn.Module):
     def decode(self, y: torch.Tensor, wts: Optional[torch.Tensor], hid: Optional[torch.Tensor]) -> torch.Tensor:
         """Upsampling stages and the output convolution, before the output activation. In the inference
         form with nearest upsampling and reflection padding, the same sums regrouped
-        (pipeline.model.fast_ops): each stage as a low-resolution conv + pixel shuffle, the 9×9 output
-        conv in space-to-depth form."""
+        (pipeline.model.fast_ops): each stage as one low-resolution 2×2 conv to its four output phases,
+        interleaved, the 9×9 output conv in space-to-depth form."""
         if self.fast_decoder:  # a constant: TorchScript compiles this only where its layout exists
             if self.inference:
                 for stage in self.up:  # NearestUp(Upsample, ConvNormAct(ConvLayer(pad, conv), norm, act))
