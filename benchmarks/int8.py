@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pipeline.common.images import IMAGE_SUFFIXES
+from pipeline.common.image_codec import IMAGE_SUFFIXES
 from pipeline.common.memory import reuse_freed_memory
 from pipeline.serve.controls import call_model, conditioning
 from pipeline.serve.model_io import load_model

@@ -3,7 +3,7 @@
     python -m benchmarks.png --model runs/A/export/generator.pt2 [--model ...] [--photos 4] [--size 512]
 
 Each model stylizes the first N validation photos (resized to SIZE², the model's default style); each answer
-is encoded as the server does (`pipeline.common.images.to_uint8`, Pillow's PNG writer, one thread) at every
+is encoded as the server does (`pipeline.common.image_codec.to_uint8`, Pillow's PNG writer, one thread) at every
 level and strategy; prints the mean of the best of 3 times and the mean bytes. The figures of
 docs/serving.md (PNG level) come from this command.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.common.images import to_uint8
-from pipeline.model.packaged import resolve_model
+from pipeline.common.image_codec import to_uint8
+from pipeline.model.packaged_format import resolve_model
 from pipeline.serve.controls import call_model
 from pipeline.tools.models import load_model
 

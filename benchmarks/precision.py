@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pipeline.common.images import IMAGE_SUFFIXES
+from pipeline.common.image_codec import IMAGE_SUFFIXES
 from pipeline.serve.controls import conditioning
 from pipeline.serve.inference import prepare, run_batch
 from pipeline.serve.precision import CHOICES, resolve_precision

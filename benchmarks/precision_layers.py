@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.common.images import IMAGE_SUFFIXES
+from pipeline.common.image_codec import IMAGE_SUFFIXES
 from pipeline.serve import precision as P
 from pipeline.serve.controls import call_model
 from pipeline.tools.models import load_model

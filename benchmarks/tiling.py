@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--untiled", action="store_true")
     mode.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
-    from pipeline.common.images import DecodedImage
+    from pipeline.common.image_codec import DecodedImage
     from pipeline.serve.inference import run_batch
     from pipeline.serve.limits import memory_cap_bytes
     from pipeline.serve.controls import call_model

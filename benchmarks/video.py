@@ -41,7 +41,7 @@ def frames_uint8(n: int, h: int, w: int) -> list[np.ndarray]:
 def stylize_frames(model: Any, frames: list[np.ndarray], batch: int, device: str,
                    max_memory_mb: int | None, precision: str) -> list[np.ndarray]:
     """The per-frame path of `stylize_video`, (H, W, 3) uint8 in and out."""
-    from pipeline.tools.frames import frame_options, opaque_uint8, rgb_image, stylize_stream
+    from pipeline.tools.frame_batches import frame_options, opaque_uint8, rgb_image, stylize_stream
     from pipeline.serve.limits import DEFAULT_MAX_SIDE
 
     options = frame_options(PARAMS, DEFAULT_MAX_SIDE, model.instyle_controls)

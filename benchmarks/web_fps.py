@@ -65,7 +65,7 @@ def screenshot(browser: Any, url: str, path: Path, photo: str, style: str, stren
     saved as a palette PNG (docs/images/web_page.png)."""
     from PIL import Image
 
-    from pipeline.common.image_files import skimage_photo
+    from pipeline.common.image_sources import skimage_photo
 
     page = browser.new_page(viewport={"width": 1100, "height": 560})
     try:

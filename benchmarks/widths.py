@@ -36,7 +36,7 @@ def measure(run: Path, variant: str, size: str) -> float:
 def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
     from pipeline.quality.evaluate import evaluate, list_photos
     from pipeline.quality.gatys import build_loss
-    from pipeline.common.image_files import load_style
+    from pipeline.common.image_sources import load_style
     from pipeline.tools.models import load_model
 
     model, meta = load_model(run / "checkpoints" / "last.ckpt")
@@ -48,8 +48,8 @@ def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
 
 def figure(runs: list[Path], photo: str, path: Path) -> None:
     from pipeline.quality.figures import side_by_side
-    from pipeline.common.image_files import load_image
-    from pipeline.common.images import resize_short
+    from pipeline.common.image_sources import load_image
+    from pipeline.common.image_codec import resize_short
     from pipeline.serve.controls import call_model
     from pipeline.tools.models import load_model
 

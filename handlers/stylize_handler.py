@@ -45,7 +45,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 from pipeline.serve.controls import ModelControls, call_model, model_description
-from pipeline.common.images import BadImageRequest
+from pipeline.common.image_codec import BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch, size_groups
 from pipeline.serve.limits import (ENV_MAX_MEMORY, cpu_threads, device_memory_cap_mb, memory_cap_bytes,
                                    server_limits, workers_per_device)

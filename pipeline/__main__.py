@@ -18,12 +18,12 @@ from typing import Callable
 # command → the module whose `command()` implements it, in pipeline order
 TOOLS = {
     "shards": "pipeline.data.shards",
-    "sample-data": "pipeline.data.sample_data",
+    "sample-data": "pipeline.data.builtin_photos",
     "vgg-weights": "pipeline.loss.vgg_weights",
     "export": "pipeline.export.exporter",
     "archive": "pipeline.export.archive",
-    "import": "pipeline.export.importer",
-    "package": "pipeline.export.package",
+    "import": "pipeline.export.import_command",
+    "package": "pipeline.export.package_command",
     "stylize": "pipeline.tools.stylize",
     "describe": "pipeline.tools.describe",
     "web": "pipeline.tools.web",

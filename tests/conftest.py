@@ -36,7 +36,7 @@ def style_image(tmp_path_factory) -> Path:
     if shared.exists():
         return shared
     from PIL import Image
-    from pipeline.common.image_files import skimage_photo
+    from pipeline.common.image_sources import skimage_photo
     path = tmp_path_factory.mktemp("style") / "coffee.png"
     Image.fromarray(skimage_photo("coffee")).save(path)
     return path

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.common.image_files import skimage_photo
+from pipeline.common.image_sources import skimage_photo
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
 from pipeline.model.generators import build_generator
 from pipeline.quality import ablation, ablation_report

@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.data.samples import ContentBatch
+from pipeline.data.stream_stages import ContentBatch
 from pipeline.train.callbacks import ImageGridLogger, TeardownBound, batch_images
 from pipeline.train.cli import BASE_CONFIG, preset_path, presets, run_cli
 from pipeline.train.module import StyleTransferModule

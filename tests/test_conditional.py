@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pipeline.model.norms import InstanceNorm2d
 from pipeline.model.generators import ResidualGenerator, build_generator
 from pipeline.serve.controls import Conditioning, ModelControls, call_model, conditioning, parse_strength, parse_style
-from pipeline.common.images import BadImageRequest, DecodedImage
+from pipeline.common.image_codec import BadImageRequest, DecodedImage
 from pipeline.serve.inference import run_batch
 from pipeline.serve.tiling import stylize_tiled
 

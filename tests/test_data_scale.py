@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline.data.datamodule import ContentDataModule
-from pipeline.data.samples import MAX_CONSECUTIVE_SHARD_FAILURES
+from pipeline.data.stream_stages import MAX_CONSECUTIVE_SHARD_FAILURES
 from pipeline.data.shard_writer import write_split
 from pipeline.data.sources import resolve_shards
 

@@ -17,7 +17,7 @@ from pipeline.export.exporter import example_inputs, input_dims, serving_form
 from pipeline.export.graph_devices import device_constants, strip_devices
 from pipeline.model.generators import ResidualGenerator
 from pipeline.serve.controls import Conditioning
-from pipeline.common.images import DecodedImage, decode
+from pipeline.common.image_codec import DecodedImage, decode
 from pipeline.serve.inference import device_batch, run_batch
 from pipeline.tools.models import load_model
 from test_serving_helpers import encode_pil, make_checkpoint, rng_image

@@ -15,7 +15,7 @@ from pipeline.__main__ import main as cli
 from pipeline.quality.gatys import build_loss, optimize
 from pipeline.model.generators import build_generator
 from pipeline.quality.metrics import border_artifact_index, edge_energy_ratio, laplacian_energy, psnr
-from pipeline.common.image_files import load_style
+from pipeline.common.image_sources import load_style
 
 
 def test_psnr_known_values():

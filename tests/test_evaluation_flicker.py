@@ -17,7 +17,7 @@ from pipeline.__main__ import main as cli
 from pipeline.quality.evaluate import conditioned_model, evaluate, list_photos
 from pipeline.quality.gatys import build_loss
 from pipeline.quality.stability import clip_warping_error, photo_flicker, synthetic_clip
-from pipeline.common.image_files import load_style
+from pipeline.common.image_sources import load_style
 from pipeline.serve.model_io import load_model
 from test_serving_helpers import make_checkpoint
 

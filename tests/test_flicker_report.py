@@ -7,7 +7,7 @@ import pytest
 from pipeline.export.exporter import export_run
 from pipeline.quality import flicker_report
 from pipeline.quality.stability import clip_warping_error, synthetic_clip
-from pipeline.common.image_files import load_image
+from pipeline.common.image_sources import load_image
 from test_serving_helpers import encode_pil, make_checkpoint, rng_image
 
 

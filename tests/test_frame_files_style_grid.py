@@ -1,4 +1,4 @@
-"""Animation and frame-folder files (`pipeline/tools/frame_files.py`) and the style grid's cells and
+"""Animation and frame-folder files (`pipeline/tools/animations.py`) and the style grid's cells and
 figure (`pipeline/quality/style_grid.py`)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from pipeline.quality import style_grid
-from pipeline.tools import frame_files
+from pipeline.tools import animations
 from pipeline.tools.models import load_model
 from test_serving_helpers import encode_pil, make_checkpoint, rng_image
 from tool_helpers import bt601_ycbcr, bt601_rgb
@@ -20,7 +20,7 @@ from tool_helpers import bt601_ycbcr, bt601_rgb
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")
 
 
-# ---- pipeline/tools/frame_files.py ---------------------------------------------------------------
+# ---- pipeline/tools/animations.py ---------------------------------------------------------------
 
 def _frame(k: int, h: int = 12, w: int = 16, alpha: bool = False) -> np.ndarray:
     """A two-colour checkerboard (exact in a GIF palette), different for every k; alpha: left half opaque."""
@@ -40,35 +40,35 @@ def test_frame_folder_is_in_natural_order(tmp_path: Path) -> None:
     for name in names:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "f0.png").mkdir()
-    assert [p.name for p in frame_files.frame_files(tmp_path)] == ["a1b9.bmp", "a1b10.webp", "F1.jpg", "f2.PNG", "f10.png"]
+    assert [p.name for p in animations.frame_files(tmp_path)] == ["a1b9.bmp", "a1b10.webp", "F1.jpg", "f2.PNG", "f10.png"]
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match="no frames"):
-        frame_files.frame_files(tmp_path / "empty")
+        animations.frame_files(tmp_path / "empty")
 
 
 def test_output_name_keeps_writable_formats() -> None:
     """output_name: PNG/JPEG/WebP frames keep name and format; others become STEM.png."""
-    assert frame_files.output_name(Path("d/f1.JPG")) == ("f1.JPG", "jpeg")
-    assert frame_files.output_name(Path("f.jpeg")) == ("f.jpeg", "jpeg")
-    assert frame_files.output_name(Path("f.webp")) == ("f.webp", "webp")
-    assert frame_files.output_name(Path("f.png")) == ("f.png", "png")
-    assert frame_files.output_name(Path("scan.001.tiff")) == ("scan.001.png", "png")
-    assert frame_files.output_name(Path("f.bmp")) == ("f.png", "png")
+    assert animations.output_name(Path("d/f1.JPG")) == ("f1.JPG", "jpeg")
+    assert animations.output_name(Path("f.jpeg")) == ("f.jpeg", "jpeg")
+    assert animations.output_name(Path("f.webp")) == ("f.webp", "webp")
+    assert animations.output_name(Path("f.png")) == ("f.png", "png")
+    assert animations.output_name(Path("scan.001.tiff")) == ("scan.001.png", "png")
+    assert animations.output_name(Path("f.bmp")) == ("f.png", "png")
 
 
 @pytest.mark.parametrize("loop", [0, 3, None])
 def test_gif_round_trip_keeps_frames_durations_and_loop(tmp_path: Path, loop: int | None) -> None:
     """AnimationWriter GIF → animation_info / animation_frames: the frame count, the loop count
     (None: plays once), each frame's duration and its exact pixels (as lossless PNG)."""
-    writer = frame_files.AnimationWriter("GIF", loop)
+    writer = animations.AnimationWriter("GIF", loop)
     durations = [40, 120, 200]
     for k, ms in enumerate(durations):
         writer.add(_frame(k), ms)
     path = tmp_path / "a.gif"
     writer.save(path)
-    assert frame_files.is_animated(path) and frame_files.animation_info(path) == (3, loop)
-    frames = list(frame_files.animation_frames(path))
+    assert animations.is_animated(path) and animations.animation_info(path) == (3, loop)
+    frames = list(animations.animation_frames(path))
     assert [ms for _, ms in frames] == durations
     for k, (png, _) in enumerate(frames):
         im = Image.open(io.BytesIO(png))
@@ -78,36 +78,36 @@ def test_gif_round_trip_keeps_frames_durations_and_loop(tmp_path: Path, loop: in
 def test_gif_transparency_repeated_frames_and_missing_durations(tmp_path: Path) -> None:
     """RGBA frames keep their transparency in a GIF; identical consecutive frames merge with their
     durations added (same total time); frames without a delay read as DEFAULT_DURATION_MS."""
-    writer = frame_files.AnimationWriter("GIF", 0)
+    writer = animations.AnimationWriter("GIF", 0)
     for k in range(2):
         writer.add(_frame(k, alpha=True), 80)
     writer.save(tmp_path / "t.gif")
-    for k, (png, _) in enumerate(frame_files.animation_frames(tmp_path / "t.gif")):
+    for k, (png, _) in enumerate(animations.animation_frames(tmp_path / "t.gif")):
         rgba = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
         want = _frame(k, alpha=True)
         opaque = want[..., 3] == 255
         assert np.array_equal(rgba[opaque], want[opaque]) and (rgba[..., 3][~opaque] == 0).all()
-    merged = frame_files.AnimationWriter("GIF", None)
+    merged = animations.AnimationWriter("GIF", None)
     for k, ms in ((0, 100), (0, 100), (1, 50)):
         merged.add(_frame(k), ms)
     merged.save(tmp_path / "m.gif")
-    assert [ms for _, ms in frame_files.animation_frames(tmp_path / "m.gif")] == [200, 50]
+    assert [ms for _, ms in animations.animation_frames(tmp_path / "m.gif")] == [200, 50]
     Image.fromarray(_frame(0)).save(tmp_path / "n.gif", save_all=True, append_images=[Image.fromarray(_frame(1))])
-    assert [ms for _, ms in frame_files.animation_frames(tmp_path / "n.gif")] == [frame_files.DEFAULT_DURATION_MS] * 2
+    assert [ms for _, ms in animations.animation_frames(tmp_path / "n.gif")] == [animations.DEFAULT_DURATION_MS] * 2
 
 
 def test_webp_round_trip_keeps_durations_and_loops_forever(tmp_path: Path) -> None:
     """AnimationWriter WEBP: frame count and durations exact, loop None written as 0 (forever),
     pixels close (lossy at the writer's quality)."""
-    writer = frame_files.AnimationWriter("WEBP", None, quality=95)
+    writer = animations.AnimationWriter("WEBP", None, quality=95)
     durations = [40, 130, 70]
     smooth = [np.clip(rng_image(32, 32, seed=0).astype(int) // 2 + 60 * k, 0, 255).astype(np.uint8) for k in range(3)]
     smooth = [np.asarray(Image.fromarray(f).resize((8, 8)).resize((32, 32), Image.BILINEAR)) for f in smooth]  # no noise
     for f, ms in zip(smooth, durations):
         writer.add(f, ms)
     writer.save(tmp_path / "a.webp")
-    assert frame_files.is_animated(tmp_path / "a.webp") and frame_files.animation_info(tmp_path / "a.webp") == (3, 0)
-    frames = list(frame_files.animation_frames(tmp_path / "a.webp"))
+    assert animations.is_animated(tmp_path / "a.webp") and animations.animation_info(tmp_path / "a.webp") == (3, 0)
+    frames = list(animations.animation_frames(tmp_path / "a.webp"))
     assert [ms for _, ms in frames] == durations
     for k, (png, _) in enumerate(frames):
         got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)
@@ -117,11 +117,11 @@ def test_webp_round_trip_keeps_durations_and_loops_forever(tmp_path: Path) -> No
 
 def test_webp_animation_keeps_transparency(tmp_path: Path) -> None:
     """RGBA frames written as an animated WebP read back with their transparent half transparent."""
-    writer = frame_files.AnimationWriter("WEBP", 0)
+    writer = animations.AnimationWriter("WEBP", 0)
     for k in range(2):
         writer.add(_frame(k, 32, 32, alpha=True), 80)
     writer.save(tmp_path / "t.webp")
-    for png, _ in frame_files.animation_frames(tmp_path / "t.webp"):
+    for png, _ in animations.animation_frames(tmp_path / "t.webp"):
         alpha = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3]
         assert alpha[:, :16].min() > 200 and alpha[:, 16:].max() < 50
 
@@ -134,16 +134,16 @@ def test_non_animations_are_recognized_and_refused(tmp_path: Path) -> None:
     Image.fromarray(_frame(0)).save(tmp_path / "still.png")
     (tmp_path / "broken.gif").write_bytes(b"GIF89a not really")
     (tmp_path / "png.webp").write_bytes((tmp_path / "still.png").read_bytes())
-    assert not any(frame_files.is_animated(tmp_path / n) for n in ("one.gif", "still.png", "broken.gif", "png.webp", "none.gif"))
-    assert frame_files.animation_info(tmp_path / "one.gif") == (1, None)
+    assert not any(animations.is_animated(tmp_path / n) for n in ("one.gif", "still.png", "broken.gif", "png.webp", "none.gif"))
+    assert animations.animation_info(tmp_path / "one.gif") == (1, None)
     with pytest.raises(ValueError, match="is a PNG image, not a GIF or WebP animation"):
-        frame_files.animation_info(tmp_path / "png.webp")
+        animations.animation_info(tmp_path / "png.webp")
     with pytest.raises(ValueError, match="not a readable GIF/WebP animation"):
-        frame_files.animation_info(tmp_path / "broken.gif")
+        animations.animation_info(tmp_path / "broken.gif")
     with pytest.raises(ValueError, match="use GIF or WEBP"):
-        frame_files.AnimationWriter("PNG", None)
+        animations.AnimationWriter("PNG", None)
     with pytest.raises(ValueError, match="no frames"):
-        frame_files.AnimationWriter("GIF", None).save(tmp_path / "empty.gif")
+        animations.AnimationWriter("GIF", None).save(tmp_path / "empty.gif")
 
 
 # ---- pipeline/quality/style_grid.py --------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.stylize_handler import split_request
-from pipeline.common.images import BadImageRequest
+from pipeline.common.image_codec import BadImageRequest
 from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 

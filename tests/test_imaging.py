@@ -1,4 +1,4 @@
-"""pipeline.common.images: request options, decoding every common image flavour, encoding, errors."""
+"""pipeline.common.image_codec: request options, decoding every common image flavour, encoding, errors."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.common.images import BadImageRequest, DecodedImage, decode, encode, limit_side, to_uint8
+from pipeline.common.image_codec import BadImageRequest, DecodedImage, decode, encode, limit_side, to_uint8
 from pipeline.serve.options import parse_options
 from test_serving_helpers import decode_pil, encode_pil, rng_image
 
@@ -192,7 +192,7 @@ def test_every_folder_reading_command_takes_every_suffix_decode_reads(tmp_path, 
     from pipeline.__main__ import main as cli
     from pipeline.data.shards import list_images
     from pipeline.quality.evaluate import list_photos
-    from pipeline.common.images import IMAGE_SUFFIXES
+    from pipeline.common.image_codec import IMAGE_SUFFIXES
     from test_serving_helpers import shared_export
 
     registered = {ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODED_FORMATS}
@@ -211,7 +211,7 @@ def test_every_folder_reading_command_takes_every_suffix_decode_reads(tmp_path, 
 
 
 def test_images_scikit_image_ships_load_by_name():
-    from pipeline.common.image_files import image_exists, load_image, load_style
+    from pipeline.common.image_sources import image_exists, load_image, load_style
 
     brick = load_image("skimage:brick")  # a greyscale texture: replicated to RGB
     assert brick.shape[0] == 3 and torch.equal(brick[0], brick[1]) and 0 <= brick.min() and brick.max() <= 1
@@ -222,7 +222,7 @@ def test_images_scikit_image_ships_load_by_name():
 
 
 def test_png_level_from_environment(monkeypatch):
-    from pipeline.common.images import encode
+    from pipeline.common.image_codec import encode
 
     torch.manual_seed(0)
     rgb = torch.rand(3, 64, 80)

@@ -16,9 +16,9 @@ from pipeline.__main__ import main as cli
 from pipeline.export.archive import archive_run
 from pipeline.export.exporter import export_run
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
-from pipeline.model.importers import from_pytorch_examples, read_state_dict
+from pipeline.model.pytorch_examples import from_pytorch_examples, read_state_dict
 from pipeline.serve.inference import run_batch
-from pipeline.common.images import DecodedImage
+from pipeline.common.image_codec import DecodedImage
 from pipeline.tools.models import load_model
 from test_serving_helpers import decode_pil, encode_pil, load_handler, make_checkpoint, rng_image, run_handler, ts_request
 

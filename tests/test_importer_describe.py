@@ -17,12 +17,12 @@ from tool_helpers import STYLES
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")
 
 
-# ---- pipeline/export/importer.py -----------------------------------------------------------------
+# ---- pipeline/export/import_command.py -----------------------------------------------------------------
 
 def test_import_writes_a_torchscript_model_that_computes_the_source_network(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`import` of a pytorch/examples state dict: the .pt computes that network (independent forward)
     and metadata.json records the source file's sha256, width and blocks."""
-    from pipeline.export import importer
+    from pipeline.export import import_command
 
     sd = examples_state_dict(width=8, n_res=1, seed=7)
     torch.save(sd, tmp_path / "candy.pth")
@@ -47,7 +47,7 @@ def test_import_writes_a_torchscript_model_that_computes_the_source_network(tmp_
 def test_import_refuses_bad_source_name_and_file_without_writing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Unknown source, a name that is not a plain run name, a missing or non-state-dict file: clear
     errors (exit 1 from the command) and no run folder."""
-    from pipeline.export import importer
+    from pipeline.export import import_command
 
     torch.save(examples_state_dict(width=8, n_res=1), tmp_path / "m.pth")
     runs = tmp_path / "runs"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.data.samples import ContentBatch
+from pipeline.data.stream_stages import ContentBatch
 from pipeline.train.module import StyleTransferModule, _strength_control_for
 
 from train_helpers import random_photos, touch

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.data.samples import ContentBatch
+from pipeline.data.stream_stages import ContentBatch
 from pipeline.model.generators import PHOTO_EPS
 from pipeline.train.module import FULL_STRENGTH_SHARE, StyleTransferModule
 from pipeline.train.nonfinite import NonFiniteGuard

@@ -39,12 +39,12 @@ def test_archive_contents(run, tmp_path):
     assert {"pipeline/serve/inference.py", "pipeline/serve/model_io.py", "pipeline/serve/tiling.py"} <= serve
     assert {"stylize_handler.py", "generator.pt2", "metadata.json", "model-config.yaml", "pipeline/__init__.py"} | serve <= names
     # ... the generator's definition (tiled inference runs its modules) and the image codec ...
-    assert {"pipeline/model/generators.py", "pipeline/model/norms.py", "pipeline/common/images.py"} <= names
+    assert {"pipeline/model/generators.py", "pipeline/model/norms.py", "pipeline/common/image_codec.py"} <= names
     # ... and nothing else of the project: no offline tool (video, stylize), no ONNX runner, no training.
     bundled = sorted(n for n in names if n.startswith("pipeline/"))
     assert all(n.startswith(("pipeline/serve/", "pipeline/model/", "pipeline/common/")) or n == "pipeline/__init__.py"
                for n in bundled), bundled
-    assert not {"pipeline/model/importers.py", "pipeline/export/onnx_runtime.py"} & names
+    assert not {"pipeline/model/pytorch_examples.py", "pipeline/export/onnx_runtime.py"} & names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert manifest["model"]["serializedFile"] == "generator.pt2" and manifest["model"]["handler"] == "stylize_handler.py"
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "max_side: 2048" in config

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pipeline.data.datamodule import ContentDataModule
-from pipeline.common.image_files import skimage_photo
+from pipeline.common.image_sources import skimage_photo
 from pipeline.__main__ import main as cli
 from pipeline.data import shard_writer as writer, shards
 from pipeline.data.shards import build_shards

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.export.package import probe_photo
+from pipeline.export.package_command import probe_photo
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
 from pipeline.model.generators import build_generator
-from pipeline.model.packaged import read_packaged, resolve_model, write_packaged
+from pipeline.model.packaged_format import read_packaged, resolve_model, write_packaged
 from pipeline.serve.controls import Conditioning, call_model
 from pipeline.tools.models import load_model
 

@@ -12,8 +12,8 @@ from PIL import Image
 from pipeline.export.exporter import export_run
 from pipeline.quality import figures, style_grid
 from pipeline.quality.style_report import STRENGTHS, build_report, markdown
-from pipeline.common.images import resize_short
-from pipeline.common.image_files import load_style
+from pipeline.common.image_codec import resize_short
+from pipeline.common.image_sources import load_style
 from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
 from pipeline.quality.gatys import build_loss

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.serve import inference, limits
 from pipeline.model.generators import ResidualGenerator
-from pipeline.common.images import DecodedImage
+from pipeline.common.image_codec import DecodedImage
 from pipeline.serve.inference import run_batch
 from pipeline.serve.tiling import stylize_tiled, tileable_generator, untiled_bytes
 from pipeline.serve.model_io import load_model

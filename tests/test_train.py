@@ -34,7 +34,7 @@ def fit(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> subproc
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from pipeline.data.sample_data import build_sample_shards
+    from pipeline.data.builtin_photos import build_sample_shards
     root = tmp_path_factory.mktemp("train")
     build_sample_shards(root / "shards", max_side=128)
     return root
@@ -162,7 +162,7 @@ def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(
 def test_flops_per_batch_against_a_hand_count_of_the_layers(style_image, vgg_weights):
     """What ThroughputMonitor's FLOP/s uses, against 2·Cin·Cout·k²·Hout·Wout summed over the convolutions
     forward hooks see run, plus the Gram matrices' 2·C²·H·W (forward, and twice that backward)."""
-    from pipeline.data.samples import ContentBatch
+    from pipeline.data.stream_stages import ContentBatch
     from pipeline.loss.losses import STYLE_LAYERS
     from pipeline.train.module import StyleTransferModule
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.common.image_files import load_style
+from pipeline.common.image_sources import load_style
 from pipeline.quality import gatys
 
 STYLES = ["a", "b", "c"]  # `tiny_trio`'s (tests/conftest.py)

@@ -23,8 +23,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from pipeline.data.sample_data import SAMPLE_SHARDS, ensure_sample_shards
-from pipeline.data.samples import DecodeSamples, FailureCounter, WorkerSeed, WorkerShuffle, collate
+from pipeline.data.builtin_photos import SAMPLE_SHARDS, ensure_sample_shards
+from pipeline.data.stream_stages import DecodeSamples, FailureCounter, WorkerSeed, WorkerShuffle, collate
 from pipeline.data.sources import ShardSamples, folder_shards, resolve_shards
 
 

@@ -23,7 +23,7 @@ import webdataset as wds
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.common.images import scaled_size
+from pipeline.common.image_codec import scaled_size
 
 Source = bytes | Path
 SHARD_FORMAT = 1  # bump when encode_photo's output changes, so older shards are re-encoded

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from pipeline.data.shard_writer import ShardStats, write_split
-from pipeline.common.images import IMAGE_SUFFIXES
+from pipeline.common.image_codec import IMAGE_SUFFIXES
 
 
 def list_images(src: Path) -> list[Path]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.model.generators import build_generator
-from pipeline.model.packaged import SUFFIX, read_packaged
+from pipeline.model.packaged_format import SUFFIX, read_packaged
 
 GENERATOR_PREFIX = "generator."
 
@@ -74,7 +74,7 @@ def style_names(ckpt: dict[str, Any]) -> list[str]:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint as plain data; refuses anything that needs unpickling code. A packaged
-    model (`.safetensors`, pipeline.model.packaged) reads as the same shape of dict."""
+    model (`.safetensors`, pipeline.model.packaged_format) reads as the same shape of dict."""
     if Path(path).suffix == SUFFIX:
         return read_packaged(path)
     try:

@@ -32,7 +32,7 @@ class ResidualGenerator(nn.Module):
     `width` 32; they scale with it).
 
     `output="clamp"` ends with a clamp to [0, 1] instead of the sigmoid: the form of models trained
-    elsewhere with a linear output (pipeline.model.importers), whose 0..255 scale is folded into
+    elsewhere with a linear output (pipeline.model.pytorch_examples), whose 0..255 scale is folded into
     the first and last convolutions.
 
     `n_styles` > 1 or `strength=True` condition every instance norm (pipeline.model.norms):

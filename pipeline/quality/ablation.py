@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pipeline.quality.gatys import GATYS_ITERS
-from pipeline.common.image_files import image_exists, style_name
+from pipeline.common.image_sources import image_exists, style_name
 from pipeline.train.cli import preset_path
 
 

@@ -12,8 +12,8 @@ from PIL import Image
 from pipeline.quality.evaluate import evaluate, list_photos
 from pipeline.quality.figures import side_by_side
 from pipeline.quality.gatys import build_loss
-from pipeline.common.images import resize, resize_short
-from pipeline.common.image_files import load_image, load_style, skimage_photo
+from pipeline.common.image_codec import resize, resize_short
+from pipeline.common.image_sources import load_image, load_style, skimage_photo
 from pipeline.tools.models import load_model
 
 

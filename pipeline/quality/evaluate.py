@@ -27,8 +27,8 @@ from typing import Any, Callable
 import torch
 
 from pipeline.quality.gatys import GATYS_ITERS, build_loss, optimize
-from pipeline.common.images import IMAGE_SUFFIXES, encode, resize_short
-from pipeline.common.image_files import image_exists, load_image_file, load_style
+from pipeline.common.image_codec import IMAGE_SUFFIXES, encode, resize_short
+from pipeline.common.image_sources import image_exists, load_image_file, load_style
 from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.metrics import border_artifact_index, psnr
 from pipeline.quality.stability import flicker_settings, photo_flicker
@@ -220,7 +220,7 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         gatys_iters: Gatys iteration counts to record.
     """
     from pipeline.common.memory import reuse_freed_memory
-    from pipeline.model.packaged import resolve_model
+    from pipeline.model.packaged_format import resolve_model
     from pipeline.tools.models import load_model
 
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.common.memory)

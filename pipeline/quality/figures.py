@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from pipeline.common.images import DecodedImage, limit_side, to_uint8
-from pipeline.common.image_files import load_image
+from pipeline.common.image_codec import DecodedImage, limit_side, to_uint8
+from pipeline.common.image_sources import load_image
 from pipeline.tools.models import load_model
 
 

@@ -27,8 +27,8 @@ from pipeline.quality.gatys import build_loss
 from pipeline.quality.stability import FLICKER_JPEG_QUALITY, FLICKER_NOISE_STD, clip_warping_error, synthetic_clip
 from pipeline.quality.style_report import exported, losses, one_hot, write_report
 from pipeline.serve.controls import call_model
-from pipeline.common.images import resize, resize_short, to_uint8
-from pipeline.common.image_files import load_image, load_image_file, load_style
+from pipeline.common.image_codec import resize, resize_short, to_uint8
+from pipeline.common.image_sources import load_image, load_image_file, load_style
 from pipeline.tools.models import load_model
 from pipeline.train.styles import style_specs
 

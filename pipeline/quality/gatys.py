@@ -17,8 +17,8 @@ from typing import Any, Literal
 import torch
 
 from pipeline.loss.losses import LOSS_DEFAULTS, PerceptualLoss
-from pipeline.common.images import encode, resize_short
-from pipeline.common.image_files import image_exists, load_image, load_style
+from pipeline.common.image_codec import encode, resize_short
+from pipeline.common.image_sources import image_exists, load_image, load_style
 
 GATYS_ITERS = (50, 100, 300)  # iteration counts recorded by default (here, in `evaluate` and the ablation)
 

@@ -18,8 +18,8 @@ import torch
 from pipeline.quality.figures import grid
 from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import Conditioning, call_model
-from pipeline.common.images import DecodedImage, limit_side, scaled_size
-from pipeline.common.image_files import load_image
+from pipeline.common.image_codec import DecodedImage, limit_side, scaled_size
+from pipeline.common.image_sources import load_image
 from pipeline.tools.models import load_model
 
 @torch.inference_mode()

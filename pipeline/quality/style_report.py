@@ -30,8 +30,8 @@ from pipeline.loss.losses import PerceptualLoss
 from pipeline.quality.evaluate import list_photos
 from pipeline.quality.gatys import build_loss
 from pipeline.serve.controls import Conditioning, call_model
-from pipeline.common.images import resize_short
-from pipeline.common.image_files import load_image_file, load_style
+from pipeline.common.image_codec import resize_short
+from pipeline.common.image_sources import load_image_file, load_style
 from pipeline.tools.models import load_model
 from pipeline.train.styles import style_specs
 

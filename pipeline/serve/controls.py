@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from pipeline.common.images import BadImageRequest
-from pipeline.common.image_files import style_name
+from pipeline.common.image_codec import BadImageRequest
+from pipeline.common.image_sources import style_name
 
 
 @dataclass(frozen=True)

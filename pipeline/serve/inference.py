@@ -11,7 +11,7 @@ import torch
 
 from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import Conditioning, ModelControls, call_model, condition_tensors, conditioning
-from pipeline.common.images import DecodedImage, decode, encode, limit_side, model_input
+from pipeline.common.image_codec import DecodedImage, decode, encode, limit_side, model_input
 from pipeline.serve.options import Options, parse_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, memory_cap_bytes
 from pipeline.serve.precision import DEFAULT_PRECISION, precision_mode

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from pipeline.common.images import DEFAULT_MAX_PIXELS  # noqa: F401 (one of the limits; defined where decode checks it)
+from pipeline.common.image_codec import DEFAULT_MAX_PIXELS  # noqa: F401 (one of the limits; defined where decode checks it)
 
 DEFAULT_MAX_SIDE = 4096  # longest side the model ever sees (4K); larger inputs are downscaled
 DEFAULT_MAX_MEMORY_MB = 2048  # activations of one model call on the CPU; above it an image is stylized in tiles

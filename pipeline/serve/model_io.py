@@ -2,7 +2,7 @@
 
 - `.ckpt`: a Lightning training checkpoint, read as plain data by `pipeline.model.checkpoint`
   (`weights_only=True`; only the `generator.*` weights are used); `.safetensors`, a packaged model
-  (`pipeline.model.packaged`: models/starter/), the same way.
+  (`pipeline.model.packaged_format`: models/starter/), the same way.
 - `.pt`: TorchScript written by `pipeline.export.exporter` (metadata embedded as `metadata.json`, the
   generator's weights as `generator_state.pt`: the frozen graph has them only as constants).
 - `.pt2`: a `torch.export` program written by `pipeline.export.exporter` (same embedded metadata).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from pipeline.common.images import FORMAT_ALIASES, FORMATS, BadImageRequest
+from pipeline.common.image_codec import FORMAT_ALIASES, FORMATS, BadImageRequest
 
 BOOLEANS = {"": False, "false": False, "0": False, "no": False, "true": True, "1": True, "yes": True}
 

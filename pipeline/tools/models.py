@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pipeline.model.packaged import resolve_model
+from pipeline.model.packaged_format import resolve_model
 from pipeline.serve.model_io import load_model as load_serving_model
 from pipeline.serve.model_io import parse_metadata, with_serving_info
 

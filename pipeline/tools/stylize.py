@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 
 from pipeline.serve.controls import conditioning
-from pipeline.common.images import FORMAT_ALIASES, FORMATS, IMAGE_SUFFIXES, BadImageRequest
+from pipeline.common.image_codec import FORMAT_ALIASES, FORMATS, IMAGE_SUFFIXES, BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.common.memory import reuse_freed_memory
@@ -36,7 +36,7 @@ from pipeline.serve.precision import DEFAULT_PRECISION, resolve_precision
 from pipeline.tools.video import job_kind, stylize_video
 
 SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-OutputFormat = Literal["png", "jpeg", "jpg", "webp"]  # FORMATS and FORMAT_ALIASES (pipeline.common.images)
+OutputFormat = Literal["png", "jpeg", "jpg", "webp"]  # FORMATS and FORMAT_ALIASES (pipeline.common.image_codec)
 
 
 def stylize_bytes(model: Any, data: bytes, params: dict[str, str], max_side: int = DEFAULT_MAX_SIDE,

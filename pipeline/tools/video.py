@@ -29,8 +29,8 @@ from typing import Any, Iterator
 import torch
 
 from pipeline.tools import video_jobs
-from pipeline.tools.frame_files import ANIMATED_SUFFIXES, frame_files, is_animated
-from pipeline.tools.frames import frame_options
+from pipeline.tools.animations import ANIMATED_SUFFIXES, frame_files, is_animated
+from pipeline.tools.frame_batches import frame_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.serve.precision import DEFAULT_PRECISION
 from pipeline.tools.video_io import H264_SUFFIXES, VIDEO_SUFFIXES, ffmpeg_log

@@ -14,9 +14,9 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from pipeline.tools.frame_files import ANIMATED_SUFFIXES, AnimationWriter, animation_frames, animation_info, output_name
-from pipeline.tools.frames import Progress, opaque_uint8, rgb_image, stylize_stream
-from pipeline.common.images import BadImageRequest, DecodedImage, encode, to_uint8
+from pipeline.tools.animations import ANIMATED_SUFFIXES, AnimationWriter, animation_frames, animation_info, output_name
+from pipeline.tools.frame_batches import Progress, opaque_uint8, rgb_image, stylize_stream
+from pipeline.common.image_codec import BadImageRequest, DecodedImage, encode, to_uint8
 from pipeline.serve.options import Options
 from pipeline.serve.inference import prepare
 from pipeline.serve.precision import DEFAULT_PRECISION

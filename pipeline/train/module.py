@@ -11,11 +11,11 @@ from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.utilities import rank_zero_warn
 import torch.nn.functional as F
 
-from pipeline.data.samples import ContentBatch
+from pipeline.data.stream_stages import ContentBatch
 from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, PHOTO_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT,
                                   VGG_FLAVOUR, PerceptualLoss, photo_loss)
 from pipeline.model.generators import build_generator
-from pipeline.common.image_files import load_style
+from pipeline.common.image_sources import load_style
 from pipeline.train.nonfinite import NonFiniteGuard
 from pipeline.train.regularizers import stability_loss
 from pipeline.train.seeds import seed_this_rank

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common.images import IMAGE_SUFFIXES  # noqa: F401 (re-exported)
-from pipeline.common.image_files import SKIMAGE, image_exists, style_name
+from pipeline.common.image_codec import IMAGE_SUFFIXES  # noqa: F401 (re-exported)
+from pipeline.common.image_sources import SKIMAGE, image_exists, style_name
 
 
 def style_specs(spec: str | Path) -> list[str]:

@@ -1,5 +1,5 @@
 // The model in the browser: onnxruntime-web session, and the exact pre/post-processing of
-// `python -m pipeline stylize` (pipeline/serve/inference.py, pipeline/common/images.py,
+// `python -m pipeline stylize` (pipeline/serve/inference.py, pipeline/common/image_codec.py,
 // pipeline/serve/color.py), so the page's pixels match the CLI's within the tolerance in docs/web.md.
 
 const ORT_DIR = new URL('./ort/', import.meta.url).href;

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import ModelControls, conditioning
-from pipeline.common.images import DecodedImage, limit_side, to_uint8
+from pipeline.common.image_codec import DecodedImage, limit_side, to_uint8
 from pipeline.serve.options import Options, parse_options
 from pipeline.serve.inference import run_batch, size_groups
 from pipeline.serve.precision import DEFAULT_PRECISION

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.common.images import IMAGE_SUFFIXES
+from pipeline.common.image_codec import IMAGE_SUFFIXES
 
 ANIMATED_SUFFIXES = {".gif": "GIF", ".webp": "WEBP"}
 # A folder's frame keeps its name and format when the image path can write it; others become STEM.png.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common.images import DEFAULT_MAX_PIXELS, BadImageRequest, decode, resize, scaled_size
+from pipeline.common.image_codec import DEFAULT_MAX_PIXELS, BadImageRequest, decode, resize, scaled_size
 
 
 def load_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Package a run's generator for distribution: `python -m pipeline package --run runs/NAME --out models/NAME`.
 
-Writes `generator.safetensors` (fp16 weights and the run's description, `pipeline.model.packaged`),
+Writes `generator.safetensors` (fp16 weights and the run's description, `pipeline.model.packaged_format`),
 and measures what fp16 costs: every style of the packaged generator against the checkpoint's fp32 one
 on scikit-image's `astronaut`, in 8-bit levels. A packaged model then loads wherever a checkpoint does
 (`stylize --model NAME`, `export --ckpt`), without the run.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint, style_names
-from pipeline.model.packaged import WEIGHTS_FILE, read_packaged, write_packaged
+from pipeline.model.packaged_format import WEIGHTS_FILE, read_packaged, write_packaged
 
 PROBE_SIDE = 256  # the probe photo's side: large enough for every layer's statistics, quick on a CPU
 

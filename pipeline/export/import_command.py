@@ -1,7 +1,7 @@
 """`python -m pipeline import`: a model trained elsewhere → `runs/NAME/export/`. The files (.pt2, .pt,
 .onnx, metadata.json) are our own export's, after which `make archive NAME=…`, `make serve` and `stylize --model …` work as for
 our own runs (our fast decoder and tiled path included). Formats: pytorch/examples'
-`fast_neural_style` state dicts (pipeline.model.importers).
+`fast_neural_style` state dicts (pipeline.model.pytorch_examples).
 
     make import MODEL=candy.pth NAME=candy
     python -m pipeline import --source pytorch-examples --model candy.pth --name candy
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.export.exporter import FORMATS, Format, export_facts, export_generator, run_and_report
-from pipeline.model.importers import PYTORCH_EXAMPLES, from_pytorch_examples, read_state_dict
+from pipeline.model.pytorch_examples import PYTORCH_EXAMPLES, from_pytorch_examples, read_state_dict
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # a run folder and a TorchServe model name
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data.shard_writer import ShardStats, write_split
-from pipeline.common.image_files import skimage_photo
+from pipeline.common.image_sources import skimage_photo
 
 TRAIN = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "moon",
          "coins", "brick", "grass", "gravel", "clock")
