@@ -127,7 +127,7 @@ def test_a_missing_or_unexported_run_is_named_with_the_command_that_makes_it(tmp
     out = tmp_path / "images"
     assert figures.command(out=out, duo=tmp_path / "runs" / "duo") == 2
     err = capsys.readouterr().err
-    assert f"--duo {tmp_path / 'runs' / 'duo'}: no such run" in err and "make train STYLE=" in err and "NAME=duo" in err
+    assert f"--duo {tmp_path / 'runs' / 'duo'}: no trained run there" in err and "make train STYLE=" in err and "NAME=duo" in err
     make_checkpoint(tmp_path / "runs" / "starry_night", width=8, n_residual=1)
     assert figures.command(out=out, starry_night=tmp_path / "runs" / "starry_night") == 2
     assert f"python -m pipeline export --run {tmp_path / 'runs' / 'starry_night'}" in capsys.readouterr().err

@@ -125,8 +125,8 @@ def exported_model(run: Path, figure: RunFigure) -> Path:
     if path.is_file():
         return path
     if not (run / "checkpoints").is_dir():
-        raise FileNotFoundError(f"--{figure.option} {run}: no such run ({figure.file} needs it); train it with "
-                                f"`{figure.train}` ({figure.doc}), then `make export NAME={run.name}`")
+        raise FileNotFoundError(f"--{figure.option} {run}: no trained run there ({figure.file} needs one); train it "
+                                f"with `{figure.train}` ({figure.doc}), then `python -m pipeline export --run {run}`")
     raise FileNotFoundError(f"--{figure.option} {run}: not exported; `python -m pipeline export --run {run}` first")
 
 
