@@ -1,23 +1,37 @@
-"""Side-by-side figures (content | stylized) for the README and reports.
+"""The docs' figures, all written by one command, and the picture layout every figure uses.
 
-`python -m pipeline figure --model runs/NAME/export/generator.pt2 --photo skimage:chelsea --out docs/images/x.jpg`
-`--photo` takes a file path or `skimage:<name>` (a public-domain photo scikit-image ships).
+    python -m pipeline figures [--duo runs/duo] [--starry_night runs/starry_night]   # or: make figures ARGS=...
+
+writes into docs/images/ (`--out`), from scikit-image's public-domain `chelsea` photo:
+
+- `starter_grid.jpg` (models/starter/README.md): the committed `starter` model, always;
+- `strength_grid.jpg` (docs/styles.md): the two-style run `duo`, when `--duo` names it;
+- `starry_night_chelsea.jpg` (the README): photo | the `starry_night` run, when `--starry_night` names it.
+
+A style grid is one photo through a model, a row per style; columns: photo | strengths 0 and 0.5
+(models with the strength control) | the style (strength 1) | 50/50 mix with the next style | colours
+preserved. Every cell is what the server returns for the matching `X-Style`, `X-Strength`,
+`X-Preserve-Color` (the same serving functions make it). `grid` and `side_by_side` also lay out the
+ablation report's and the width benchmark's figures.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from pipeline.common.image_codec import DecodedImage, limit_side, to_uint8
+from pipeline.common.image_codec import resize, scaled_size, to_uint8
 from pipeline.common.image_sources import load_image
+from pipeline.serve.color import preserve_color
+from pipeline.serve.controls import Conditioning, call_model
 from pipeline.tools.models import load_model
 
-
 LABEL_HEIGHT = 18  # px of the title band above the columns
+PHOTO = "skimage:chelsea"  # every docs figure's photo: public domain, shipped with scikit-image
 
 
 def grid(rows: Sequence[Sequence[torch.Tensor]], gap: int = 4, titles: Sequence[str] = (),
@@ -47,26 +61,100 @@ def side_by_side(images: Sequence[torch.Tensor], gap: int = 4) -> Image.Image:
     return grid([images], gap)
 
 
-@torch.no_grad()
-def content_stylized(model_path: str | Path, photo: str, height: int = 256) -> Image.Image:
-    model, _ = load_model(model_path)
-    x = load_image(photo)
-    scale = height / x.shape[1]
-    x = limit_side(DecodedImage(x, None), max(height, round(x.shape[2] * scale))).rgb
-    return side_by_side([x, model(x[None])[0].clamp(0, 1)])
+def at_height(photo: torch.Tensor, height: int) -> torch.Tensor:
+    """A (3, H, W) photo scaled down (never up) to `height` rows, its aspect ratio kept."""
+    h, w = photo.shape[1:]
+    return photo if h <= height else resize(photo, scaled_size(h, w, height, "short" if h <= w else "long"))
 
 
-def command(*, model: Path, out: Path, photo: str = "skimage:chelsea", height: int = 256) -> int:
-    """A content | stylized figure of one photo (for the README and reports).
+@torch.inference_mode()
+def grid_rows(model: Any, photo: torch.Tensor, strengths: tuple[float, ...] = (0.0, 0.5)) -> tuple[list[str], list[list[torch.Tensor]]]:
+    """(column titles, one row of (3, H, W) images per style); `strengths` shown before full strength
+    (models without the strength control: none)."""
+    controls = model.instyle_controls
+    n = len(controls.styles)
+    strengths = tuple(strengths) if controls.strength else ()
+    titles = ["photo", *(f"strength {s:g}" for s in strengths), "style (strength 1)" if strengths else "style",
+              "50/50 mix with next", "colours preserved"]
+    rows = []
+    for k in range(n):
+        pure = tuple(1.0 if i == k else 0.0 for i in range(n))
+        mix = tuple(0.5 if i in (k, (k + 1) % n) else 0.0 for i in range(n)) if n > 1 else pure
+        conds = [Conditioning(pure, s) for s in strengths] + [Conditioning(pure), Conditioning(mix)]
+        out = call_model(model, photo[None].expand(len(conds), -1, -1, -1).contiguous(), conds, controls).clamp(0, 1)
+        rows.append([photo, *out, preserve_color(out[len(strengths)], photo)])
+    return titles, rows
+
+
+def style_grid(model: Any, photo: torch.Tensor, height: int) -> Image.Image:
+    """The style grid of a model: cells `height` px high, a row per style, named."""
+    titles, rows = grid_rows(model, at_height(photo, height))
+    return grid(rows, titles=titles, names=model.instyle_controls.styles)
+
+
+@torch.inference_mode()
+def content_stylized(model: Any, photo: torch.Tensor, height: int) -> Image.Image:
+    """photo | the model's output (its first style, full strength), `height` px high."""
+    x = at_height(photo, height)
+    return side_by_side([x, call_model(model, x[None], None, model.instyle_controls)[0].clamp(0, 1)])
+
+
+class RunFigure(NamedTuple):
+    """A docs figure drawn from a trained run: its file, the option naming the run, how the docs train it."""
+    file: str
+    option: str
+    train: str
+    doc: str
+    draw: Callable[[Any, torch.Tensor], Image.Image]
+
+
+STARTER_GRID = "starter_grid.jpg"
+ART = "../shared/assets/styles"
+RUN_FIGURES = (
+    RunFigure("strength_grid.jpg", "duo", f"make train STYLE={ART}/composition_vii.jpg,{ART}/shipwreck_of_the_minotaur.jpg "
+              "DATA=data/shards/bsds NAME=duo", "docs/styles.md#strength", lambda m, x: style_grid(m, x, 192)),
+    RunFigure("starry_night_chelsea.jpg", "starry_night", f"make train STYLE={ART}/starry_night.jpg DATA=data/shards/bsds",
+              "docs/training.md#the-readme-figure", lambda m, x: content_stylized(m, x, 256)),
+)
+
+
+def exported_model(run: Path, figure: RunFigure) -> Path:
+    """The run's served generator (export/generator.pt2); a missing run or export is a FileNotFoundError
+    that says which command makes it."""
+    path = run / "export" / "generator.pt2"
+    if path.is_file():
+        return path
+    if not (run / "checkpoints").is_dir():
+        raise FileNotFoundError(f"--{figure.option} {run}: no trained run there ({figure.file} needs one); train it "
+                                f"with `{figure.train}` ({figure.doc}), then `python -m pipeline export --run {run}`")
+    raise FileNotFoundError(f"--{figure.option} {run}: not exported; `python -m pipeline export --run {run}` first")
+
+
+def save(fig: Image.Image, path: Path) -> None:
+    fig.save(path, quality=88)
+    print(f"wrote {path} ({fig.width}×{fig.height})")
+
+
+def command(*, out: Path = Path("docs/images"), duo: Path | None = None, starry_night: Path | None = None) -> int:
+    """The docs' figures: the starter model's grid always; the strength grid and the README figure from their runs.
 
     Args:
-        model: .pt2, .pt or .ckpt.
-        out: figure file (.jpg or .png).
-        photo: a file or skimage:<name> (a public-domain photo scikit-image ships).
-        height: figure height, px.
+        out: folder the figures are written to.
+        duo: run directory of the two-style model of docs/styles.md (exported): writes strength_grid.jpg.
+        starry_night: run directory of the README's Starry Night model (exported): writes starry_night_chelsea.jpg.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig = content_stylized(model, photo, height)
-    fig.save(out, quality=88) if out.suffix.lower() in (".jpg", ".jpeg") else fig.save(out)
-    print(f"wrote {out} ({fig.width}×{fig.height})")
+    given = {"duo": duo, "starry_night": starry_night}
+    try:  # every run checked before anything is written
+        models = {f.file: load_model(exported_model(given[f.option], f))[0] for f in RUN_FIGURES if given[f.option]}
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    photo = load_image(PHOTO)
+    out.mkdir(parents=True, exist_ok=True)
+    save(style_grid(load_model("starter")[0], photo, 160), out / STARTER_GRID)
+    for f in RUN_FIGURES:
+        if f.file in models:
+            save(f.draw(models[f.file], photo), out / f.file)
+        else:
+            print(f"skipped {f.file}: give --{f.option} RUN (`{f.train}`, {f.doc})")
     return 0

@@ -1,5 +1,4 @@
-"""Animation and frame-folder files (`pipeline/tools/animations.py`) and the style grid's cells and
-figure (`pipeline/quality/style_grid.py`)."""
+"""Animation and frame-folder files (`pipeline/tools/animations.py`)."""
 from __future__ import annotations
 
 import io
@@ -7,20 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
-from pipeline.quality import style_grid
 from pipeline.tools import animations
-from pipeline.tools.models import load_model
-from test_serving_helpers import encode_pil, make_checkpoint, rng_image
-from tool_helpers import bt601_ycbcr, bt601_rgb
+from test_serving_helpers import rng_image
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")
 
-
-# ---- pipeline/tools/animations.py ---------------------------------------------------------------
 
 def _frame(k: int, h: int = 12, w: int = 16, alpha: bool = False) -> np.ndarray:
     """A two-colour checkerboard (exact in a GIF palette), different for every k; alpha: left half opaque."""
@@ -144,71 +136,3 @@ def test_non_animations_are_recognized_and_refused(tmp_path: Path) -> None:
         animations.AnimationWriter("PNG", None)
     with pytest.raises(ValueError, match="no frames"):
         animations.AnimationWriter("GIF", None).save(tmp_path / "empty.gif")
-
-
-# ---- pipeline/quality/style_grid.py --------------------------------------------------------------
-
-def test_grid_rows_cells_are_the_generators_outputs(tiny_trio: Path, tiny_trio_generator: nn.Module) -> None:
-    """grid_rows on a 3-style strength model: the titles; per style, the photo, strengths 0 and 0.5,
-    full strength, the 50/50 mix with the next style (cyclic) — each equal to the checkpoint's
-    generator called with explicit weights — and the colour-preserved cell: the full-strength luma
-    with the photo's chroma (BT.601, computed here), clamped to [0, 1]."""
-    model, _ = load_model(tiny_trio)
-    photo = torch.from_numpy(rng_image(20, 28, seed=3)).permute(2, 0, 1).float() / 255
-    titles, rows = style_grid.grid_rows(model, photo)
-    assert titles == ["photo", "strength 0", "strength 0.5", "style (strength 1)", "50/50 mix with next", "colours preserved"]
-    assert len(rows) == 3 and all(len(r) == 6 and all(c.shape == (3, 20, 28) for c in r) for r in rows)
-    mixes = [[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]]
-    with torch.no_grad():
-        for k, row in enumerate(rows):
-            one = [1.0 if i == k else 0.0 for i in range(3)]
-            assert torch.equal(row[0], photo)
-            for cell, weights, s in ((row[1], one, 0.0), (row[2], one, 0.5), (row[3], one, 1.0), (row[4], mixes[k], 1.0)):
-                want = tiny_trio_generator(photo[None], torch.tensor([weights]), torch.tensor([s]))[0].clamp(0, 1)
-                assert (cell - want).abs().max().item() < 1e-4, (k, weights, s)
-            full, kept = row[3].double().numpy(), row[5].double().numpy()
-            want = bt601_rgb(np.concatenate([bt601_ycbcr(full)[:1], bt601_ycbcr(photo.double().numpy())[1:]]))
-            assert np.abs(kept - want.clip(0, 1)).max() < 1e-4
-            inside = ((want > 0) & (want < 1)).all(axis=0)
-            assert inside.mean() > 0.5  # most pixels unclamped: there the chroma is exactly the photo's
-            assert np.abs(bt601_ycbcr(kept)[1:, inside] - bt601_ycbcr(photo.double().numpy())[1:, inside]).max() < 1e-4
-
-
-def test_grid_rows_of_a_plain_model_have_no_strength_columns(tmp_path: Path) -> None:
-    """A single-style model without the strength control: photo | style | mix (= the style: there is
-    no next style) | colours preserved; strengths asked for are not shown."""
-    model, _ = load_model(make_checkpoint(tmp_path / "plain", width=8, n_residual=1))
-    photo = torch.from_numpy(rng_image(16, 20, seed=4)).permute(2, 0, 1).float() / 255
-    titles, rows = style_grid.grid_rows(model, photo, (0.0, 0.5))
-    assert titles == ["photo", "style", "50/50 mix with next", "colours preserved"] and len(rows) == 1
-    with torch.no_grad():
-        want = model(photo[None])[0].clamp(0, 1)
-    assert torch.equal(rows[0][1], rows[0][2]) and (rows[0][1] - want).abs().max().item() < 1e-6
-
-
-def test_style_grid_command_writes_the_figure(tiny_trio: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """The command: a landscape photo scaled to the cell height, 6 columns × 3 styles with 4 px gaps
-    under the title band; out-of-range strengths or an unloadable model exit 2."""
-    from pipeline.quality.figures import LABEL_HEIGHT
-
-    photo = tmp_path / "photo.png"
-    photo.write_bytes(encode_pil(rng_image(40, 56, seed=9)))
-    out = tmp_path / "figs" / "grid.png"
-    assert style_grid.command(model=tiny_trio, out=out, photo=str(photo), height=20) == 0
-    assert Image.open(out).size == (6 * 28 + 5 * 4, LABEL_HEIGHT + 3 * 20 + 2 * 4)
-    assert f"wrote {out} ({6 * 28 + 20}×{LABEL_HEIGHT + 68})" in capsys.readouterr().out
-    assert style_grid.command(model=tiny_trio, out=tmp_path / "g.jpg", photo=str(photo), height=20, strengths=[1.5]) == 2
-    assert style_grid.command(model=tmp_path / "missing.pt2", out=tmp_path / "g.jpg", photo=str(photo)) == 2
-    assert style_grid.command(model=tiny_trio, out=tmp_path / "g.jpg", photo=str(tmp_path / "none.png")) == 2
-    err = capsys.readouterr().err
-    assert "each must be in [0, 1]" in err and err.count("error:") == 3 and not (tmp_path / "g.jpg").exists()
-
-
-def test_style_grid_height_is_the_cell_height_for_portrait_photos(tiny_trio: Path, tmp_path: Path) -> None:
-    """A portrait photo (56 high, 40 wide) with --height 20: cells 20 px high (as documented)."""
-    from pipeline.quality.figures import LABEL_HEIGHT
-
-    photo = tmp_path / "portrait.png"
-    photo.write_bytes(encode_pil(rng_image(56, 40, seed=9)))
-    assert style_grid.command(model=tiny_trio, out=tmp_path / "grid.png", photo=str(photo), height=20) == 0
-    assert Image.open(tmp_path / "grid.png").height == LABEL_HEIGHT + 3 * 20 + 2 * 4
