@@ -1,6 +1,6 @@
 """`make bench` (= `python -m benchmarks.bench`): the reference and the project's paths side by side.
 
-    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling,video,widths,loader]
+    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling,video,widths,loader,web]
         [--variants ...] [--rounds N] [--shards DIR] [--width-runs RUN ...] [--width-content DIR] [--out FILE]
 
 Two models with the same seeded weights where they share them: `preset`, the generator `make train`
@@ -10,8 +10,9 @@ Inference (256², 512², 1920×1080; batch 1 and 4), training (128² and 256², 
 (TorchServe, 512², concurrency 1/4/8, with and without batching), tiled 4K inference, video
 (frames/s of the video path at 640×360 and 1920×1080, batch 1 and 4, and decode + stylize + encode
 of a short H.264 clip; on a CUDA machine also bf16 at batch 8), widths (the served `.pt2` and the
-reference at widths 32, 16, 8: `benchmarks.widths`) and the training loader (images/s per worker count:
-`benchmarks.loader`), each case in a fresh process. On a CPU with native bf16 the served .pt2 is also
+reference at widths 32, 16, 8: `benchmarks.widths`), the training loader (images/s per worker count:
+`benchmarks.loader`) and the web page (frames/s in headless Chromium: `benchmarks.web_fps`), each case in a
+fresh process. On a CPU with native bf16 the served .pt2 is also
 measured with bf16 convolutions (`export-bf16`: what `precision: auto` serves there), and the video rows
 run at `auto`. Prints a table with ratios to the reference and writes benchmarks/results-<machine>.json.
 Not a test: numbers depend on the machine and on whatever else runs on it, so run it on an otherwise
@@ -41,7 +42,7 @@ REPEATS = {"256": (2, 10, 5), "512": (1, 5, 3), "1080p": (1, 2, 1)}
 QUICK_REPEATS = {"256": (1, 3, 2), "512": (1, 2, 1)}
 TRAIN_STEPS = {128: (1, 4), 256: (1, 3)}  # (warm-up, timed) steps
 QUICK_TRAIN_STEPS = {128: (1, 2)}
-SECTIONS = ("infer", "train", "serve", "tiling", "video", "widths", "loader")
+SECTIONS = ("infer", "train", "serve", "tiling", "video", "widths", "loader", "web")
 # video: (WxH, frames) per size through the per-frame path; frames of the end-to-end clip
 VIDEO_SIZES, QUICK_VIDEO_SIZES = (("640x360", 16), ("1920x1080", 4)), (("640x360", 6),)
 VIDEO_CLIP_FRAMES, QUICK_VIDEO_CLIP_FRAMES = 48, 12
@@ -161,7 +162,7 @@ def bench_video(run: Path, work: Path, quick: bool, log) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="256² and 512² only, fewer repeats, short training, "
-                   "video at 640×360 only, widths at 512² only, the loader with 1 and 2 workers")
+                   "video at 640×360 only, widths at 512² only, the loader with 1 and 2 workers, 2 s of web frames")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="inference variants (benchmarks.infer)")
     p.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results-<machine>.json)")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="instyle-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if set(sections) & {"infer", "train", "serve", "tiling", "video"}:
+        if set(sections) & {"infer", "train", "serve", "tiling", "video", "web"}:
             log("exporting the benchmark generators (.pt, .pt2, .onnx): " + ", ".join(MODEL_KINDS))
             runs = {kind: make_run(work / "runs" / f"bench-{kind}", kind=kind) for kind in MODEL_KINDS}
             run = runs["preset"]  # serving, tiling and video: the model users serve
@@ -255,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks.loader import bench_loader
 
             results["loader"] = bench_loader(args.shards, args.quick, log)
+        if "web" in sections:
+            from benchmarks.web_fps import bench_web
+
+            log("web page frames/s (headless Chromium)")
+            results["web"] = bench_web(run, work, args.quick)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,19 @@ def table(results: dict[str, Any]) -> str:
     lines += _video_lines(results.get("video"))
     lines += _widths_lines(results.get("widths"))
     lines += _loader_lines(results.get("loader"))
+    lines += _web_lines(results.get("web"))
     return "\n".join(lines)
+
+
+def _web_lines(web: dict[str, Any] | None) -> list[str]:
+    """The web section: the page's frames/s per wasm thread count (benchmarks.web_fps's own table)."""
+    if not web:
+        return []
+    if "error" in web:
+        return [f"\nweb page ERROR: {web['error'][:500]}"]
+    from benchmarks.web_fps import table as web_table
+
+    return ["", web_table(web["rows"])]
 
 
 def _widths_lines(rows: list[dict[str, Any]] | None) -> list[str]:

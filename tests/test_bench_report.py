@@ -161,3 +161,12 @@ def test_table_renders_the_loader_section_and_its_errors():
     assert "| loader (data/shards/bsds) workers |" in text and "| 1 | 145.0 | 144.2 | 0.2 | 6.4 / 6.1 |" in text
     assert "| ERROR benchmarks.loader exited 1: boom |" in text
     assert targets({"loader": {"shards": "x", "rows": rows}}) == []  # no target judges the loader
+
+
+def test_table_renders_the_web_section_with_the_best_of_each_page():
+    rows = [{"run": "bench-preset", "width": 32, "styles": 1, "threads": 2, "isolated": True, "frame": "640x360",
+             "fps": 0.52, "fps_each": [0.48, 0.52, 0.61], "ms_per_frame": 1923.1}]
+    text = table({"web": {"rows": rows}})
+    assert "| bench-preset | 32 | 1 | 2 (isolated) | 640×360 | 0.5 | 0.6 | 1923 |" in text  # best: the fastest page
+    assert table({"web": {"error": "benchmarks.web_fps exited 2: no Chromium"}}).endswith(
+        "web page ERROR: benchmarks.web_fps exited 2: no Chromium")
