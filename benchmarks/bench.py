@@ -58,11 +58,10 @@ def style_path(work: Path) -> Path:
         return shared
     from PIL import Image
 
-    from benchmarks.common import photo
+    from benchmarks.common import photo_uint8
 
     path = work / "style.png"
-    arr = (photo(1, 256, 256, seed=7)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
-    Image.fromarray(arr).save(path)
+    Image.fromarray(photo_uint8(256, 256, seed=7)).save(path)
     return path
 
 

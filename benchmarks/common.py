@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,22 @@ def photo(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     phase = torch.rand(batch, 3, 1, 1, generator=g) * 6.28
     base = 0.5 + 0.35 * torch.sin(6.0 * xx + 4.0 * yy + phase)
     return (base + 0.08 * torch.randn(batch, 3, h, w, generator=g)).clamp(0, 1).contiguous()
+
+
+def photo_uint8(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """`photo` as one (h, w, 3) uint8 RGB image, as a decoder hands it over."""
+    return (photo(1, h, w, seed=seed)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def photo_jpeg(h: int, w: int, seed: int = 0) -> bytes:
+    """`photo_uint8` as JPEG bytes (quality 92), as a client uploads a photo."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(photo_uint8(h, w, seed)).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
 
 
 def generator_gflop(h: int, w: int) -> float:

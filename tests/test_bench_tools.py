@@ -55,3 +55,19 @@ def test_bad_options_are_refused_before_anything_runs(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_uploaded_photo_is_the_jpeg_of_the_benchmark_photo():
+    """The serving sections' request body decodes to the benchmark's photo (closer to it than to another seed's)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.common import photo_jpeg, photo_uint8
+
+    own, other = photo_uint8(64, 96, seed=1), photo_uint8(64, 96, seed=2)
+    with Image.open(io.BytesIO(photo_jpeg(64, 96, seed=1))) as im:
+        assert im.format == "JPEG" and im.size == (96, 64)
+        decoded = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(decoded - own).mean() < 0.5 * np.abs(decoded - other).mean()
