@@ -146,9 +146,9 @@ web:
 stop:
 	$(dir $(PY))torchserve --stop
 
-# Reference vs our paths side by side (inference, training, TorchServe, tiled 4K, video): prints a table and
-# writes benchmarks/results-<machine>.json. ~10 min on 2 cores; BENCH_ARGS=--quick for ~3 min. Run it
-# on an otherwise idle machine (see docs/benchmarks.md).
+# Reference vs our paths side by side (inference, training, TorchServe, tiled 4K, video, widths, the training
+# loader): prints a table and writes benchmarks/results-<machine>.json. BENCH_ARGS=--quick for the short run,
+# --sections to pick. Run it on an otherwise idle machine (see docs/benchmarks.md).
 bench:
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 

@@ -1,19 +1,22 @@
 """`make bench` (= `python -m benchmarks.bench`): the reference and the project's paths side by side.
 
-    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling,video] [--variants ...] [--rounds N]
-        [--out FILE]
+    python -m benchmarks.bench [--quick] [--sections infer,train,serve,tiling,video,widths,loader,web]
+        [--variants ...] [--rounds N] [--shards DIR] [--width-runs RUN ...] [--width-content DIR] [--out FILE]
 
 Two models with the same seeded weights where they share them: `preset`, the generator `make train`
 builds (one style, the strength control: conditional norms and the strength path), measured in every
 section, and `plain` (the paper's and the reference's architecture), for inference and training.
 Inference (256², 512², 1920×1080; batch 1 and 4), training (128² and 256², batch 4), serving
-(TorchServe, 512², concurrency 1/4/8, with and without batching), tiled 4K inference and video
+(TorchServe, 512², concurrency 1/4/8, with and without batching), tiled 4K inference, video
 (frames/s of the video path at 640×360 and 1920×1080, batch 1 and 4, and decode + stylize + encode
-of a short H.264 clip; on a CUDA machine also bf16 at batch 8), each case in a fresh process. On a CPU
-with native bf16 the served .pt2 is also measured with bf16 convolutions (`export-bf16`: what
-`precision: auto` serves there), and the video rows run at `auto`. Prints a table with ratios to the reference and writes
-benchmarks/results-<machine>.json. Not a test: numbers depend on the machine and on whatever
-else runs on it, so run it on an otherwise idle machine. See docs/benchmarks.md.
+of a short H.264 clip; on a CUDA machine also bf16 at batch 8), widths (the served `.pt2` and the
+reference at widths 32, 16, 8: `benchmarks.widths`), the training loader (images/s per worker count:
+`benchmarks.loader`) and the web page (frames/s in headless Chromium: `benchmarks.web_fps`), each case in a
+fresh process. On a CPU with native bf16 the served .pt2 is also
+measured with bf16 convolutions (`export-bf16`: what `precision: auto` serves there), and the video rows
+run at `auto`. Prints a table with ratios to the reference and writes benchmarks/results-<machine>.json.
+Not a test: numbers depend on the machine and on whatever else runs on it, so run it on an otherwise
+idle machine. See docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ REPEATS = {"256": (2, 10, 5), "512": (1, 5, 3), "1080p": (1, 2, 1)}
 QUICK_REPEATS = {"256": (1, 3, 2), "512": (1, 2, 1)}
 TRAIN_STEPS = {128: (1, 4), 256: (1, 3)}  # (warm-up, timed) steps
 QUICK_TRAIN_STEPS = {128: (1, 2)}
-SECTIONS = ("infer", "train", "serve", "tiling", "video")
+SECTIONS = ("infer", "train", "serve", "tiling", "video", "widths", "loader", "web")
 # video: (WxH, frames) per size through the per-frame path; frames of the end-to-end clip
 VIDEO_SIZES, QUICK_VIDEO_SIZES = (("640x360", 16), ("1920x1080", 4)), (("640x360", 6),)
 VIDEO_CLIP_FRAMES, QUICK_VIDEO_CLIP_FRAMES = 48, 12
@@ -55,11 +58,10 @@ def style_path(work: Path) -> Path:
         return shared
     from PIL import Image
 
-    from benchmarks.common import photo
+    from benchmarks.common import photo_uint8
 
     path = work / "style.png"
-    arr = (photo(1, 256, 256, seed=7)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
-    Image.fromarray(arr).save(path)
+    Image.fromarray(photo_uint8(256, 256, seed=7)).save(path)
     return path
 
 
@@ -159,11 +161,17 @@ def bench_video(run: Path, work: Path, quick: bool, log) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="256² and 512² only, fewer repeats, short training, "
-                   "video at 640×360 only")
+                   "video at 640×360 only, widths at 512² only, the loader with 1 and 2 workers, 2 s of web frames")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="inference variants (benchmarks.infer)")
     p.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results-<machine>.json)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--shards", type=Path, default=None, help="loader: shards folder (default data/shards/bsds "
+                   "when present, else the built-in sample shards)")
+    p.add_argument("--width-runs", type=Path, nargs="+", default=None, help="widths: trained runs (runs/NAME) "
+                   "instead of seeded generators at widths 32, 16, 8; with --width-content also their losses")
+    p.add_argument("--width-content", type=Path, default=None, help="widths: photos the trained runs' losses are "
+                   "measured on (e.g. ../shared/assets/content/val)")
     p.add_argument("--rounds", type=int, default=1, help="inference: run every case this many times, interleaved, "
                    "and report the median (a noisy machine's drift then falls on every case alike)")
     args = p.parse_args(argv)
@@ -173,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown section(s) {', '.join(sorted(unknown))}")
     if args.rounds < 1:
         p.error(f"--rounds must be ≥ 1, got {args.rounds}")
+    if args.width_content is not None and not args.width_runs:
+        p.error("--width-content needs --width-runs (seeded generators have no losses worth measuring)")
+    for run_dir in args.width_runs or []:
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            p.error(f"--width-runs {run_dir}: no checkpoints/last.ckpt there")
+    if args.shards is not None and not sorted(args.shards.glob("train-*.tar")):
+        p.error(f"--shards {args.shards}: no train-*.tar shards there (make them with `make shards`)")
     variants = [v for v in args.variants.split(",") if v]
     if not native_bf16() and args.variants == p.get_default("variants"):
         # emulated bf16 is many times slower than fp32 (docs/benchmarks.md): not what `auto` runs here
@@ -194,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="instyle-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        log("exporting the benchmark generators (.pt, .pt2, .onnx): " + ", ".join(MODEL_KINDS))
-        runs = {kind: make_run(work / "runs" / f"bench-{kind}", kind=kind) for kind in MODEL_KINDS}
-        run = runs["preset"]  # serving, tiling and video: the model users serve
+        if set(sections) & {"infer", "train", "serve", "tiling", "video", "web"}:
+            log("exporting the benchmark generators (.pt, .pt2, .onnx): " + ", ".join(MODEL_KINDS))
+            runs = {kind: make_run(work / "runs" / f"bench-{kind}", kind=kind) for kind in MODEL_KINDS}
+            run = runs["preset"]  # serving, tiling and video: the model users serve
         if "infer" in sections:
             results["inference"], results["same_output_max_abs_diff"] = bench_inference(runs, work, variants, args.quick,
                                                                                         log, args.rounds)
@@ -231,6 +247,19 @@ def main(argv: list[str] | None = None) -> int:
             }
         if "video" in sections:
             results["video"] = bench_video(run, work, args.quick, log)
+        if "widths" in sections:
+            from benchmarks.widths import bench_widths
+
+            results["widths"] = bench_widths(work, args.quick, log, args.width_runs, args.width_content)
+        if "loader" in sections:
+            from benchmarks.loader import bench_loader
+
+            results["loader"] = bench_loader(args.shards, args.quick, log)
+        if "web" in sections:
+            from benchmarks.web_fps import bench_web
+
+            log("web page frames/s (headless Chromium)")
+            results["web"] = bench_web(run, work, args.quick)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = targets(results)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,22 @@ def photo(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return (base + 0.08 * torch.randn(batch, 3, h, w, generator=g)).clamp(0, 1).contiguous()
 
 
+def photo_uint8(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """`photo` as one (h, w, 3) uint8 RGB image, as a decoder hands it over."""
+    return (photo(1, h, w, seed=seed)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def photo_jpeg(h: int, w: int, seed: int = 0) -> bytes:
+    """`photo_uint8` as JPEG bytes (quality 92), as a client uploads a photo."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(photo_uint8(h, w, seed)).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
 def generator_gflop(h: int, w: int) -> float:
     """Multiply-adds ×2 of the residual generator's convolutions for one H×W image (padded to ×4)."""
     h, w = -(-max(h, 16) // 4) * 4, -(-max(w, 16) // 4) * 4
@@ -93,11 +110,13 @@ def current_rss_mb() -> float:
 MODEL_KINDS = ("preset", "plain")  # what `make train` builds today (one style + strength control), and the plain one
 
 
-def make_run(run_dir: Path, seed: int = 0, kind: str = "preset") -> Path:
+def make_run(run_dir: Path, seed: int = 0, kind: str = "preset", width: int = 32,
+             formats: tuple[str, ...] = ("pt", "pt2", "onnx")) -> Path:
     """A run folder with a checkpoint of a seeded generator and its export (.pt, .pt2, .onnx): the same
     weights for every case and for the reference. `preset`: the generator the presets train (one style,
     the strength control: conditional norms and the strength path); `plain`: without the control, the
-    paper's and the reference's architecture. Every parameter is moved off its initial value (norm
+    paper's and the reference's architecture. `width`: the base channels (the `widths` section); `formats`:
+    the exported files. Every parameter is moved off its initial value (norm
     affines off 1/0, the strength path off 0) so that each one matters."""
     from pipeline.export.exporter import export_run
     from pipeline.model.generators import build_generator
@@ -106,18 +125,18 @@ def make_run(run_dir: Path, seed: int = 0, kind: str = "preset") -> Path:
         raise ValueError(f"kind={kind!r}: choose {' or '.join(MODEL_KINDS)}")
     torch.manual_seed(seed)
     generator = build_generator("residual", norm="instance", padding="reflect", upsample="nearest",
-                                strength=kind == "preset")
+                                strength=kind == "preset", width=width)
     with torch.no_grad():
         for name, p in generator.named_parameters():
             if p.dim() == 1 or "strength" in name:
                 p.add_(0.1 * torch.randn_like(p))
     hp = {"arch": "residual", "norm": "instance", "padding": "reflect", "upsample": "nearest",
-          "style_image": "bench.png", "vgg_flavour": "caffe", "strength_control": kind == "preset"}
+          "style_image": "bench.png", "vgg_flavour": "caffe", "strength_control": kind == "preset", "width": width}
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"hyper_parameters": hp, "state_dict": {"generator." + k: v for k, v in generator.state_dict().items()},
                 "global_step": 0, "epoch": 0}, ckpt)
-    export_run(run_dir)
+    export_run(run_dir, formats=formats)
     return run_dir
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.common import photo
+from benchmarks.common import photo, photo_jpeg
 from pipeline.serve.precision import PRECISIONS, precision_mode
 FORMS = ("pt", "pt2", "onnx")
 # 8-bit levels a form's reply may differ from the served .pt2's: TF32 convolutions, ONNX Runtime on the
@@ -98,14 +98,6 @@ def frame_rates(ckpt: Path, device: torch.device, size: tuple[int, int], warmup:
     return rows
 
 
-def jpeg_photo(h: int, w: int, seed: int) -> bytes:
-    """A photo-like H×W image as JPEG bytes, as clients send photos."""
-    from tests.test_serving_helpers import encode_pil
-
-    arr = (photo(1, h, w, seed=seed)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return encode_pil(arr, "JPEG", quality=92)
-
-
 def serve_forms(export_dir: Path, device: torch.device, images: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
     """Each served form loaded by the real handler on `device` (TorchServe's gpu_id in the context's
     system properties) and one batch of `images` (name → (H, W)) served through it, as TorchServe's
@@ -115,7 +107,7 @@ def serve_forms(export_dir: Path, device: torch.device, images: dict[str, tuple[
     from pipeline.tools.stylize import stylize_bytes
     from tests.test_serving_helpers import decode_pil, load_handler, run_handler, ts_request
 
-    bodies = {name: jpeg_photo(h, w, seed=i) for i, (name, (h, w)) in enumerate(images.items())}
+    bodies = {name: photo_jpeg(h, w, seed=i) for i, (name, (h, w)) in enumerate(images.items())}
     gpu = (device.index or 0) if device.type == "cuda" else None
     rows, outputs = [], {}
     for form in FORMS:

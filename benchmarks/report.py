@@ -110,7 +110,56 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {r['size']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
                          f"{'–' if diff is None else f'{diff:.1e}'} |")
     lines += _video_lines(results.get("video"))
+    lines += _widths_lines(results.get("widths"))
+    lines += _loader_lines(results.get("loader"))
+    lines += _web_lines(results.get("web"))
     return "\n".join(lines)
+
+
+def _web_lines(web: dict[str, Any] | None) -> list[str]:
+    """The web section: the page's frames/s per wasm thread count (benchmarks.web_fps's own table)."""
+    if not web:
+        return []
+    if "error" in web:
+        return [f"\nweb page ERROR: {web['error'][:500]}"]
+    from benchmarks.web_fps import table as web_table
+
+    return ["", web_table(web["rows"])]
+
+
+def _widths_lines(rows: list[dict[str, Any]] | None) -> list[str]:
+    """The widths section: parameters and ms per image (served .pt2 / reference of the same width) per size;
+    the loss terms where trained runs were measured."""
+    if not rows:
+        return []
+    sizes = list(rows[0]["ms"])
+    trained = any("losses" in r for r in rows)
+    lines = ["", "| width | parameters | " + " | ".join(f"ms {s}{'²' if s.isdigit() else ''} (export / reference)"
+                                                       for s in sizes)
+             + (" | style | content | total |" if trained else " |"),
+             "|---|---|" + "---|" * (len(sizes) + (3 if trained else 0))]
+    for r in rows:
+        ms = " | ".join(f"{r['ms'][s]['export']:.0f} / {r['ms'][s]['reference']:.0f}" for s in sizes)
+        loss = r.get("losses")
+        tail = f" | {loss['style']:.3f} | {loss['content']:.3f} | {loss['total']:.3f} |" if loss else (
+            " | | | |" if trained else " |")
+        lines.append(f"| {r['width']} | {r['parameters'] / 1e6:.3f} M | {ms}{tail}")
+    return lines
+
+
+def _loader_lines(loader: dict[str, Any] | None) -> list[str]:
+    """The loader section: images/s per worker count at the gpu preset's data settings."""
+    if not loader:
+        return []
+    lines = ["", f"| loader ({loader['shards']}) workers | images/s steady | images/s with start-up | first batch s | "
+                 "load average before / after |", "|---|---|---|---|---|"]
+    for r in loader["rows"]:
+        if "error" in r:
+            lines.append(f"| ERROR {r['error'][:300]} | | | | |")
+            continue
+        lines.append(f"| {r['workers']} | {r['steady_images_per_s']:.1f} | {r['with_start_images_per_s']:.1f} | "
+                     f"{r['first_batch_s']:.1f} | {r['loadavg_before'][0]:.1f} / {r['loadavg_after'][0]:.1f} |")
+    return lines
 
 
 def _video_lines(video: dict[str, Any] | None) -> list[str]:

@@ -14,21 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
-from benchmarks.common import photo
+from benchmarks.common import photo_jpeg
 
 MODELS = {"plain": {"batch_size": 1}, "batched": {"batch_size": 4, "max_batch_delay_ms": 100}}
 SIZE = 512
-
-
-def request_body(size: int = SIZE, width: int | None = None) -> bytes:
-    """A photo-like JPEG (512² by default), as a client would upload it."""
-    arr = (photo(1, size, width or size)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
 
 
 def vm_hwm_mb(pid: int) -> float | None:
@@ -48,7 +39,7 @@ def request_1080p(server: Any, model: str) -> dict[str, Any]:
     pids = [w["pid"] for w in server.workers(model) if w.get("pid")]
     before = {pid: vm_hwm_mb(pid) for pid in pids}
     start = time.perf_counter()
-    status, ctype, data = server.request("POST", f"/predictions/{model}", request_body(1080, 1920),
+    status, ctype, data = server.request("POST", f"/predictions/{model}", photo_jpeg(1080, 1920),
                                          {"Content-Type": "image/jpeg"})
     seconds = time.perf_counter() - start
     size = Image.open(io.BytesIO(data)).size if status == 200 else None
@@ -101,7 +92,7 @@ def bench_serving(run: Path, work: Path, concurrencies: tuple[int, ...] = (1, 4,
     store = work / "model_store"
     for name, opts in MODELS.items():
         archive_run(run, store, name=name, **opts)
-    body = request_body()
+    body = photo_jpeg(SIZE, SIZE)
     server = LocalTorchServe(work / "torchserve", store)
     rows = []
     with server:

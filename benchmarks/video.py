@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import peak_rss_mb, photo
+from benchmarks.common import peak_rss_mb, photo_uint8
 from pipeline.serve.precision import CHOICES, resolve_precision
 
 PARAMS = {"format": "png", "preserve_color": "false"}  # the request options `stylize` sends by default
@@ -35,7 +35,7 @@ PARAMS = {"format": "png", "preserve_color": "false"}  # the request options `st
 
 def frames_uint8(n: int, h: int, w: int) -> list[np.ndarray]:
     """`n` different (h, w, 3) uint8 frames (content does not change the speed; made before timing)."""
-    return [(photo(1, h, w, seed=k)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for k in range(n)]
+    return [photo_uint8(h, w, seed=k) for k in range(n)]
 
 
 def stylize_frames(model: Any, frames: list[np.ndarray], batch: int, device: str,

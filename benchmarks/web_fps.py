@@ -11,7 +11,8 @@ give frames/s (`--max_side 320`: the page's control, the frames scaled to 320×1
 is measured served with cross-origin isolation (wasm threads: one per core) and without (one thread). Prints a table, writes JSON (default benchmarks/results-web-fps-<machine>.json).
 Runs default to runs/width8, width16, width32, and starter when it is exported; a run without
 export/generator.onnx is an error that names the export to run. docs/web.md comes from this command,
-and its screenshot from `--screenshot FILE` (the first run's page, a scikit-image photo uploaded).
+and its screenshot from `--screenshot FILE` (the first run's page, a scikit-image photo uploaded). The
+`web` section of `make bench` runs it on the benchmark's preset model (`bench_web`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_info, machine_slug
+from benchmarks.common import machine_info, machine_slug, run_worker
 from pipeline.tools.web import WebBuildError, build, start
 
 CHROMIUM = "/usr/bin/chromium"
@@ -85,6 +86,14 @@ def screenshot(browser: Any, url: str, path: Path, photo: str, style: str, stren
         shot.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
     finally:
         page.close()
+
+
+def bench_web(run: Path, work: Path, quick: bool) -> dict[str, Any]:
+    """The `web` section of `make bench`: this command on the benchmark's preset model, in a fresh process;
+    its results file, or {"error": ...} (no Chromium, no `web/node_modules`: `make web` installs them)."""
+    out = work / "web-fps.json"
+    res = run_worker("benchmarks.web_fps", ["--runs", str(run), "--seconds", "2" if quick else "5", "--out", str(out)])
+    return res if "error" in res else json.loads(out.read_text())
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -1,31 +1,29 @@
-"""The width trade-off: runs trained at different widths with the same budget, side by side.
+"""The `widths` section of `make bench`: the generator at widths 32, 16 and 8, served `.pt2` against the reference.
 
-    python -m benchmarks.widths --runs runs/width32 runs/width16 runs/width8 \
-        --content ../shared/assets/content/val --out docs/widths
-
-For every run: parameters, ms per image at 512² and 1080p of the served `.pt2` and of the plain
-reference network of the same width (each in a fresh worker process, as `make bench`), and the
-training loss terms on the validation photos (`pipeline.quality.evaluate`, short side 256); then
-`table.md`, `widths.json` and a figure of one photo at every width (`widths.jpg`) in OUT.
+For each width: parameters, and ms per image (batch 1, each case in a fresh worker process as the
+`infer` section) of the served `.pt2` and of the plain reference network of the same width, at 512²
+(and 1080p without `--quick`). By default the generators are seeded, untrained presets' models
+(`benchmarks.common.make_run`: speed does not depend on the weights). With `--width-runs` the section
+measures those trained runs instead and adds their training loss terms on `--width-content` photos
+(`pipeline.quality.evaluate`, short side 256): the quality side of the trade-off.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import run_worker
+from benchmarks.common import make_run, run_worker
 
+WIDTHS = (32, 16, 8)
 SIZES = {"512": (1, 5), "1080p": (1, 3)}  # size → (warm-up, repeats)
+QUICK_SIZES = {"512": (1, 2)}
+VARIANTS = ("export", "reference")  # the served .pt2 and the yardstick of the same width
 
 
-def measure(run: Path, variant: str, size: str) -> float:
+def measure(run: Path, variant: str, size: str, warm: int, reps: int) -> float:
     """Median ms per image of one batch-1 call in a fresh process."""
-    warm, reps = SIZES[size]
     res = run_worker("benchmarks.infer", ["--variant", variant, "--size", size, "--run", str(run), "--warmup", str(warm),
                                           "--repeats", str(reps), "--batches", "1"])
     if "error" in res:
@@ -34,9 +32,10 @@ def measure(run: Path, variant: str, size: str) -> float:
 
 
 def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
+    """A trained run's weighted loss terms on the first `limit` photos of `content`, at full strength."""
+    from pipeline.common.image_sources import load_style
     from pipeline.quality.evaluate import evaluate, list_photos
     from pipeline.quality.gatys import build_loss
-    from pipeline.common.image_sources import load_style
     from pipeline.tools.models import load_model
 
     model, meta = load_model(run / "checkpoints" / "last.ckpt")
@@ -46,61 +45,39 @@ def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
     return {k: result["mean"][k] for k in ("style", "content", "tv", "total")}
 
 
-def figure(runs: list[Path], photo: str, path: Path) -> None:
-    from pipeline.quality.figures import side_by_side
-    from pipeline.common.image_sources import load_image
-    from pipeline.common.image_codec import resize_short
-    from pipeline.serve.controls import call_model
-    from pipeline.tools.models import load_model
-
-    x = resize_short(load_image(photo)[None], 256)
-    panels = [x[0]]
-    for run in runs:
-        model, _ = load_model(run / "export" / "generator.pt2")
-        with torch.inference_mode():  # as a request without options: first style, full strength
-            panels.append(call_model(model, x, None, model.instyle_controls)[0].clamp(0, 1))
-    side_by_side(panels).save(path, quality=88)
+def generator_parameters(run: Path) -> tuple[int, int]:
+    """(width, parameter count) of a run's generator, read from its checkpoint."""
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("generator.")}
+    width = int(ckpt["hyper_parameters"].get("width", 32))
+    return width, sum(v.numel() for v in state.values())
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| width | parameters | ms 512² (ours / reference) | ms 1080p (ours / reference) | style | content | total |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['width']} | {r['parameters'] / 1e6:.3f} M | {r['ms']['512']['export']:.0f} / "
-                     f"{r['ms']['512']['reference']:.0f} | {r['ms']['1080p']['export']:.0f} / {r['ms']['1080p']['reference']:.0f} | "
-                     f"{r['losses']['style']:.3f} | {r['losses']['content']:.3f} | {r['losses']['total']:.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.widths", description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, nargs="+", required=True, help="trained run folders (runs/NAME)")
-    p.add_argument("--content", type=Path, required=True, help="validation photos")
-    p.add_argument("--limit", type=int, default=8, help="validation photos evaluated")
-    p.add_argument("--photo", default="skimage:chelsea", help="the figure's photo (a file or skimage:<name>)")
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
+def bench_widths(work: Path, quick: bool, log: Callable[[str], None], runs: list[Path] | None = None,
+                 content: Path | None = None, limit: int = 8) -> list[dict[str, Any]]:
+    """One row per width: {width, parameters, trained, ms: {size: {variant: ms}}, losses (trained runs only)}."""
     from pipeline.export.exporter import export_run
-    from pipeline.common.memory import reuse_freed_memory
 
-    reuse_freed_memory()
-    args.out.mkdir(parents=True, exist_ok=True)
+    trained = bool(runs)
+    if runs:
+        for run in runs:
+            if not (run / "checkpoints" / "last.ckpt").is_file():
+                raise ValueError(f"--width-runs {run}: no checkpoints/last.ckpt there")
+            export_run(run, formats=("pt2",))
+    else:
+        runs = [make_run(work / "runs" / f"width{w}", kind="preset", width=w, formats=("pt2",)) for w in WIDTHS]
     rows = []
-    for run in args.runs:
-        export_run(run, formats=("pt2",))
-        meta = json.loads((run / "export" / "metadata.json").read_text())
-        state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-        n_params = sum(v.numel() for k, v in state.items() if k.startswith("generator."))
-        ms = {size: {v: measure(run, v, size) for v in ("export", "reference")} for size in SIZES}
-        rows.append({"run": str(run), "width": meta["generator_kwargs"]["width"], "steps": meta["global_step"],
-                     "parameters": n_params, "ms": ms, "losses": losses(run, args.content, args.limit, args.out)})
-        print(json.dumps(rows[-1]), flush=True)
-    figure(args.runs, args.photo, args.out / "widths.jpg")
-    (args.out / "widths.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "table.md").write_text(table(rows))
-    print(table(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    for run in runs:
+        width, n_params = generator_parameters(run)
+        ms: dict[str, dict[str, float]] = {}
+        for size, (warm, reps) in (QUICK_SIZES if quick else SIZES).items():
+            for variant in VARIANTS:
+                log(f"widths {width:3d} {variant:9s} {size}")
+                ms.setdefault(size, {})[variant] = measure(run, variant, size, warm, reps)
+        row: dict[str, Any] = {"run": str(run), "width": width, "parameters": n_params,
+                               "trained": trained, "ms": ms}
+        if trained and content is not None:
+            log(f"widths {width:3d} losses on {content}")
+            row["losses"] = losses(run, content, limit, work / "widths")
+        rows.append(row)
+    return rows

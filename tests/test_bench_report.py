@@ -137,3 +137,36 @@ def test_bf16_training_row_has_the_issue_target_and_its_own_table_row():
     bf16["images_per_s"] = 1.3
     assert {c["target"]: c["met"] for c in targets(results)}[name] is True  # 1.3 / 0.8 = 1.62
     assert "| 256² | 4 | preset | ours-bf16 | 3.60 | 1.30 | 1.62 | 3.1000 | – |" in table(results)
+
+
+def test_table_renders_the_widths_section_with_losses_only_for_trained_runs():
+    def row(width: int, params: int, ms: tuple[float, float], losses: dict | None = None) -> dict:
+        r = {"width": width, "parameters": params, "trained": losses is not None,
+             "ms": {"512": {"export": ms[0], "reference": ms[1]}}}
+        return {**r, "losses": losses} if losses else r
+
+    seeded = [row(32, 1_782_000, (666.4, 1024.0)), row(8, 134_000, (92.0, 153.0))]
+    text = table({"widths": seeded})
+    assert "| width | parameters | ms 512² (export / reference) |" in text
+    assert "| 32 | 1.782 M | 666 / 1024 |" in text and "| 8 | 0.134 M | 92 / 153 |" in text and "style" not in text
+    trained = [row(16, 476_000, (242.0, 361.0), {"style": 0.911, "content": 1.721, "tv": 0.01, "total": 2.644})]
+    assert "| 16 | 0.476 M | 242 / 361 | 0.911 | 1.721 | 2.644 |" in table({"widths": trained})
+
+
+def test_table_renders_the_loader_section_and_its_errors():
+    rows = [{"workers": 1, "steady_images_per_s": 145.04, "with_start_images_per_s": 144.2, "first_batch_s": 0.2,
+             "loadavg_before": [6.4, 0, 0], "loadavg_after": [6.1, 0, 0]},
+            {"error": "benchmarks.loader exited 1: boom"}]
+    text = table({"loader": {"shards": "data/shards/bsds", "rows": rows}})
+    assert "| loader (data/shards/bsds) workers |" in text and "| 1 | 145.0 | 144.2 | 0.2 | 6.4 / 6.1 |" in text
+    assert "| ERROR benchmarks.loader exited 1: boom |" in text
+    assert targets({"loader": {"shards": "x", "rows": rows}}) == []  # no target judges the loader
+
+
+def test_table_renders_the_web_section_with_the_best_of_each_page():
+    rows = [{"run": "bench-preset", "width": 32, "styles": 1, "threads": 2, "isolated": True, "frame": "640x360",
+             "fps": 0.52, "fps_each": [0.48, 0.52, 0.61], "ms_per_frame": 1923.1}]
+    text = table({"web": {"rows": rows}})
+    assert "| bench-preset | 32 | 1 | 2 (isolated) | 640×360 | 0.5 | 0.6 | 1923 |" in text  # best: the fastest page
+    assert table({"web": {"error": "benchmarks.web_fps exited 2: no Chromium"}}).endswith(
+        "web page ERROR: benchmarks.web_fps exited 2: no Chromium")

@@ -1,65 +1,73 @@
-"""The small benchmark tools behind docs/serving.md's figures: PNG encode costs, per-convolution bf16
-sensitivity, and the workers benchmark's CPU and metrics readers (their servers run in `make bench`)."""
+"""The standing benchmark's own logic, apart from any timing: the merge of interleaved rounds, the
+`widths` section's reading of a run, the `loader` section's shards, and the command's refusal of bad options."""
 from __future__ import annotations
 
-import io
-import os
-
-import numpy as np
 import pytest
-from PIL import Image
-from skimage import data
+import torch
 
-from benchmarks import png, precision_layers, workers
-
-
-def test_handler_metrics_are_read_from_prometheus_text():
-    text = ("# HELP x\nModelMs{ModelName=\"m\",Level=\"Model\",Hostname=\"vm\",} 529.95\n"
-            "EncodeMs{ModelName=\"m\",Level=\"Model\",Hostname=\"vm\",} 4.8E1\nDecodeMsX{a=\"b\",} 1\n")
-    assert workers.handler_ms(text) == {"ModelMs": 529.95, "EncodeMs": 48.0}
-
-
-def test_cpu_seconds_of_a_process_group_include_this_process():
-    sum(i * i for i in range(200_000))  # some CPU time of our own
-    found = workers.cpu_seconds(os.getpgid(0))
-    assert os.getpid() in found and found[os.getpid()][1] > 0
-
-
-def test_png_cost_is_of_a_lossless_encode_at_each_strategy():
-    arr = np.asarray(Image.fromarray(data.astronaut()).resize((64, 64)))
-    for strategy in png.STRATEGIES.values():
-        seconds, size = png.encode_cost(arr, 1, strategy)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG", compress_level=1, compress_type=strategy)
-        assert seconds > 0 and size == buf.tell()
-        assert np.array_equal(np.asarray(Image.open(buf)), arr)
-
-
-@pytest.mark.slow
-def test_per_convolution_sensitivity_on_the_starter(tmp_path, capsys):
-    """Every convolution of the starter is numbered and scored; the first one alone in bf16 moves pixels."""
-    Image.fromarray(data.astronaut()).resize((48, 48)).save(tmp_path / "a.png")
-    from pipeline.model.packaged_format import resolve_model
-
-    assert precision_layers.main(["--model", str(resolve_model("starter")), "--photos", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "16 convolutions" in out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(rows) == 16
-    first_alone = [float(v) for v in rows[0].split("|")[2].split(",")]  # max, mean, pixels > 2
-    assert first_alone[1] > 0
+from benchmarks import bench, loader, widths
+from benchmarks.reference import ReferenceNet
+from pipeline.model.generators import build_generator
 
 
 def test_rounds_merge_into_the_median_of_each_rounds_median():
-    from benchmarks.bench import merge_rounds
-
     def result(median: float, low: float, rss: float) -> dict:
         return {"variant": "export", "size": "512", "batches": {
             "1": {"median_s": median, "min_s": low, "images_per_s": 1 / median, "gflops": 80.8 / median,
                   "peak_rss_mb": rss, "repeats": 5}}}
 
     rounds = [result(0.3, 0.28, 900), result(0.5, 0.45, 950), result(0.4, 0.35, 920)]
-    merged = merge_rounds(rounds)["batches"]["1"]
+    merged = bench.merge_rounds(rounds)["batches"]["1"]
     assert merged["median_s"] == 0.4 and merged["min_s"] == 0.28 and merged["peak_rss_mb"] == 950
     assert merged["images_per_s"] == pytest.approx(2.5) and merged["gflops"] == pytest.approx(80.8 / 0.4)
-    assert merge_rounds(rounds)["rounds"] == rounds and merge_rounds(rounds[:1]) == rounds[0]
+    assert bench.merge_rounds(rounds)["rounds"] == rounds and bench.merge_rounds(rounds[:1]) == rounds[0]
+
+
+@pytest.mark.parametrize("width", [8, 16])
+def test_widths_reads_the_width_and_counts_the_parameters_of_a_run(tmp_path, width):
+    """A plain generator at `width` has exactly the parameters of the independently written reference
+    network of that width (the public layout), as read back from the run's checkpoint."""
+    generator = build_generator("residual", width=width)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"hyper_parameters": {"arch": "residual", "width": width},
+                "state_dict": {"generator." + k: v for k, v in generator.state_dict().items()}}, ckpt)
+    expected = sum(p.numel() for p in ReferenceNet(width, 5).parameters())
+    assert widths.generator_parameters(tmp_path) == (width, expected)
+    assert expected < 1_679_235 * (width / 32) ** 2 * 1.1  # parameters scale with the width's square
+
+
+def test_loader_refuses_a_folder_without_shards(tmp_path):
+    with pytest.raises(ValueError, match="no train-\\*.tar shards"):
+        loader.shards_for(tmp_path)
+    (tmp_path / "train-000000.tar").write_bytes(b"")
+    assert loader.shards_for(tmp_path) == tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sections", "infer,bogus"], "unknown section(s) bogus"),
+    (["--rounds", "0"], "--rounds must be ≥ 1"),
+    (["--width-content", "photos"], "--width-content needs --width-runs"),
+    (["--width-runs", "no/such/run"], "no checkpoints/last.ckpt there"),
+    (["--shards", "."], "no train-*.tar shards there"),
+])
+def test_bad_options_are_refused_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_uploaded_photo_is_the_jpeg_of_the_benchmark_photo():
+    """The serving sections' request body decodes to the benchmark's photo (closer to it than to another seed's)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.common import photo_jpeg, photo_uint8
+
+    own, other = photo_uint8(64, 96, seed=1), photo_uint8(64, 96, seed=2)
+    with Image.open(io.BytesIO(photo_jpeg(64, 96, seed=1))) as im:
+        assert im.format == "JPEG" and im.size == (96, 64)
+        decoded = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(decoded - own).mean() < 0.5 * np.abs(decoded - other).mean()

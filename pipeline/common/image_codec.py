@@ -169,7 +169,7 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
 # time (28 vs 114 ms, one thread; docs/serving.md#png-level), time the server's two cores otherwise give
 # the model. A deployment that pays for bytes more than for CPU sets 6 or 9. At level 1 the deflate strategy is
 # run-length (zlib's Z_RLE, "designed ... for PNG image data"): on 8 stylized 512² answers it took 28 ms for
-# 533 kB against 47 ms for 571 kB with zlib's default strategy (`python -m benchmarks.png`). Higher levels keep
+# 533 kB against 47 ms for 571 kB with zlib's default strategy (benchmarks/png.py, in commit 5148477). Higher levels keep
 # the default strategy, whose longer matches are what an operator asking for fewer bytes wants on smooth images.
 ENV_PNG_LEVEL = "INSTYLE_PNG_LEVEL"
 
