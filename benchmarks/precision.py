@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.common.image_codec import IMAGE_SUFFIXES
+from pipeline.common.image_sources import image_files
+from pipeline.quality.metrics import psnr
 from pipeline.serve.controls import conditioning
 from pipeline.serve.inference import prepare, run_batch
 from pipeline.serve.precision import CHOICES, resolve_precision
@@ -55,11 +55,10 @@ def compare(model_path: Path, photos: list[Path], params: dict[str, str], precis
     for precision in precisions:
         per_photo = []
         for image, ref in zip(images, fp32):
-            diff = (levels(model, image, condition, precision) - ref).abs()
-            mse = float((diff ** 2).mean())
+            out_levels = levels(model, image, condition, precision)
+            diff = (out_levels - ref).abs()
             per_photo.append({"max": float(diff.max()), "mean": float(diff.mean()),
-                              "over_2": float((diff > 2).float().mean()),
-                              "psnr_db": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)})
+                              "over_2": float((diff > 2).float().mean()), "psnr_db": psnr(out_levels, ref, peak=255)})
         out["precisions"][precision] = {
             "max_levels": max(p["max"] for p in per_photo), "mean_levels": sum(p["mean"] for p in per_photo) / len(per_photo),
             "worst_photo_mean_levels": max(p["mean"] for p in per_photo),
@@ -86,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     for precision in precisions:
         if precision not in CHOICES[2:]:
             p.error(f"--precisions: {precision!r} is not one of {', '.join(CHOICES[2:])}")
-    if not args.photos.is_dir():
-        p.error(f"--photos {args.photos}: not a folder")
-    photos = sorted(f for f in args.photos.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
-    if not photos:
-        p.error(f"--photos {args.photos}: no images")
+    try:
+        photos = image_files(args.photos)[:args.limit]
+    except FileNotFoundError as e:
+        p.error(f"--photos: {e}")
     params = {k: v for k, v in (("style", args.style), ("strength", args.strength)) if v is not None}
     result = compare(args.model, photos, params, precisions)
     result["auto_here"] = resolve_precision("auto", "cpu")
