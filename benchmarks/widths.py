@@ -33,15 +33,15 @@ def measure(run: Path, variant: str, size: str, warm: int, reps: int) -> float:
 
 def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
     """A trained run's weighted loss terms on the first `limit` photos of `content`, at full strength."""
-    from pipeline.common.image_sources import load_style
-    from pipeline.quality.evaluate import evaluate, list_photos
-    from pipeline.quality.gatys import build_loss
+    from pipeline.common.image_sources import image_files, load_style
+    from pipeline.loss.losses import build_loss
+    from pipeline.quality.evaluate import evaluate
     from pipeline.tools.models import load_model
 
     model, meta = load_model(run / "checkpoints" / "last.ckpt")
     hp = meta["hyper_parameters"]
     loss = build_loss(load_style(hp["style_image"], hp.get("style_size", 256)), hp)
-    result = evaluate(model, loss, list_photos(content, limit), 256, out / "eval" / run.name, label=run.name)
+    result = evaluate(model, loss, image_files(content)[:limit or None], 256, out / "eval" / run.name, label=run.name)
     return {k: result["mean"][k] for k in ("style", "content", "tv", "total")}
 
 

@@ -25,20 +25,6 @@ def _frame(k: int, h: int = 12, w: int = 16, alpha: bool = False) -> np.ndarray:
     return a
 
 
-def test_frame_folder_is_in_natural_order(tmp_path: Path) -> None:
-    """frame_files: image files only (by suffix, any case; no folders, no other files), frame2
-    before frame10, case-insensitive; an image-less folder is a ValueError."""
-    names = ["f10.png", "f2.PNG", "F1.jpg", "f3.txt", "a1b10.webp", "a1b9.bmp", "notes.md"]
-    for name in names:
-        (tmp_path / name).write_bytes(b"")
-    (tmp_path / "f0.png").mkdir()
-    assert [p.name for p in animations.frame_files(tmp_path)] == ["a1b9.bmp", "a1b10.webp", "F1.jpg", "f2.PNG", "f10.png"]
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match="no frames"):
-        animations.frame_files(tmp_path / "empty")
-
-
 def test_output_name_keeps_writable_formats() -> None:
     """output_name: PNG/JPEG/WebP frames keep name and format; others become STEM.png."""
     assert animations.output_name(Path("d/f1.JPG")) == ("f1.JPG", "jpeg")

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.__main__ import main as cli
-from pipeline.quality.evaluate import conditioned_model, evaluate, list_photos
-from pipeline.quality.gatys import build_loss
+from pipeline.quality.evaluate import conditioned_model, evaluate
+from pipeline.loss.losses import build_loss
 from pipeline.quality.stability import clip_warping_error, photo_flicker, synthetic_clip
-from pipeline.common.image_sources import load_style
+from pipeline.common.image_sources import image_files, load_style
 from pipeline.serve.model_io import load_model
 from test_serving_helpers import make_checkpoint
 
@@ -51,7 +51,7 @@ def resized(path: Path) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_identity_sits_on_its_floor_and_the_floor_is_the_documented_clip(loss, photos, tmp_path):
-    result = evaluate(lambda x: x, loss, list_photos(photos), size=SIZE, out=tmp_path / "out", flicker=1)
+    result = evaluate(lambda x: x, loss, image_files(photos), size=SIZE, out=tmp_path / "out", flicker=1)
     first, second = result["images"]
     assert "flicker_ratio" in first and "flicker_ratio" not in second  # only the first `flicker` photos
     for motion in ("pan", "zoom"):
@@ -75,7 +75,7 @@ def test_identity_sits_on_its_floor_and_the_floor_is_the_documented_clip(loss, p
     assert saved["mean"]["total"] == pytest.approx((first["total"] + second["total"]) / 2)  # still over both
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("(floor ") == 1 and "flicker (first 1 photos)" in page
-    off = evaluate(lambda x: x, loss, list_photos(photos), size=SIZE, out=tmp_path / "off", flicker=0)
+    off = evaluate(lambda x: x, loss, image_files(photos), size=SIZE, out=tmp_path / "off", flicker=0)
     assert off["flicker"] is None and not any("flicker" in k for k in off["mean"])
 
 
@@ -88,8 +88,8 @@ def test_fresh_noise_per_frame_adds_in_quadrature(loss, photos, tmp_path):
     def noisy(x: torch.Tensor) -> torch.Tensor:  # the same model plus noise drawn afresh for every frame
         return blur(x) + sigma * torch.randn(x.shape, generator=gen)
 
-    steady = evaluate(blur, loss, list_photos(photos), size=SIZE, out=tmp_path / "a", flicker=2)
-    shaky = evaluate(noisy, loss, list_photos(photos), size=SIZE, out=tmp_path / "b", flicker=2)
+    steady = evaluate(blur, loss, image_files(photos), size=SIZE, out=tmp_path / "a", flicker=2)
+    shaky = evaluate(noisy, loss, image_files(photos), size=SIZE, out=tmp_path / "b", flicker=2)
     for s, n in zip(steady["images"], shaky["images"]):
         assert n["flicker_input"] == s["flicker_input"]  # same clips
         assert s["flicker_ratio"] < 1  # a 3×3 mean divides independent per-pixel noise by 3

@@ -18,7 +18,7 @@ STAGES = ("common", "model", "serve", "data", "loss", "train", "export", "tools"
 # stage → the stages it may import (itself included). Stated once here; docs/architecture.md shows it.
 ALLOWED = {
     "common": {"common"},
-    "model": {"model"},
+    "model": {"model", "common"},  # common: `atomic_write` of a packaged model
     "serve": {"serve", "model", "common"},  # the .mar bundles what the handler imports of these
     "data": {"data", "common"},
     "loss": {"loss", "model", "common"},

@@ -98,3 +98,20 @@ def test_bad_loss_config_is_rejected(vgg_weights):
         PerceptualLoss(torch.rand(1, 3, 8, 8), content_layer="relu5_3", vgg_weights=vgg_weights)
     with pytest.raises(ValueError, match="shape"):
         PerceptualLoss(torch.rand(3, 8, 8), vgg_weights=vgg_weights)
+
+
+def test_build_loss_takes_a_models_loss_hyper_parameters_and_the_defaults_elsewhere(vgg_weights):
+    """build_loss: the loss keys of a model's hyper-parameters (others, e.g. lr, ignored; vgg_weights
+    honoured), LOSS_DEFAULTS for the rest, one target per style image, in eval mode."""
+    from pipeline.loss.losses import LOSS_DEFAULTS, build_loss
+
+    styles = [torch.rand(1, 3, 24, 24), torch.rand(1, 3, 16, 20)]
+    hp = {"style_weight": 1e-4, "content_weight": 2e-5, "content_layer": "relu3_3", "lr": 0.5, "vgg_weights": str(vgg_weights)}
+    loss = build_loss(styles, hp)
+    assert loss.weights == {"style": 1e-4, "content": 2e-5, "tv": LOSS_DEFAULTS["tv_weight"]}
+    assert loss.content_layer == "relu3_3" and loss.style_layers == LOSS_DEFAULTS["style_layers"]
+    assert loss.n_styles == 2 and not loss.training and not loss.vgg.training
+    default = build_loss(styles[0], {"vgg_weights": str(vgg_weights)})
+    assert default.weights == {"style": LOSS_DEFAULTS["style_weight"], "content": LOSS_DEFAULTS["content_weight"],
+                               "tv": LOSS_DEFAULTS["tv_weight"]}
+    assert default.content_layer == LOSS_DEFAULTS["content_layer"] and default.n_styles == 1

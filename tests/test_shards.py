@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pipeline.data.datamodule import ContentDataModule
-from pipeline.common.image_sources import skimage_photo
+from pipeline.common.image_sources import image_files, skimage_photo
 from pipeline.__main__ import main as cli
 from pipeline.data import shard_writer as writer, shards
 from pipeline.data.shards import build_shards
@@ -62,7 +62,7 @@ def test_missing_source_and_empty_source_fail_clearly(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli(["shards", "--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
-    assert "no image files" in capsys.readouterr().err
+    assert "has no images (.bmp" in capsys.readouterr().err
     assert cli(["shards", "--src", str(make_photos(tmp_path / "src", n=1)), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
     assert "workers must be ≥ 1" in capsys.readouterr().err
 
@@ -102,7 +102,7 @@ class Interrupted(BaseException):
 
 
 def split(folder, out, **kw):
-    items = [(shards.sample_key(p, folder), p) for p in shards.list_images(folder)]
+    items = [(shards.sample_key(p, folder), p) for p in image_files(folder, recursive=True)]
     kw = {"max_side": 32, "min_shards": 1, "max_per_shard": 8, "progress": False, "workers": 1, **kw}
     return writer.write_split(items, out, "train", **kw)
 
@@ -159,7 +159,7 @@ def test_changed_settings_or_files_reencode_what_they_affect(tmp_path, monkeypat
     for data in (m for tar in out.glob("*.tar") for m in read_tar(tar).values()):
         assert min(Image.open(io.BytesIO(data)).size) == 24
 
-    for p in shards.list_images(src)[-7:]:  # 23 files left: shards of 8, 8, 7
+    for p in image_files(src, recursive=True)[-7:]:  # 23 files left: shards of 8, 8, 7
         p.unlink()
     calls.clear()
     stats = split(src, out, max_side=24)

@@ -54,7 +54,7 @@ def test_style_specs_of_a_folder_are_its_images_by_suffix_sorted_not_recursive(t
     ("{missing}", FileNotFoundError, "missing.png does not exist"),
     ("{a},{missing}", FileNotFoundError, "missing.png does not exist"),
     ("skimage:no_such_image", FileNotFoundError, "skimage:no_such_image does not exist"),
-    ("{empty}", ValueError, "has no images (.bmp"),
+    ("{empty}", FileNotFoundError, "has no images (.bmp"),
     ("{a},{other_a}", ValueError, "several style images are named a"),
     ("{brick},skimage:brick", ValueError, "several style images are named brick"),
 ], ids=["empty", "blank", "empty-entry", "trailing-comma", "missing", "missing-in-list", "missing-skimage",

@@ -10,14 +10,12 @@ import subprocess
 import time
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pipeline.ops import torchserve_local
-from tool_helpers import LocalHTTPServer
+from tool_helpers import LocalHTTPServer, TorchServeStandIn
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")
 
@@ -93,36 +91,11 @@ def test_multipart_body_parses_back() -> None:
     assert part.get_payload(decode=True) == data
 
 
-class _ManagementHandler(BaseHTTPRequestHandler):
-    """/ping with the inference key, /models/NAME with the management key: what wait_ready polls."""
-
-    def do_GET(self) -> None:
-        srv: Any = self.server
-        auth = self.headers.get("Authorization")
-        if self.path == "/ping" and auth == "Bearer inf-key":
-            status, body = 200, b'{"status": "Healthy"}'
-        elif self.path.startswith("/models/") and auth == "Bearer mgmt-key":
-            srv.polls += 1
-            state = "READY" if srv.polls >= 2 else "LOADING"
-            status, body = 200, json.dumps([{"modelName": self.path[8:], "workers": [
-                {"id": "9000", "pid": srv.worker_pid, "status": state}]}]).encode()
-        else:
-            status, body = 401, b'{"code": 401}'
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_wait_ready_reads_the_keys_and_waits_for_a_ready_worker(tmp_path: Path) -> None:
     """wait_ready against a stand-in API: keys from key_file.json, /ping with the inference key, the
     worker list with the management key, polled until READY; a worker whose pid is excluded never
     counts (TimeoutError with the logs); a dead server is a RuntimeError with its output."""
-    api = LocalHTTPServer(_ManagementHandler, polls=0, worker_pid=4242)
+    api = LocalHTTPServer(TorchServeStandIn, polls=0, ready_after=2, worker_pid=4242)
     server = torchserve_local.LocalTorchServe(tmp_path / "ts", tmp_path / "store")
     server.inference = server.management = api.port
     (server.cwd / "key_file.json").write_text(json.dumps({"inference": {"key": "inf-key"}, "management": {"key": "mgmt-key"}}))

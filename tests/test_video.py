@@ -106,7 +106,7 @@ def test_round_trip_keeps_timing_size_rotation_and_copies_audio(model, tmp_path,
     src_audio, dst_audio = audio_packets(src), audio_packets(dst)
     assert len(dst_audio) == len(src_audio) > 10
     assert dst_audio == src_audio  # copied: the same bytes and durations, nothing re-encoded
-    assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert not [p.name for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
 @pytest.mark.parametrize("params", [PARAMS, {"style": "a:0.3,b:0.7", "preserve_color": "true", "max_side": "40"}])
@@ -214,7 +214,7 @@ def test_bad_inputs_are_refused_and_existing_output_untouched(model, model_path,
     with pytest.raises(ValueError, match="opus only supported in MP4"):  # a codec the container refuses
         stylize_video(model, tmp_path / "good.mkv", tmp_path / "out.mov", params={}, progress=False)
     assert not (tmp_path / "out.mov").exists()
-    assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert not [p.name for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
 @pytest.mark.slow

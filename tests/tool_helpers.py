@@ -1,7 +1,8 @@
 """Helpers of the tool modules' unit tests (no tests here): a small perceptual loss, markdown table
-readers, the BT.601 colour formulas written out, and a local HTTP server standing in for TorchServe's APIs."""
+readers, the BT.601 colour formulas written out, a local HTTP server and a stand-in for TorchServe's APIs."""
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.common.image_sources import load_style
-from pipeline.quality import gatys
+from pipeline.loss.losses import build_loss
 
 STYLES = ["a", "b", "c"]  # `tiny_trio`'s (tests/conftest.py)
 LOSS_HP = {"style_size": 32, "style_weight": 1e-4, "content_weight": 2e-5}  # `small_loss`'s, for checkpoints
@@ -22,7 +23,7 @@ def small_loss(vgg_weights: Path) -> Any:
     weights; every VGG weight it keeps is checked to be the verified one."""
     from pipeline.loss.vgg_weights import load_state_dict
 
-    built = gatys.build_loss(load_style("skimage:coffee", 32), {**LOSS_HP, "lr": 0.5, "vgg_weights": str(vgg_weights)})
+    built = build_loss(load_style("skimage:coffee", 32), {**LOSS_HP, "lr": 0.5, "vgg_weights": str(vgg_weights)})
     verified = load_state_dict(vgg_weights)
     kept = {f"features.{k}": v for k, v in built.vgg.features.state_dict().items()}
     assert kept.keys() <= verified.keys() and all(torch.equal(v, verified[k]) for k, v in kept.items())
@@ -60,6 +61,42 @@ def bt601_rgb(ycc: np.ndarray) -> np.ndarray:
     """The textbook inverse of `bt601_ycbcr` (JFIF's constants), not clamped."""
     y, cb, cr = ycc[0], ycc[1] - 0.5, ycc[2] - 0.5
     return np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb])
+
+
+class TorchServeStandIn(BaseHTTPRequestHandler):
+    """TorchServe's APIs as `wait_ready` polls them: GET /ping with the inference key `inf-key`; GET
+    /models/NAME with the management key `mgmt-key`, one worker (pid `server.worker_pid`) READY from
+    poll `server.ready_after` on (counted in `server.polls`), 404 for NAME `missing`; POST /echo
+    answers 201 with the request's body and Authorization header. Anything else: 401."""
+
+    def do_GET(self) -> None:
+        srv: Any = self.server
+        auth = self.headers.get("Authorization")
+        if self.path == "/ping" and auth == "Bearer inf-key":
+            self._send(200, b'{"status": "Healthy"}')
+        elif self.path == "/models/missing" and auth == "Bearer mgmt-key":
+            self._send(404, b'{"code": 404}')
+        elif self.path.startswith("/models/") and auth == "Bearer mgmt-key":
+            srv.polls += 1
+            state = "READY" if srv.polls >= srv.ready_after else "LOADING"
+            self._send(200, json.dumps([{"modelName": self.path[8:], "workers": [
+                {"id": "9000", "pid": srv.worker_pid, "status": state}]}]).encode())
+        else:
+            self._send(401, b'{"code": 401}')
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self._send(201, json.dumps({"auth": self.headers.get("Authorization"), "body": body.decode()}).encode(), "text/x-echo")
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 class LocalHTTPServer:

@@ -1,16 +1,19 @@
-"""Images named on a command line or in a config: files (with a clear error) and `skimage:<name>`
-(an image scikit-image ships), and the names styles go by. Used by training, evaluation and the
-offline tools; the serving core needs only `style_name`.
+"""Images named on a command line or in a config: files (with a clear error), `skimage:<name>`
+(an image scikit-image ships), a folder's images and the names styles go by.
+
+`image_files` is the one lister every command that takes a folder of images uses. Used by the data
+stage, training, evaluation and the offline tools; the serving core needs only `style_name`.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.common.image_codec import DEFAULT_MAX_PIXELS, BadImageRequest, decode, resize, scaled_size
+from pipeline.common.image_codec import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageRequest, decode, resize, scaled_size
 
 
 def load_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
@@ -24,6 +27,26 @@ def load_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.T
     except BadImageRequest as e:
         raise ValueError(f"{path}: {e}") from None
 
+
+
+def natural_key(name: str) -> list:
+    """frame2 before frame10: digit runs compare as numbers, the rest case-insensitively."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def image_files(folder: str | Path, *, recursive: bool = False, natural: bool = False) -> list[Path]:
+    """The image files of `folder` (by suffix, any case: IMAGE_SUFFIXES; folders and other files left
+    out), sorted by path, or in natural name order (`natural`: numbered frames). `recursive`: its
+    subfolders' too. FileNotFoundError for a missing folder and for one without images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder {folder} does not exist")
+    found = [p for p in (folder.rglob("*") if recursive else folder.iterdir())
+             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"{folder} has no images ({', '.join(IMAGE_SUFFIXES)})"
+                                + (" in it or its subfolders" if recursive else ""))
+    return sorted(found, key=lambda p: natural_key(p.relative_to(folder).as_posix())) if natural else sorted(found)
 
 SKIMAGE = "skimage:"  # `skimage:<name>`: an image scikit-image ships (public domain / CC0), no file needed
 NOT_IMAGES = ("download_all",)  # functions of skimage.data never called: this one downloads every data set

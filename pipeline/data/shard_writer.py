@@ -13,6 +13,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import webdataset as wds
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from pipeline.common.files import atomic_write
 from pipeline.common.image_codec import scaled_size
 
 Source = bytes | Path
@@ -114,9 +116,8 @@ def read_record(path: Path) -> dict | None:
 
 def write_record(path: Path, record: dict) -> None:
     """Atomically write a sidecar, so a kill never leaves one half written."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(record))
 
 
 def _encode_item(item: tuple[str, Source], max_side: int, quality: int) -> tuple[bytes | None, str]:
@@ -144,27 +145,20 @@ def _mapper(workers: int, jobs: int) -> Iterator[Callable[[Callable, Iterable], 
 
 def _write_shard(s: PlannedShard, out: Path, results: Iterator[tuple[bytes | None, str]], bar: tqdm) -> dict:
     """Write one planned shard under a temporary name, rename it when complete; its sidecar record."""
-    tmp, written, skipped = out / f".{s.name}.tmp", [], []
-    try:
-        with open(tmp, "wb") as f:
-            with wds.TarWriter(f, mtime=TAR_MTIME) as sink:
-                for key, _ in s.items:  # results arrive in job order: this shard's items come next
-                    jpg, why = next(results)
-                    bar.update()
-                    if jpg is None:
-                        skipped.append(why)
-                        continue
-                    sink.write({"__key__": key, "jpg": jpg})
-                    written.append(key)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must never publish a shard the disk has not got
-        if written:
-            os.replace(tmp, out / s.name)  # atomic: a shard file is always complete
-        else:
-            tmp.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a kill -9 leaves it instead: the next run removes it
-        raise
+    written, skipped = [], []
+    # a kill -9 leaves the temporary instead (a hidden `.NAME.*.partial` folder): the next run removes it
+    with atomic_write(out / s.name) as tmp:  # a shard file is always complete
+        with open(tmp, "wb") as f, wds.TarWriter(f, mtime=TAR_MTIME) as sink:
+            for key, _ in s.items:  # results arrive in job order: this shard's items come next
+                jpg, why = next(results)
+                bar.update()
+                if jpg is None:
+                    skipped.append(why)
+                    continue
+                sink.write({"__key__": key, "jpg": jpg})
+                written.append(key)
+        if not written:
+            tmp.unlink()  # no file: an empty tar would starve a reader
     return {"fingerprint": s.fingerprint, "keys": written, "skipped": skipped,
             "size": (out / s.name).stat().st_size if written else 0}
 
@@ -198,7 +192,7 @@ def write_split(items: list[tuple[str, Source]], out: Path, prefix: str, *, max_
     # anything else of this split goes: other versions' shards and sidecars, a killed run's temp files
     for old in [*out.glob(f"{prefix}-*.tar"), *out.glob(f".{prefix}-*")]:
         if old.name not in keep:
-            old.unlink()
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
 
     stats = ShardStats(reused=len(done))
     todo = [s for s in plan if s.name not in done]

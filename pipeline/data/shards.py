@@ -20,14 +20,7 @@ import time
 from pathlib import Path
 
 from pipeline.data.shard_writer import ShardStats, write_split
-from pipeline.common.image_codec import IMAGE_SUFFIXES
-
-
-def list_images(src: Path) -> list[Path]:
-    """All image files under `src` (recursive, sorted so shards are reproducible)."""
-    if not src.is_dir():
-        raise FileNotFoundError(f"source folder {src} does not exist")
-    return sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+from pipeline.common.image_sources import image_files
 
 
 def sample_key(path: Path, root: Path) -> str:
@@ -45,13 +38,11 @@ def build_shards(src: Path, out: Path, *, val_src: Path | None = None, val_fract
                  max_side: int = 512, min_shards: int = 8, max_per_shard: int = 1000,
                  progress: bool = True, workers: int | None = None) -> dict[str, ShardStats]:
     """Shard `src` (and `val_src`) into `out/train-*.tar` and `out/val-*.tar`."""
-    files = list_images(src)
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {src}")
-    keyed = [(sample_key(p, src), p) for p in files]
+    # recursive, sorted so shards are reproducible
+    keyed = [(sample_key(p, src), p) for p in image_files(src, recursive=True)]
     if val_src is not None:
         train = keyed
-        val = [(sample_key(p, val_src), p) for p in list_images(val_src)]
+        val = [(sample_key(p, val_src), p) for p in image_files(val_src, recursive=True)]
     else:
         val = [kp for kp in keyed if is_val(kp[0], val_fraction)] or keyed[:1]
         val_keys = {k for k, _ in val}

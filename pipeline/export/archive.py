@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import os
 import re
 import shutil
 import sys
@@ -31,6 +30,7 @@ from model_archiver.model_packaging import package_model
 from model_archiver.model_packaging_utils import ModelExportUtils
 
 import pipeline
+from pipeline.common.files import atomic_write
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.serve.precision import DEFAULT_PRECISION, check_precision
 
@@ -166,21 +166,19 @@ def archive_run(run_dir: str | Path, store: str | Path = "model_store", name: st
     metadata = json.loads(meta_file.read_text())
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=store) as tmp:
-        tmp_path = Path(tmp)
+    final = store / f"{name}.mar"
+    # atomic: a running server never sees half a file (the archiver writes NAME.mar into out_dir)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=store) as tmp, atomic_write(final) as mar:
+        tmp_path, out_dir = Path(tmp), mar.parent
         extra = tmp_path / "extra"
         stage_extra_files(extra, metadata)
         config_file = tmp_path / "model-config.yaml"
         config_file.write_text(config_text)
-        out_dir = tmp_path / "out"
-        out_dir.mkdir()
         config = ModelArchiverConfig(
             model_name=name, handler=str(handler_path()), version=str(metadata.get("project_version") or "1.0"),
             serialized_file=str(model_file), extra_files=str(extra), export_path=str(out_dir), force=True,
             config_file=str(config_file))
         package_model(config, manifest=ModelExportUtils.generate_manifest_json(config))
-        final = store / f"{name}.mar"
-        os.replace(out_dir / f"{name}.mar", final)  # atomic: a running server never sees half a file
     return final
 
 

@@ -22,7 +22,6 @@ import datetime as dt
 import importlib.metadata
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import nn
 
+from pipeline.common.files import atomic_write
 from pipeline.model.checkpoint import checkpoint_metadata, generator_from_checkpoint, read_checkpoint
 from pipeline.export.graph_devices import strip_devices
 from pipeline.export.onnx_export import export_onnx, require_onnx
@@ -168,13 +168,9 @@ def export_generator(generator: nn.Module, metadata: dict[str, Any], out: Path,
     written: dict[str, Path] = {}
     for fmt in formats:
         final = out / f"generator.{fmt}"
-        tmp = out / f".generator.tmp.{fmt}"  # keeps the suffix: load_model dispatches on it
-        try:
+        with atomic_write(final) as tmp:  # keeps the suffix: load_model dispatches on it
             writers[fmt](generator, tmp, metadata_json)
             check_matches(tmp, generator)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         written[fmt] = final
     (out / "metadata.json").write_text(metadata_json + "\n")
     written["metadata"] = out / "metadata.json"

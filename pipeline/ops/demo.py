@@ -12,11 +12,12 @@ import http.client
 import io
 import json
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from PIL import Image
+
+from pipeline.ops.torchserve_api import Address, request, wait_ready
 
 DEMO_MODEL = "starter"
 
@@ -34,44 +35,10 @@ def read_properties(path: Path) -> dict[str, str]:
     return props
 
 
-def address(props: dict[str, str], key: str, default: str) -> tuple[str, int]:
+def address(props: dict[str, str], key: str, default: str) -> Address:
     """(host, port) of one of TorchServe's listeners."""
     url = urlsplit(props.get(key, default))
     return url.hostname or "127.0.0.1", url.port or 80
-
-
-def request(host: str, port: int, method: str, path: str, key: str | None = None, body: bytes | None = None,
-            headers: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, bytes]:
-    """(status, body) of one HTTP request, or (0, reason) when nothing answers."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    hdrs = {**(headers or {}), **({"Authorization": f"Bearer {key}"} if key else {})}
-    try:
-        conn.request(method, path, body=body, headers=hdrs)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except OSError as e:
-        return 0, str(e).encode()
-    finally:
-        conn.close()
-
-
-def wait_for_model(props: dict[str, str], key_file: Path, model: str, timeout: float) -> dict[str, str]:
-    """The server's keys, once `model` has a READY worker; a clear error when it does not come up."""
-    host, port = address(props, "management_address", "http://127.0.0.1:8081")
-    deadline, last = time.monotonic() + timeout, "no key_file.json yet"
-    while time.monotonic() < deadline:
-        if key_file.is_file():
-            data = json.loads(key_file.read_text())
-            keys = {"inference": data["inference"]["key"], "management": data["management"]["key"]}
-            status, body = request(host, port, "GET", f"/models/{model}", keys["management"], timeout=10)
-            if status == 200 and any(w.get("status") == "READY" for w in json.loads(body)[0].get("workers", [])):
-                return keys
-            last = f"GET /models/{model}: {status} {body[:200]!r}"
-            if status == 404:  # a server started before this model was archived does not load it
-                raise RuntimeError(f"the running TorchServe has no model {model!r}: it was started before "
-                                   "`make archive`; `make stop`, then `make demo` again")
-        time.sleep(1)
-    raise TimeoutError(f"TorchServe did not serve {model!r} within {timeout:.0f} s ({last}); see logs/")
 
 
 def demo_photo() -> bytes:
@@ -83,10 +50,13 @@ def demo_photo() -> bytes:
     return buf.getvalue()
 
 
-def stylize(host: str, port: int, key: str, model: str, photo: bytes, style: str | None) -> bytes:
+def stylize(inference: Address, key: str, model: str, photo: bytes, style: str | None) -> bytes:
     """The served model's JPEG of `photo` (in `style`), checked to be an image of the photo's size."""
     headers = {"Content-Type": "image/jpeg", "X-Format": "jpeg", **({"X-Style": style} if style else {})}
-    status, body = request(host, port, "POST", f"/predictions/{model}", key, photo, headers)
+    try:
+        status, _, body = request(inference, "POST", f"/predictions/{model}", photo, headers, key, timeout=120)
+    except (OSError, http.client.HTTPException) as e:
+        raise RuntimeError(f"POST /predictions/{model} (style {style}): {type(e).__name__}: {e}") from None
     if status != 200:
         raise RuntimeError(f"POST /predictions/{model} (style {style}): HTTP {status} {body[:300]!r}")
     size, expected = Image.open(io.BytesIO(body)).size, Image.open(io.BytesIO(photo)).size
@@ -110,14 +80,18 @@ def command(*, out: Path = Path("demo"), model: str = DEMO_MODEL, config: Path =
     metadata = metadata or Path("runs") / model / "export" / "metadata.json"
     try:
         props = read_properties(config)
-        keys = wait_for_model(props, key_file, model, timeout)
         host, port = address(props, "inference_address", "http://127.0.0.1:8080")
+        try:
+            keys, _ = wait_ready(key_file, (host, port), address(props, "management_address", "http://127.0.0.1:8081"),
+                                 [model], timeout)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; see logs/") from None
         names = (json.loads(metadata.read_text()).get("styles") or [None]) if metadata.is_file() else [None]
         photo = demo_photo()
         out.mkdir(parents=True, exist_ok=True)
         (out / "photo.jpg").write_bytes(photo)
         for name in names:
-            (out / f"{name or model}.jpg").write_bytes(stylize(host, port, keys["inference"], model, photo, name))
+            (out / f"{name or model}.jpg").write_bytes(stylize((host, port), keys["inference"], model, photo, name))
             print(f"{out / f'{name or model}.jpg'}: the photo {out / 'photo.jpg'} served by {model!r}"
                   + (f" in the style {name!r}" if name else ""))
     except (FileNotFoundError, RuntimeError, TimeoutError, ValueError) as e:

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import grpc
 
+from pipeline.ops.torchserve_api import read_keys
+
 PACKAGE = "torchserve_grpc"  # the generated modules: torchserve_grpc.inference_pb2, …_pb2_grpc, management_pb2, …
 PROTOS = ("inference.proto", "management.proto")
 MAX_MESSAGE = 104857600  # config.properties' max_request_size / max_response_size; grpc's client default is 4 MB
@@ -136,7 +138,7 @@ def command(input: Path, output: Path, *, model: str, host: str = "127.0.0.1", p
     """
     try:
         image = Path(input).read_bytes()
-        token = json.loads(Path(key_file).read_text())["inference"]["key"]
+        token = read_keys(key_file)["inference"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

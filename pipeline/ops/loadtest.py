@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.ops.torchserve_api import exchange
 from pipeline.ops.torchserve_local import LocalTorchServe
 
 SIZES = [(64, 64), (96, 128), (200, 256), (256, 384)]  # (h, w): a mix of thumbnails and small photos
@@ -58,10 +59,8 @@ class Client:
             try:
                 if self.conn is None:
                     self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-                self.conn.request("POST", path, body=body, headers={
-                    "Content-Type": "image/jpeg", "Authorization": f"Bearer {self.token}"})
-                resp = self.conn.getresponse()
-                return resp.status, resp.read(), time.perf_counter() - start
+                status, _, answer = exchange(self.conn, "POST", path, body, {"Content-Type": "image/jpeg"}, self.token)
+                return status, answer, time.perf_counter() - start
             except (ConnectionError, http.client.HTTPException):
                 self.conn = None
                 if attempt:

@@ -8,7 +8,6 @@ is never stopped by process name.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -19,6 +18,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Mapping
+
+from pipeline.ops.torchserve_api import Response, request, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHSERVE = Path(sys.executable).parent / "torchserve"
@@ -125,19 +126,11 @@ class LocalTorchServe:
         return "\n".join(parts)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
-                port: int | None = None, token: str | None = "inference", timeout: float = 300
-                ) -> tuple[int, str, bytes]:
-        """(status, content type, body) of one HTTP request; `token` names a key of key_file.json."""
-        conn = http.client.HTTPConnection("127.0.0.1", port or self.inference, timeout=timeout)
-        hdrs = dict(headers or {})
-        if token:
-            hdrs["Authorization"] = f"Bearer {self.keys[token]}"
-        try:
-            conn.request(method, path, body=body, headers=hdrs)
-            resp = conn.getresponse()
-            return resp.status, resp.getheader("Content-Type", ""), resp.read()
-        finally:
-            conn.close()
+                port: int | None = None, token: str | None = "inference", timeout: float = 300) -> Response:
+        """(status, content type, body) of one HTTP request to a port of this server (default: the
+        inference API); `token` names a key of key_file.json."""
+        return request(("127.0.0.1", port or self.inference), method, path, body, headers,
+                       self.keys[token] if token else None, timeout)
 
     def workers(self, model: str) -> list[dict]:
         """The management API's worker list of `model` (id, pid, status, ...)."""
@@ -148,21 +141,16 @@ class LocalTorchServe:
 
     def wait_ready(self, models: list[str], timeout: float = 180, exclude_pids: set[int] = frozenset()) -> float:
         """Seconds until the keys exist, /ping is Healthy and every model has a READY worker
-        (whose pid is not in `exclude_pids`: a restarted worker)."""
-        start = time.monotonic()
-        key_file = self.cwd / "key_file.json"
-        while time.monotonic() - start < timeout:
+        (whose pid is not in `exclude_pids`: a restarted worker); `torchserve_api.wait_ready`, with
+        this server's output when it exits or times out."""
+        def alive() -> None:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError("torchserve exited:\n" + self.logs())
-            try:
-                if not self.keys and key_file.exists():
-                    data = json.loads(key_file.read_text())
-                    self.keys = {"inference": data["inference"]["key"], "management": data["management"]["key"]}
-                if self.keys and self.request("GET", "/ping", timeout=10)[0] == 200:
-                    if all(any(w["status"] == "READY" and w.get("pid") not in exclude_pids for w in self.workers(m))
-                           for m in models):
-                        return time.monotonic() - start
-            except (OSError, ValueError, KeyError, RuntimeError, http.client.HTTPException):
-                pass
-            time.sleep(0.25)
-        raise TimeoutError("TorchServe not ready in time:\n" + self.logs())
+
+        try:
+            keys, seconds = wait_ready(self.cwd / "key_file.json", ("127.0.0.1", self.inference),
+                                       ("127.0.0.1", self.management), models, timeout, exclude_pids, alive)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}:\n{self.logs()}") from None
+        self.keys.update(keys)  # as the file has them now (a key rotated since is current)
+        return seconds

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipeline.quality.evaluate import evaluate, list_photos
+from pipeline.quality.evaluate import evaluate
 from pipeline.quality.figures import side_by_side
-from pipeline.quality.gatys import build_loss
 from pipeline.common.image_codec import resize, resize_short
-from pipeline.common.image_sources import load_image, load_style, skimage_photo
+from pipeline.common.image_sources import image_files, load_image, load_style, skimage_photo
+from pipeline.loss.losses import build_loss
 from pipeline.tools.models import load_model
 
 
@@ -92,7 +92,7 @@ def write_report(style: str | Path, variants: list[tuple[Any, Path]], out: Path,
                  gatys_iters: list[int], eval_size: int, preset: str, steps: int) -> dict[str, Any]:
     """Evaluate every (variant, run), write table.md, metrics.json and the figures into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    photos = list_photos(content or skimage_folder(out), limit)
+    photos = image_files(content or skimage_folder(out))[:limit or None]
     iters = list(gatys_iters)
     rows, models, gatys = [], {}, []
     for v, run in variants:

@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 import torch
 
-from pipeline.quality.gatys import GATYS_ITERS, build_loss, optimize
-from pipeline.common.image_codec import IMAGE_SUFFIXES, encode, resize_short
-from pipeline.common.image_sources import image_exists, load_image_file, load_style
-from pipeline.loss.losses import PerceptualLoss
+from pipeline.quality.gatys import GATYS_ITERS, optimize
+from pipeline.common.image_codec import encode, resize_short
+from pipeline.common.image_sources import image_exists, image_files, load_image_file, load_style
+from pipeline.loss.losses import PerceptualLoss, build_loss
 from pipeline.quality.metrics import border_artifact_index, psnr
 from pipeline.quality.stability import flicker_settings, photo_flicker
 from pipeline.quality.strength_curve import curve_text, strength_curve
@@ -37,15 +37,6 @@ from pipeline.serve.controls import call_model, conditioning
 from pipeline.train.styles import style_specs
 
 CONTRAST = (0.5, 0.25)  # g(x) vs g(a·x + b): a low-contrast version of the same photo
-
-
-def list_photos(folder: Path, limit: int | None = None) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"content folder {folder} does not exist")
-    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not photos:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    return photos[:limit] if limit else photos
 
 
 @torch.inference_mode()
@@ -247,7 +238,7 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         print(f"error: style image {style} not found: pass --style", file=sys.stderr)
         return 2
     try:
-        photos = list_photos(content, limit)
+        photos = image_files(content)[:limit or None]
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

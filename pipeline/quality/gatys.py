@@ -16,18 +16,11 @@ from typing import Any, Literal
 
 import torch
 
-from pipeline.loss.losses import LOSS_DEFAULTS, PerceptualLoss
+from pipeline.loss.losses import PerceptualLoss, build_loss
 from pipeline.common.image_codec import encode, resize_short
 from pipeline.common.image_sources import image_exists, load_image, load_style
 
 GATYS_ITERS = (50, 100, 300)  # iteration counts recorded by default (here, in `evaluate` and the ablation)
-
-
-def build_loss(style: torch.Tensor, hparams: dict[str, Any] | None = None) -> PerceptualLoss:
-    """PerceptualLoss with a model's loss hyper-parameters, else the training defaults (LOSS_DEFAULTS):
-    the baseline optimizes exactly what the models learn."""
-    hp = {**LOSS_DEFAULTS, **{k: v for k, v in (hparams or {}).items() if k in LOSS_DEFAULTS}}
-    return PerceptualLoss(style, **hp, vgg_weights=(hparams or {}).get("vgg_weights")).eval()
 
 
 def optimize(loss: PerceptualLoss, content: torch.Tensor, checkpoints: list[int], optimizer: str = "lbfgs",

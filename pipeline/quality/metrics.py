@@ -1,6 +1,7 @@
 """Quality measures behind `evaluate` and the ablation (pure tensor functions, no model).
 
-- `psnr`: contrast invariance (paper Fig. 2): PSNR between g(x) and g(a·x + b).
+- `psnr`: scikit-image's PSNR of two image tensors; contrast invariance (paper Fig. 2) is the PSNR
+  between g(x) and g(a·x + b), the strength curve's distance to the photo another.
 - `edge_energy_ratio` / `border_artifact_index`: border artifacts (paper Fig. 3): mean
   high-frequency energy (absolute Laplacian) in a `band`-px frame along the image edges,
   divided by the same in the centre. The index divides the stylized image's ratio by the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,11 +20,16 @@ _LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB of two same-shape images in [0, peak]; inf if equal."""
+    """Peak signal-to-noise ratio in dB of two same-shape images in [0, peak] (scikit-image's
+    `peak_signal_noise_ratio` on float64 copies); inf if equal."""
+    from skimage.metrics import peak_signal_noise_ratio  # imported by the quality commands only
+
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    mse = (a.double() - b.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+    x, y = (t.detach().to("cpu", torch.float64).numpy() for t in (a, b))
+    if np.array_equal(x, y):
+        return math.inf  # scikit-image divides by a zero error there (and warns)
+    return float(peak_signal_noise_ratio(x, y, data_range=peak))
 
 
 def laplacian_energy(img: torch.Tensor) -> torch.Tensor:

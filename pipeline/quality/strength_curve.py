@@ -1,7 +1,7 @@
 """The strength curve of a model with the strength control: what a user sees along the slider.
 
 For each strength in STRENGTHS, on the same photos: the output's RMSE to the photo (pixels in 0..1)
-and its PSNR, the style and content loss of the model's training loss, and the RMSE as a share of
+and its PSNR (`metrics.psnr`), each a mean over the photos, the style and content loss of the model's training loss, and the RMSE as a share of
 full strength's (0 = the photo, 1 = the full style; an even slider has 0.5 near s = 0.5). One
 comparison tells a trained path from a pixel cross-fade: the cross-fade (1 − s)·photo + s·g(x, 1)
 at the same distance to the photo as the model's s = 0.5 output, with its style loss. A trained
@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from pipeline.loss.losses import PerceptualLoss
+from pipeline.quality.metrics import psnr
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 Stylize = Callable[[torch.Tensor, float], torch.Tensor]  # (photo (1, 3, H, W), strength) → output in [0, 1]
@@ -26,11 +27,6 @@ Stylize = Callable[[torch.Tensor, float], torch.Tensor]  # (photo (1, 3, H, W), 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     """Root mean squared difference of two images in [0, 1]."""
     return float((a.float() - b.float()).pow(2).mean().sqrt())
-
-
-def psnr_db(error: float) -> float:
-    """PSNR (dB, peak 1) of an RMSE; inf for identical images."""
-    return math.inf if error == 0 else 20 * math.log10(1.0 / error)
 
 
 @torch.inference_mode()
@@ -46,12 +42,12 @@ def strength_curve(stylize: Stylize, loss: PerceptualLoss, photos: list[torch.Te
         outputs = {s: stylize(x, s).clamp(0, 1) for s in strengths}
         for s, y in outputs.items():
             terms = loss(y, x)
-            per[s].append({"rmse_to_photo": rmse(y, x), "style": float(terms["style"]), "content": float(terms["content"])})
+            per[s].append({"rmse_to_photo": rmse(y, x), "psnr_to_photo_db": psnr(y, x), "style": float(terms["style"]),
+                           "content": float(terms["content"])})
         fades.append(_cross_fade(loss, x, outputs, strengths))
     rows = [{"strength": s, **{k: statistics.fmean(r[k] for r in per[s]) for k in per[s][0]}} for s in strengths]
     full = rows[strengths.index(1.0)]["rmse_to_photo"]
     for row in rows:
-        row["psnr_to_photo_db"] = psnr_db(row["rmse_to_photo"])
         row["share_of_full"] = row["rmse_to_photo"] / full if full > 0 else math.nan
     middle = _middle(strengths)
     return {"photos": len(photos), "rows": rows,

@@ -1,6 +1,10 @@
-"""Serving core: what the TorchServe handler runs, and the offline tools build on. Request options
-and limits, style/strength controls, model loading (`.pt2`, `.pt`, `.ckpt`), precision, (tiled)
-inference and colour preservation.
+"""Serving core: what the TorchServe handler runs, and the offline tools build on.
+
+- `options`, `limits`: a request's options and the limits they are checked against; `controls`: the
+  style (or mix) and strength;
+- `model_io`: loading `.pt2`, `.pt` and `.ckpt`; `precision`: fp32, bf16 or fp16;
+- `inference`: decode → model → encode, in batches; `tiling`: very large images in bounded memory;
+  `color`: colour preservation.
 
 Exactly the modules the handler imports (with `pipeline.common` and `pipeline.model`) are bundled into
 every `.mar` (`pipeline.export.archive.serving_modules`): torch, Pillow, numpy and the standard library

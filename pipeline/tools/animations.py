@@ -12,14 +12,12 @@ repeated frames comes back with fewer, longer frames and the same total time.
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.common.image_codec import IMAGE_SUFFIXES
 
 ANIMATED_SUFFIXES = {".gif": "GIF", ".webp": "WEBP"}
 # A folder's frame keeps its name and format when the image path can write it; others become STEM.png.
@@ -94,19 +92,6 @@ class AnimationWriter:
             if any(f.mode == "RGBA" for f in self.frames):
                 kwargs["allow_mixed"] = True  # Pillow's lossy animated WebP writes no alpha without it
         self.frames[0].save(path, format=self.fmt, **kwargs)
-
-
-def _natural_key(name: str) -> list:
-    """frame2 before frame10: digit runs compare as numbers."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def frame_files(folder: Path) -> list[Path]:
-    """The folder's image files (by suffix, not recursive) in natural name order."""
-    files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise ValueError(f"{folder}: no frames ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-    return sorted(files, key=lambda p: _natural_key(p.name))
 
 
 def output_name(path: Path) -> tuple[str, str]:

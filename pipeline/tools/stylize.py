@@ -27,9 +27,10 @@ from typing import Any, Literal
 import torch
 
 from pipeline.serve.controls import conditioning
-from pipeline.common.image_codec import FORMAT_ALIASES, FORMATS, IMAGE_SUFFIXES, BadImageRequest
+from pipeline.common.image_codec import FORMAT_ALIASES, FORMATS, BadImageRequest
 from pipeline.serve.inference import finish, prepare, run_batch
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from pipeline.common.image_sources import image_files
 from pipeline.common.memory import reuse_freed_memory
 from pipeline.tools.models import load_model
 from pipeline.serve.precision import DEFAULT_PRECISION, resolve_precision
@@ -163,9 +164,10 @@ def command(input: Path, output: Path, *, model: Path, format: OutputFormat | No
         print("error: the output folder must differ from the input folder", file=sys.stderr)
         return 2
     fmt = requested or "png"
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {src}", file=sys.stderr)
+    try:
+        files = image_files(src)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     failed, written = [], set()
     for path in files:

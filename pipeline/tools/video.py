@@ -9,27 +9,26 @@
                                               formats the image path cannot write)
 
 Frames stream through in batches of `batch` (memory bounded by one batch and the encoder's
-look-ahead, whatever the length; animations are the exception, see `frame_files`). Every frame
-goes through the image path (`frames.stylize_stream`: the options, resize, model call and colour
+look-ahead, whatever the length; animations are the exception, see `pipeline.tools.animations`).
+Every frame goes through the image path (`frames.stylize_stream`: the options, resize, model call and colour
 preservation of `pipeline.serve.inference`), so with `batch=1` frame k of the output is, before
 video encoding, the image CLI's output on frame k saved as a PNG (a video → folder job writes
-exactly those PNGs). Output goes to a hidden temporary file (or folder) beside the destination
-and replaces it only when complete: a failed or interrupted run never leaves a partial file in
+exactly those PNGs). Output goes through `pipeline.common.files.atomic_write`: it replaces the
+destination only when complete, so a failed or interrupted run never leaves a partial file in
 its place. Video I/O needs PyAV (the `video` extra), imported only when a video is read or written.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from pipeline.common.files import atomic_write
+from pipeline.common.image_sources import image_files
 from pipeline.tools import video_jobs
-from pipeline.tools.animations import ANIMATED_SUFFIXES, frame_files, is_animated
+from pipeline.tools.animations import ANIMATED_SUFFIXES, is_animated
 from pipeline.tools.frame_batches import frame_options
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.serve.precision import DEFAULT_PRECISION
@@ -66,7 +65,8 @@ def stylize_video(model: Any, src: str | Path, dst: str | Path, *, params: dict[
     """Stylize a video, an animation or a folder of frames (see the module docstring) into `dst`;
     returns the number of frames written. `params` are the image CLI's request options (style,
     strength, preserve_color, max_side, quality); `max_side` is the server's cap on them.
-    ValueError (naming the file and the problem) for input that cannot be read or written."""
+    ValueError (naming the file and the problem) for input that cannot be read or written;
+    FileNotFoundError for a folder without frames."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise ValueError(f"{src} does not exist")
@@ -89,34 +89,16 @@ def stylize_video(model: Any, src: str | Path, dst: str | Path, *, params: dict[
             return video_jobs.animation(job, src, tmp)
         if kind == "frames-to-video":
             with ffmpeg_log():
-                return video_jobs.frames_to_video(job, frame_files(src), dst, tmp, fps)
-        return video_jobs.frames_to_folder(job, frame_files(src), tmp)
+                return video_jobs.frames_to_video(job, image_files(src, natural=True), dst, tmp, fps)
+        return video_jobs.frames_to_folder(job, image_files(src, natural=True), tmp)
 
 
 @contextmanager
 def _replaced_on_success(dst: Path, folder: bool) -> Iterator[Path]:
-    """A hidden temporary path beside `dst` (same suffix, so the container is chosen by it): moved
-    onto `dst` when the body succeeds, deleted when it fails. A folder's files are moved in one by
-    one, after all were written."""
+    """`atomic_write` of `dst` (a file, or a folder whose files are moved in when all are written),
+    refused when `dst` exists as the other kind."""
     if dst.exists() and dst.is_dir() != folder:
         raise ValueError(f"{dst} exists and is {'a file' if folder else 'a folder'}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.partial-{uuid.uuid4().hex[:8]}{dst.suffix}")
-    if folder:
-        tmp.mkdir()
-    try:
+    with atomic_write(dst, folder=folder) as tmp:
         yield tmp
-        if folder:
-            dst.mkdir(exist_ok=True)
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, dst / f.name)
-            tmp.rmdir()
-        else:
-            os.replace(tmp, dst)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common.image_codec import IMAGE_SUFFIXES  # noqa: F401 (re-exported)
-from pipeline.common.image_sources import SKIMAGE, image_exists, style_name
+from pipeline.common.image_sources import SKIMAGE, image_exists, image_files, style_name
 
 
 def style_specs(spec: str | Path) -> list[str]:
     """The style images of `spec`: a file or skimage:<name>, a comma-separated list of them, or a folder
-    (its images by suffix, sorted, not recursive). A clear error for anything missing, an empty folder
-    or two styles with the same name."""
+    (`image_files`: its images by suffix, sorted, not recursive). A clear error for anything missing, an
+    image-less folder or two styles with the same name."""
     text = str(spec).strip()
     if not text:
         raise ValueError("no style image given: pass a file, skimage:<name>, a comma-separated list or a folder")
@@ -23,10 +22,7 @@ def style_specs(spec: str | Path) -> list[str]:
     specs: list[str] = []
     for item in items:
         if not item.startswith(SKIMAGE) and Path(item).is_dir():
-            found = sorted(str(p) for p in Path(item).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ValueError(f"style folder {item} has no images ({', '.join(IMAGE_SUFFIXES)})")
-            specs.extend(found)
+            specs.extend(str(p) for p in image_files(item))
         elif image_exists(item):
             specs.append(item)
         else:
