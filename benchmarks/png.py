@@ -21,9 +21,8 @@ import torch
 from PIL import Image
 
 from pipeline.common.image_codec import to_uint8
-from pipeline.model.packaged_format import resolve_model
 from pipeline.serve.controls import call_model
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "assets" / "content" / "val"
@@ -34,7 +33,7 @@ def answers(models: list[str], photos: list[Path], size: int) -> list[np.ndarray
     """(H, W, 3) uint8 answers: each model on each photo."""
     out = []
     for path in models:
-        model, _ = load_model(resolve_model(path))
+        model, _ = load_model(path)
         for photo in photos:
             rgb = np.asarray(Image.open(photo).convert("RGB").resize((size, size), Image.BICUBIC))
             x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255

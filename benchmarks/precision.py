@@ -25,7 +25,7 @@ from pipeline.common.image_codec import IMAGE_SUFFIXES
 from pipeline.serve.controls import conditioning
 from pipeline.serve.inference import prepare, run_batch
 from pipeline.serve.precision import CHOICES, resolve_precision
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 
 def levels(model: Any, image: Any, condition: Any, precision: str) -> torch.Tensor:

@@ -21,7 +21,7 @@ from PIL import Image
 from pipeline.common.image_codec import IMAGE_SUFFIXES
 from pipeline.serve import precision as P
 from pipeline.serve.controls import call_model
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 
 class Numbered(P.LowPrecisionConvolutions):

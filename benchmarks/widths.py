@@ -37,7 +37,7 @@ def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
     from pipeline.quality.evaluate import evaluate, list_photos
     from pipeline.quality.gatys import build_loss
     from pipeline.common.image_sources import load_style
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
 
     model, meta = load_model(run / "checkpoints" / "last.ckpt")
     hp = meta["hyper_parameters"]
@@ -51,7 +51,7 @@ def figure(runs: list[Path], photo: str, path: Path) -> None:
     from pipeline.common.image_sources import load_image
     from pipeline.common.image_codec import resize_short
     from pipeline.serve.controls import call_model
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
 
     x = resize_short(load_image(photo)[None], 256)
     panels = [x[0]]

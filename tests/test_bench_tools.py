@@ -39,9 +39,7 @@ def test_png_cost_is_of_a_lossless_encode_at_each_strategy():
 def test_per_convolution_sensitivity_on_the_starter(tmp_path, capsys):
     """Every convolution of the starter is numbered and scored; the first one alone in bf16 moves pixels."""
     Image.fromarray(data.astronaut()).resize((48, 48)).save(tmp_path / "a.png")
-    from pipeline.model.packaged_format import resolve_model
-
-    assert precision_layers.main(["--model", str(resolve_model("starter")), "--photos", str(tmp_path)]) == 0
+    assert precision_layers.main(["--model", "starter", "--photos", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "16 convolutions" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]

@@ -14,7 +14,7 @@ from torch import nn
 
 from pipeline.quality import gatys, style_report
 from pipeline.serve.controls import Conditioning
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from test_serving_helpers import encode_pil, rng_image
 from tool_helpers import small_loss, table_rows, tables_are_rectangular
 

@@ -14,7 +14,7 @@ from torchvision.utils import make_grid
 
 from pipeline.common.image_codec import DecodedImage, limit_side, to_uint8
 from pipeline.common.image_sources import load_image
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 
 LABEL_HEIGHT = 18  # px of the title band above the columns

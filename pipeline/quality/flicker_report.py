@@ -29,7 +29,7 @@ from pipeline.quality.style_report import exported, losses, one_hot, write_repor
 from pipeline.serve.controls import call_model
 from pipeline.common.image_codec import resize, resize_short, to_uint8
 from pipeline.common.image_sources import load_image, load_image_file, load_style
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from pipeline.train.styles import style_specs
 
 FRAMES, SIZE = 16, (180, 240)  # (h, w) of the clips: longer and larger than `evaluate`'s quick check

@@ -20,7 +20,7 @@ from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import Conditioning, call_model
 from pipeline.common.image_codec import DecodedImage, limit_side, scaled_size
 from pipeline.common.image_sources import load_image
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 @torch.inference_mode()
 def grid_rows(model: object, photo: torch.Tensor, strengths: tuple[float, ...] = (0.0, 0.5)) -> tuple[list[str], list[list[torch.Tensor]]]:

@@ -32,7 +32,7 @@ from pipeline.quality.gatys import build_loss
 from pipeline.serve.controls import Conditioning, call_model
 from pipeline.common.image_codec import resize_short
 from pipeline.common.image_sources import load_image_file, load_style
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from pipeline.train.styles import style_specs
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
