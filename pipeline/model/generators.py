@@ -49,7 +49,7 @@ class ResidualGenerator(nn.Module):
 
     Its stages by name: `down` (three `ConvNormAct`), `res` (the `ResidualBlock`s), `up` (two `NearestUp`
     or `TransposedUp`), `out` (the `ConvLayer` to RGB); each names its own parts (`conv`, `norm`, `unit`,
-    pipeline.model.layers), which is all that tiled inference (pipeline.serve.tiling) reads of the layout.
+    `layers()`: pipeline.model.layers), which is all that tiled inference (pipeline.serve.tiling) reads of the layout.
 
     Two forms of one function. The module as built is the training form (NCHW, the decoder as
     declared). `for_inference()` switches it, explicitly, to the serving form that export and the

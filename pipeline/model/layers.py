@@ -7,10 +7,9 @@ with explicit forwards rather than Sequentials so the conditioning can be passed
 compiles every submodule's `forward`), and their indices are those of the Sequentials they replaced:
 state-dict keys (`down.0.0.1.weight`, `res.0.body.4.bias`, …) are the same since the first release.
 
-Each class is the one place that knows its own indices. The rest of the project reads a unit's parts
-by name (`conv`, `norm`, `unit`, `conv1` … : Python properties, which TorchScript leaves out), and the
-inference form's regrouped decoder calls the units' own `upsampled` / `space_to_depth` methods
-(pipeline.model.fast_ops), so a change of layout is made here only.
+Each class is the one place that knows its own indices: the rest of the project reads a unit's parts
+by name (`conv`, `norm`, `unit`, `layers()`), and the inference form's regrouped decoder calls the
+units' own `upsampled` / `space_to_depth` (pipeline.model.fast_ops). A change of layout is made here.
 """
 from __future__ import annotations
 
@@ -92,9 +91,7 @@ class ConvNormAct(nn.ModuleList):
 
 class ResidualBlock(nn.Module):
     """Two 3×3 conv-norm layers with an identity shortcut (Johnson et al.): `body` [0] ConvLayer, [1] norm,
-    [2] ReLU, [3] ConvLayer, [4] norm; `conv1`, `norm1`, `conv2`, `norm2` name them (ReLU after the first only)."""
-
-    __jit_unused_properties__ = ["conv1", "norm1", "conv2", "norm2"]
+    [2] ReLU, [3] ConvLayer, [4] norm."""
 
     def __init__(self, channels: int, *, norm: Norm = "instance", padding: Padding = "reflect", n_styles: int = 1,
                  strength: bool = False):
@@ -105,21 +102,9 @@ class ResidualBlock(nn.Module):
             ConvLayer(channels, channels, 3, 1, padding), make_norm(norm, channels, n_styles, strength),
         ])
 
-    @property
-    def conv1(self) -> nn.Conv2d:
-        return self.body[0].conv
-
-    @property
-    def norm1(self) -> nn.Module:
-        return self.body[1]
-
-    @property
-    def conv2(self) -> nn.Conv2d:
-        return self.body[3].conv
-
-    @property
-    def norm2(self) -> nn.Module:
-        return self.body[4]
+    def layers(self) -> tuple[tuple[nn.Conv2d, nn.Module, bool], tuple[nn.Conv2d, nn.Module, bool]]:
+        """(conv, norm, ReLU after the norm?) of its two conv-norm layers, in order."""
+        return (self.body[0].conv, self.body[1], True), (self.body[3].conv, self.body[4], False)
 
     def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None, h: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.body[2](self.body[1](self.body[0](x), w, h))

@@ -50,8 +50,9 @@ def _key_map(g: ResidualGenerator) -> dict[str, str]:
              "in4": g.up[0].unit.norm, "deconv2.conv2d": g.up[1].unit.conv, "in5": g.up[1].unit.norm,
              "deconv3.conv2d": g.out.conv}
     for k, block in enumerate(g.res, 1):
-        parts.update({f"res{k}.conv1.conv2d": block.conv1, f"res{k}.in1": block.norm1,
-                      f"res{k}.conv2.conv2d": block.conv2, f"res{k}.in2": block.norm2})
+        (conv1, norm1, _), (conv2, norm2, _) = block.layers()
+        parts.update({f"res{k}.conv1.conv2d": conv1, f"res{k}.in1": norm1, f"res{k}.conv2.conv2d": conv2,
+                      f"res{k}.in2": norm2})
     ours = {id(module): name for name, module in g.named_modules()}
     return {f"{theirs}.{p}": f"{ours[id(module)]}.{p}" for theirs, module in parts.items() for p in ("weight", "bias")}
 

@@ -213,8 +213,8 @@ def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond,
 
     a, b = torch.empty_like(y), torch.empty_like(y)
     mid_tiles = _grid(Hq, Wq, 2 * tq)
-    for block in g.res:  # ReLU after the first norm only, then the identity shortcut
-        for src, dst, conv, norm, relu in ((y, a, block.conv1, block.norm1, True), (a, b, block.conv2, block.norm2, False)):
+    for block in g.res:  # two conv-norm layers, then the identity shortcut
+        for (src, dst), (conv, norm, relu) in zip(((y, a), (a, b)), block.layers()):
             for q0, q1, p0, p1 in mid_tiles:
                 r0, r1, c0, c1 = max(0, q0 - 1), min(Hq, q1 + 1), max(0, p0 - 1), min(Wq, p1 + 1)
                 piece = _conv(_Piece(src[:, :, r0:r1, c0:c1], r0, r1, c0, c1, Hq, Wq), conv)
