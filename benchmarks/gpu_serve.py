@@ -1,5 +1,5 @@
 """The serving half of `benchmarks.gpu_check`: every served form (.pt, .pt2) on the device through the real
-handler, the `.onnx` through the offline tools (TorchServe never serves it), and frames/s of the eager generator per precision, with and without torch.compile.
+handler, the `.onnx` through ONNX Runtime (same loader; TorchServe never serves it), and frames/s of the eager generator per precision, with and without torch.compile.
 
 Device-synchronized timing: on CUDA each call is timed by CUDA events (the GPU's own clock, waited
 for), so an asynchronous launch is never mistaken for finished work; on the CPU by the wall clock.
@@ -70,7 +70,7 @@ def frame_rates(ckpt: Path, device: torch.device, size: tuple[int, int], warmup:
     """Frames/s of the eager generator (the serving loader's `.ckpt` form) at batch 1 on `size` (H, W)
     frames, for every precision, eager and torch.compile'd; a precision the device lacks is a row with
     its reason."""
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
 
     generator, _ = load_model(ckpt, device)
     x = photo(1, *size).to(device)
@@ -103,7 +103,7 @@ def serve_forms(export_dir: Path, device: torch.device, images: dict[str, tuple[
     system properties) and one batch of `images` (name → (H, W)) served through it, as TorchServe's
     worker feeds a handler; the `.onnx` through `python -m pipeline stylize`'s path (ONNX Runtime on
     `device`'s provider where it has one). PNG replies, compared pixel for pixel with the served `.pt2`'s."""
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
     from pipeline.tools.stylize import stylize_bytes
     from tests.test_serving_helpers import decode_pil, load_handler, run_handler, ts_request
 

@@ -39,7 +39,7 @@ def build(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tenso
     its first style at full strength (`pipeline.serve.controls.call_model`)."""
     from pipeline.serve.controls import call_model
     from pipeline.serve.precision import LowPrecisionConvolutions
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
 
     if variant.endswith("-bf16"):
         model, grad_mode = build(variant.removesuffix("-bf16"), run)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.serve.inference import run_batch
     from pipeline.serve.limits import memory_cap_bytes
     from pipeline.serve.controls import call_model
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
     from pipeline.serve.tiling import model_width, stylize_tiled, tile_for_cap, tileable_generator, untiled_bytes
 
     h, w = (int(v) for v in args.size.lower().split("x"))

@@ -35,7 +35,7 @@ STYLE_SIZE = 256
 
 def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
     from benchmarks.reference import ReferenceNet, ReferenceTrainer, RefVGG, load_from_generator
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
     from pipeline.common.image_sources import load_style
 
     generator, _ = load_model(run / "checkpoints" / "last.ckpt")

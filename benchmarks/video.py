@@ -52,7 +52,7 @@ def stylize_frames(model: Any, frames: list[np.ndarray], batch: int, device: str
 
 def per_frame(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
     from pipeline.serve.limits import memory_cap_bytes
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
     from pipeline.serve.tiling import model_width, untiled_bytes
 
     t0 = time.perf_counter()
@@ -84,7 +84,7 @@ def end_to_end(args: argparse.Namespace, h: int, w: int) -> dict[str, Any]:
     """Decode + stylize + encode of a short synthetic H.264 clip, and decode / encode alone."""
     import av
 
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
     from pipeline.tools.video import stylize_video
     from pipeline.tools.video_io import Frame, VideoReader, VideoWriter
 

@@ -36,7 +36,7 @@ def losses(run: Path, content: Path, limit: int, out: Path) -> dict[str, float]:
     from pipeline.common.image_sources import image_files, load_style
     from pipeline.loss.losses import build_loss
     from pipeline.quality.evaluate import evaluate
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
 
     model, meta = load_model(run / "checkpoints" / "last.ckpt")
     hp = meta["hyper_parameters"]

@@ -16,7 +16,7 @@ import torch
 
 from pipeline.export.exporter import export_run
 from pipeline.serve.controls import ModelControls
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
 from test_serving_helpers import decode_pil, load_handler, run_handler, ts_request
 

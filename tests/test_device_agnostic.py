@@ -19,7 +19,7 @@ from pipeline.model.generators import ResidualGenerator
 from pipeline.serve.controls import Conditioning
 from pipeline.common.image_codec import DecodedImage, decode
 from pipeline.serve.inference import device_batch, run_batch
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from test_serving_helpers import encode_pil, make_checkpoint, rng_image
 
 KINDS = {"plain": {}, "trio": {"styles": ["a", "b", "c"]}, "strength": {"strength": True}}

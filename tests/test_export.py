@@ -12,7 +12,7 @@ import torch
 
 from pipeline.__main__ import main as cli
 from pipeline.export.exporter import export_run
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from test_serving_helpers import make_checkpoint, shared_export
 
 TOL = 1e-5
@@ -146,3 +146,30 @@ def test_checkpoint_needing_pickle_is_refused(tmp_path):
     torch.save({"hyper_parameters": {"arch": "residual"}, "state_dict": {}, "obj": Path("x")}, bad)
     with pytest.raises(ValueError, match="weights_only"):
         load_model(bad)
+
+
+def test_onnx_and_pt2_of_one_export_agree_through_the_one_loader(models):
+    """One export in two runtimes, both through `load_model`: ONNX Runtime running the graph of the
+    training form, torch.export's program of the inference form (channels-last, regrouped decoder).
+    Same description, the same eager twin for tiling (read from the ONNX initializers and from the
+    program's state dict), outputs within twice the tolerance each has to eager."""
+    (onnx_model, onnx_meta), (pt2_model, pt2_meta) = models["onnx"], models["pt2"]
+    assert onnx_meta == pt2_meta and onnx_model.instyle_controls == pt2_model.instyle_controls
+    twin, reference = onnx_model.instyle_generator.state_dict(), pt2_model.instyle_generator.state_dict()
+    assert twin.keys() == reference.keys() and all(torch.equal(twin[k], reference[k]) for k in reference)
+    x = torch.rand(2, 3, 45, 67, generator=torch.Generator().manual_seed(45))
+    with torch.inference_mode():
+        assert _max_diff(onnx_model(x), pt2_model(x)) < 2 * TOL
+
+
+def test_the_loader_names_what_it_cannot_load(tmp_path, monkeypatch):
+    """Unknown file type, missing file, unknown name: each a clear error naming what would load."""
+    (tmp_path / "model.bin").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"unknown model file type '\.bin'; use \.pt2, \.pt, \.onnx, \.ckpt or "
+                                         r"\.safetensors, or a packaged model's name \(.*starter"):
+        load_model(tmp_path / "model.bin")
+    with pytest.raises(FileNotFoundError, match="missing.pt2 does not exist"):
+        load_model(tmp_path / "missing.pt2")
+    monkeypatch.chdir(tmp_path)  # a bare name that is no file here
+    with pytest.raises(FileNotFoundError, match=r"'no_such_model' is neither a file nor a packaged model \(packaged: .*starter"):
+        load_model("no_such_model")

@@ -19,7 +19,7 @@ from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
 from pipeline.model.pytorch_examples import from_pytorch_examples, read_state_dict
 from pipeline.serve.inference import run_batch
 from pipeline.common.image_codec import DecodedImage
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from test_serving_helpers import decode_pil, encode_pil, load_handler, make_checkpoint, rng_image, run_handler, ts_request
 
 TOL = 2e-4  # in [0, 1] units; float rounding of a 0..255 network
@@ -182,5 +182,5 @@ def test_width_and_residual_blocks_travel_from_hyper_parameters_to_the_export(tm
     meta = json.loads(written["metadata"].read_text())
     assert meta["generator_kwargs"]["width"] == 8 and meta["generator_kwargs"]["n_residual"] == 2
     model, _ = load_model(written["pt2"])
-    assert model.instyle_generator.width == 8 and model.instyle_generator.down[0][0][1].weight.shape[0] == 8
+    assert model.instyle_generator.width == 8 and model.instyle_generator.down[0].conv.weight.shape[0] == 8
     assert Path(written["pt2"]).stat().st_size < 1_000_000  # a quarter-width model is small

@@ -24,7 +24,7 @@ ALLOWED = {
     "loss": {"loss", "model", "common"},
     "train": {"train", "data", "model", "loss", "common"},
     "export": {"export", "model", "serve", "common"},
-    "tools": {"tools", "serve", "model", "export", "common"},  # export: the ONNX runner
+    "tools": {"tools", "serve", "model", "common"},
     "quality": {"quality", "data", "model", "loss", "train", "export", "serve", "tools", "common"},
     "ops": {"ops", "export", "serve", "common"},
 }

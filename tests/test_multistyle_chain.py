@@ -22,7 +22,7 @@ import torch
 from pipeline.export.archive import archive_run
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe
 from pipeline.serve.controls import Conditioning, call_model
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
 from test_data_scale import write_case
 from test_serving_helpers import decode_pil, encode_pil, rng_image

@@ -68,9 +68,8 @@ def test_bf16_keeps_the_starter_within_two_levels_of_fp32():
 
     from pipeline.serve.controls import Conditioning, call_model
     from pipeline.serve.model_io import load_model
-    from pipeline.model.packaged_format import resolve_model
 
-    model, _ = load_model(resolve_model("starter"))
+    model, _ = load_model("starter")
     photos = [torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
               for img in (data.astronaut(), data.coffee())]
     x = torch.cat([F.interpolate(p, size=(192, 192), mode="area") for p in photos])

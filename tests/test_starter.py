@@ -24,7 +24,7 @@ from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
 from pipeline.model.generators import build_generator
 from pipeline.model.packaged_format import read_packaged, resolve_model, write_packaged
 from pipeline.serve.controls import Conditioning, call_model
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTER = ROOT / "models" / "starter" / "generator.safetensors"

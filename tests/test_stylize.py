@@ -119,7 +119,7 @@ def test_the_serving_path_matches_an_independent_computation(run, tmp_path, kind
     checkpoint's eager generator in its training form, for every kind of input and option: RGB, RGBA
     (alpha kept), greyscale, a style mix at a strength, colours preserved. The plain model is the shared
     `.pt2` export; the 3-style one is loaded from its checkpoint (its exports: test_export.py)."""
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
     from pipeline.tools.stylize import stylize_bytes
     from test_serving_helpers import make_checkpoint, reference_output
 

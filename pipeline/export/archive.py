@@ -4,8 +4,8 @@ runs/NAME/export/{generator.pt|generator.pt2, metadata.json} → model_store/NAM
 - the handler `handlers/stylize_handler.py`;
 - the project modules the handler imports, and what they import in turn (`serving_modules`: the
   serving core `pipeline/serve/`, the generator's definition in `pipeline/model/`, the image codec in
-  `pipeline/common/`; never the offline tools, the ONNX runner or training), found by their import
-  paths, so the worker's Python needs torch, Pillow and numpy but not this project, and runs exactly
+  `pipeline/common/`; never the offline tools, the ONNX runner or training), found by their
+  module-level imports, so the worker's Python needs torch, Pillow and numpy but not this project, and runs exactly
   the code that was archived;
 - `metadata.json`, and `model-config.yaml` (workers, batching, timeout, GPU placement, the handler's
   limits and precision), written with the yaml library.
@@ -91,10 +91,17 @@ def handler_path() -> Path:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """The `pipeline.*` names a source file imports, at module level or inside a function (with
-    `from m import n`, both `m` and `m.n`: n may be a module)."""
+    """The `pipeline.*` names a source file imports at module level (with `from m import n`, both `m`
+    and `m.n`: n may be a module). An import inside a function is the project's mark of an optional
+    path the worker does not take: the loader imports the ONNX runner only for an `.onnx`, which
+    TorchServe does not serve (tests/test_serving_archive.py runs the `.mar` without the project)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    nested = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for n in ast.walk(f) if n is not f}
+    for node in ast.walk(tree):
+        if id(node) in nested:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

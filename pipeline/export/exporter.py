@@ -34,7 +34,6 @@ from pipeline.common.files import atomic_write
 from pipeline.model.checkpoint import checkpoint_metadata, generator_from_checkpoint, read_checkpoint
 from pipeline.export.graph_devices import strip_devices
 from pipeline.export.onnx_export import export_onnx, require_onnx
-from pipeline.export.onnx_runtime import OnnxGenerator
 from pipeline.serve.model_io import METADATA_NAME, WEIGHTS_NAME, load_model, quiet_jit
 
 Format = Literal["pt", "pt2", "onnx"]
@@ -138,7 +137,7 @@ def check_matches(path: Path, generator: nn.Module) -> float:
     """Reload an exported file and return its max abs difference from the generator as trained (its
     training form, in eval mode) on odd, non-square sizes (and a batch of two; for conditioned
     generators with random style mixes and strengths, one per sample); raise if too large."""
-    model = OnnxGenerator(path) if path.suffix == ".onnx" else load_model(path)[0]
+    model = load_model(path)[0]
     diff = 0.0
     for i, shape in enumerate(CHECK_SHAPES):
         inputs = example_inputs(generator, shape, seed=i)

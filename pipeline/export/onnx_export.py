@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.model.norms import InstanceNorm2d
-from pipeline.export.onnx_runtime import ONNX_METADATA_KEY
+from pipeline.serve.onnx_runtime import ONNX_METADATA_KEY
 
 OPSET = 18
 

@@ -3,6 +3,9 @@
 The checkpoint is loaded with `weights_only=True` (no pickled code runs); the generator is rebuilt
 from `hyper_parameters` and only the `generator.*` weights are used, so neither the VGG weights nor
 the style image are needed. Imports only torch and the model stage.
+
+A building block of the one loader (`pipeline.serve.model_io.load_model`, which is how models are
+loaded); only code that needs the checkpoint itself (export, packaging, training) reads it here.
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from pipeline.model.fast_ops import space_to_depth_conv, upsample_conv
 from pipeline.model.layers import (ConvLayer, ConvNormAct, NearestUp, Padding, ResidualBlock, TransposedUp, check_choice,
                                    crop_to, pad_to_multiple)
 from pipeline.model.norms import InstanceNorm2d, Norm, StrengthNet, make_norm, strength_values, style_weights
@@ -47,6 +46,10 @@ class ResidualGenerator(nn.Module):
     strokes fade rather than the picture being cross-faded. Version 1 (checkpoints from before it,
     whose weights lack the `strength_version` buffer) only conditions the norms: its strength 0 stays
     stylized (docs/styles.md).
+
+    Its stages by name: `down` (three `ConvNormAct`), `res` (the `ResidualBlock`s), `up` (two `NearestUp`
+    or `TransposedUp`), `out` (the `ConvLayer` to RGB); each names its own parts (`conv`, `norm`, `unit`,
+    `layers()`: pipeline.model.layers), which is all that tiled inference (pipeline.serve.tiling) reads of the layout.
 
     Two forms of one function. The module as built is the training form (NCHW, the decoder as
     declared). `for_inference()` switches it, explicitly, to the serving form that export and the
@@ -93,8 +96,7 @@ class ResidualGenerator(nn.Module):
         if strength:
             self.strength_net = StrengthNet(n_styles)
         self.out = ConvLayer(w1, 3, 9, 1, padding)
-        # The regrouped decoder reads the layout NearestUp(Upsample, ConvNormAct(ReflectionPad, Conv)),
-        # which exists only for these choices.
+        # The regrouped decoder (`NearestUp.regrouped`, `ConvLayer.space_to_depth`) exists only for these choices.
         self.fast_decoder = padding == "reflect" and upsample == "nearest"
         # Tiled inference (pipeline.serve.tiling) implements instance norm, reflection padding and nearest upsampling.
         self.tileable = self.fast_decoder and norm == "instance"
@@ -153,11 +155,9 @@ class ResidualGenerator(nn.Module):
         interleaved, the 9×9 output conv in space-to-depth form."""
         if self.fast_decoder:  # a constant: TorchScript compiles this only where its layout exists
             if self.inference:
-                for stage in self.up:  # NearestUp(Upsample, ConvNormAct(ConvLayer(pad, conv), norm, act))
-                    unit = stage[1]
-                    conv = unit[0][1]
-                    y = unit[2](unit[1](upsample_conv(y, conv.weight, conv.bias), wts, hid))
-                return space_to_depth_conv(self.out[0](y), self.out[1].weight, self.out[1].bias)
+                for stage in self.up:
+                    y = stage.regrouped(y, wts, hid)
+                return self.out.space_to_depth(y)
         for stage in self.up:
             y = stage(y, wts, hid)
         return self.out(y)

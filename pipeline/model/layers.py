@@ -6,6 +6,10 @@ strength features, or None), which only the norms read (pipeline.model.norms). T
 with explicit forwards rather than Sequentials so the conditioning can be passed along (TorchScript
 compiles every submodule's `forward`), and their indices are those of the Sequentials they replaced:
 state-dict keys (`down.0.0.1.weight`, `res.0.body.4.bias`, …) are the same since the first release.
+
+Each class is the one place that knows its own indices: the rest of the project reads a unit's parts
+by name (`conv`, `norm`, `unit`, `layers()`), and the inference form's regrouped decoder calls the
+units' own `upsampled` / `space_to_depth` (pipeline.model.fast_ops). A change of layout is made here.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from pipeline.model.fast_ops import space_to_depth_conv, upsample_conv
 from pipeline.model.norms import Norm, check_choice, make_norm
 
 Padding = Literal["reflect", "zero"]
@@ -24,8 +29,11 @@ __all__ = ["ConvLayer", "ConvNormAct", "NearestUp", "Padding", "ResidualBlock", 
 
 
 class ConvLayer(nn.Sequential):
-    """Padding + convolution. Reflection padding is applied explicitly so that a
-    constant input stays constant at the border (no dark frame, paper Fig. 3)."""
+    """Padding + convolution: [0] ReflectionPad2d, [1] Conv2d, or [0] a zero-padding Conv2d. Reflection
+    padding is applied explicitly so that a constant input stays constant at the border (no dark
+    frame, paper Fig. 3)."""
+
+    __jit_unused_properties__ = ["conv"]  # Python's name for a part; TorchScript cannot return modules
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: Padding = "reflect"):
         check_choice("padding", padding, PADDINGS)
@@ -35,9 +43,27 @@ class ConvLayer(nn.Sequential):
         else:
             super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding=pad))
 
+    @property
+    def conv(self) -> nn.Conv2d:
+        """The convolution (its padding, by kernel // 2, is reflection or the conv's own zeros)."""
+        return self[-1]
+
+    def upsampled(self, x: torch.Tensor) -> torch.Tensor:
+        """= self(nearest ×2 upsampling of x) for reflection padding and a 3×3 conv, without the
+        upsampled tensor: one 2×2 conv at low resolution (pipeline.model.fast_ops.upsample_conv)."""
+        return upsample_conv(x, self[1].weight, self[1].bias)
+
+    def space_to_depth(self, x: torch.Tensor) -> torch.Tensor:
+        """= self(x) for reflection padding and even-sized x, the conv in space-to-depth form
+        (pipeline.model.fast_ops.space_to_depth_conv): the inference form's 9×9 output layer."""
+        return space_to_depth_conv(self[0](x), self[1].weight, self[1].bias)
+
 
 class ConvNormAct(nn.ModuleList):
-    """[0] padding + conv → [1] norm → [2] ReLU (or LeakyReLU): the unit both generators are made of."""
+    """[0] padding + conv (`ConvLayer`) → [1] norm → [2] ReLU (or LeakyReLU): the unit both generators are
+    made of; `conv` and `norm` name its parts."""
+
+    __jit_unused_properties__ = ["conv", "norm"]
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, norm: Norm = "instance",
                  padding: Padding = "reflect", act: str = "relu", n_styles: int = 1, strength: bool = False):
@@ -45,13 +71,27 @@ class ConvNormAct(nn.ModuleList):
         super().__init__([ConvLayer(cin, cout, kernel, stride, padding), make_norm(norm, cout, n_styles, strength),
                           activation])
 
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self[0].conv
+
+    @property
+    def norm(self) -> nn.Module:
+        return self[1]
+
     def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None,  # type: ignore[override]
                 h: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self[2](self[1](self[0](x), w, h))
 
+    def upsampled(self, x: torch.Tensor, w: Optional[torch.Tensor] = None,
+                  h: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """= self(nearest ×2 upsampling of x, w, h), regrouped (`ConvLayer.upsampled`)."""
+        return self[2](self[1](self[0].upsampled(x), w, h))
+
 
 class ResidualBlock(nn.Module):
-    """Two 3×3 conv-norm layers with an identity shortcut (Johnson et al.)."""
+    """Two 3×3 conv-norm layers with an identity shortcut (Johnson et al.): `body` [0] ConvLayer, [1] norm,
+    [2] ReLU, [3] ConvLayer, [4] norm."""
 
     def __init__(self, channels: int, *, norm: Norm = "instance", padding: Padding = "reflect", n_styles: int = 1,
                  strength: bool = False):
@@ -62,22 +102,39 @@ class ResidualBlock(nn.Module):
             ConvLayer(channels, channels, 3, 1, padding), make_norm(norm, channels, n_styles, strength),
         ])
 
+    def layers(self) -> tuple[tuple[nn.Conv2d, nn.Module, bool], tuple[nn.Conv2d, nn.Module, bool]]:
+        """(conv, norm, ReLU after the norm?) of its two conv-norm layers, in order."""
+        return (self.body[0].conv, self.body[1], True), (self.body[3].conv, self.body[4], False)
+
     def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None, h: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.body[2](self.body[1](self.body[0](x), w, h))
         return x + self.body[4](self.body[3](y), w, h)
 
 
 class NearestUp(nn.ModuleList):
-    """[0] nearest ×2 upsampling → [1] `ConvNormAct` 3×3 (resize-convolution: no checkerboard artifacts)."""
+    """[0] nearest ×2 upsampling → [1] `ConvNormAct` 3×3 (resize-convolution: no checkerboard artifacts);
+    `unit` names the latter."""
+
+    __jit_unused_properties__ = ["unit"]
 
     def __init__(self, cin: int, cout: int, *, norm: Norm = "instance", padding: Padding = "reflect", n_styles: int = 1,
                  strength: bool = False):
         super().__init__([nn.Upsample(scale_factor=2, mode="nearest"),
                           ConvNormAct(cin, cout, 3, 1, norm=norm, padding=padding, n_styles=n_styles, strength=strength)])
 
+    @property
+    def unit(self) -> ConvNormAct:
+        return self[1]
+
     def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None,  # type: ignore[override]
                 h: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self[1](self[0](x), w, h)
+
+    def regrouped(self, x: torch.Tensor, w: Optional[torch.Tensor] = None,
+                  h: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """= self(x, w, h) for reflection padding, the inference form's decoder stage: the upsampling and the
+        3×3 conv as one 2×2 conv at low resolution, its four output phases interleaved (fast_ops)."""
+        return self[1].upsampled(x, w, h)
 
 
 class TransposedUp(nn.ModuleList):

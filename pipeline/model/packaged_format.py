@@ -6,6 +6,8 @@ which halves the bytes and changes an 8-bit output by about a level: models/star
 it) and, as the header's `instyle` entry, the checkpoint's hyper-parameters, styles and step. Reading
 it gives back a checkpoint-shaped dict (fp32 tensors), so export, serving and evaluation take a
 `.safetensors` wherever they take a `.ckpt`. safetensors runs no code when it loads (no pickle).
+Models load through `pipeline.serve.model_io.load_model` (by file or name, `resolve_model`); packaging
+reads and writes the file here.
 """
 from __future__ import annotations
 

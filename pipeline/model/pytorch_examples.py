@@ -43,15 +43,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _key_map(n_residual: int) -> dict[str, str]:
-    """pytorch/examples TransformerNet parameter prefix → ours."""
-    names = {"conv1.conv2d": "down.0.0.1", "in1": "down.0.1", "conv2.conv2d": "down.1.0.1", "in2": "down.1.1",
-             "conv3.conv2d": "down.2.0.1", "in3": "down.2.1", "deconv1.conv2d": "up.0.1.0.1", "in4": "up.0.1.1",
-             "deconv2.conv2d": "up.1.1.0.1", "in5": "up.1.1.1", "deconv3.conv2d": "out.1"}
-    for k in range(n_residual):
-        names.update({f"res{k + 1}.conv1.conv2d": f"res.{k}.body.0.1", f"res{k + 1}.in1": f"res.{k}.body.1",
-                      f"res{k + 1}.conv2.conv2d": f"res.{k}.body.3.1", f"res{k + 1}.in2": f"res.{k}.body.4"})
-    return {f"{theirs}.{p}": f"{ours}.{p}" for theirs, ours in names.items() for p in ("weight", "bias")}
+def _key_map(g: ResidualGenerator) -> dict[str, str]:
+    """pytorch/examples TransformerNet parameter name → ours, found through the generator's named parts."""
+    parts = {"conv1.conv2d": g.down[0].conv, "in1": g.down[0].norm, "conv2.conv2d": g.down[1].conv, "in2": g.down[1].norm,
+             "conv3.conv2d": g.down[2].conv, "in3": g.down[2].norm, "deconv1.conv2d": g.up[0].unit.conv,
+             "in4": g.up[0].unit.norm, "deconv2.conv2d": g.up[1].unit.conv, "in5": g.up[1].unit.norm,
+             "deconv3.conv2d": g.out.conv}
+    for k, block in enumerate(g.res, 1):
+        (conv1, norm1, _), (conv2, norm2, _) = block.layers()
+        parts.update({f"res{k}.conv1.conv2d": conv1, f"res{k}.in1": norm1, f"res{k}.conv2.conv2d": conv2,
+                      f"res{k}.in2": norm2})
+    ours = {id(module): name for name, module in g.named_modules()}
+    return {f"{theirs}.{p}": f"{ours[id(module)]}.{p}" for theirs, module in parts.items() for p in ("weight", "bias")}
 
 
 def from_pytorch_examples(state: dict[str, torch.Tensor], source: str = "state dict") -> tuple[ResidualGenerator, dict[str, Any]]:
@@ -65,17 +68,18 @@ def from_pytorch_examples(state: dict[str, torch.Tensor], source: str = "state d
                          f"(W, 3, 9, 9); keys start {sorted(state)[:5]})")
     width = int(first.shape[0])
     n_residual = len({m.group(1) for k in state if (m := re.match(r"^res(\d+)\.", k))})
-    mapping = _key_map(n_residual)
+    generator = ResidualGenerator(norm="instance", padding="reflect", upsample="nearest", width=width,
+                                  n_residual=n_residual, output="clamp")
+    mapping = _key_map(generator)
     unexpected, missing = sorted(set(state) - set(mapping)), sorted(set(mapping) - set(state))
     if unexpected or missing:
         raise ValueError(f"{source}: does not match a TransformerNet of width {width} with {n_residual} residual blocks: "
                          f"unexpected keys {unexpected[:5]}, missing keys {missing[:5]}")
-    generator = ResidualGenerator(norm="instance", padding="reflect", upsample="nearest", width=width,
-                                  n_residual=n_residual, output="clamp")
     ours = {mapping[k]: v.detach().float() for k, v in state.items()}
-    ours["down.0.0.1.weight"] = ours["down.0.0.1.weight"] * 255.0  # their input is 0..255, ours 0..1
-    ours["out.1.weight"] = ours["out.1.weight"] / 255.0  # their output is 0..255, ours 0..1
-    ours["out.1.bias"] = ours["out.1.bias"] / 255.0
+    first_conv, last_conv = mapping["conv1.conv2d.weight"], mapping["deconv3.conv2d.weight"]
+    ours[first_conv] = ours[first_conv] * 255.0  # their input is 0..255, ours 0..1
+    for key in (last_conv, mapping["deconv3.conv2d.bias"]):  # their output is 0..255, ours 0..1
+        ours[key] = ours[key] / 255.0
     try:
         generator.load_state_dict(ours, strict=True)
     except RuntimeError as e:  # shapes that do not fit together (a fork with another layout)

@@ -14,7 +14,7 @@ from pipeline.quality.figures import side_by_side
 from pipeline.common.image_codec import resize, resize_short
 from pipeline.common.image_sources import image_files, load_image, load_style, skimage_photo
 from pipeline.loss.losses import build_loss
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 
 FIGURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # public-domain photos scikit-image ships

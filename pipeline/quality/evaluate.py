@@ -211,22 +211,17 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
         gatys_iters: Gatys iteration counts to record.
     """
     from pipeline.common.memory import reuse_freed_memory
-    from pipeline.model.packaged_format import resolve_model
-    from pipeline.tools.models import load_model
+    from pipeline.serve.model_io import load_model
 
     reuse_freed_memory()  # this command's process: allocator tuning (pipeline.common.memory)
-    try:
-        model = resolve_model(model)  # a packaged model's name (`starter`) → its file
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not model.is_file():
-        print(f"error: model {model} does not exist", file=sys.stderr)
-        return 2
     if flicker < 0 or curve < 0:
         print(f"error: --flicker {flicker} --curve {curve}: give numbers of photos ≥ 0", file=sys.stderr)
         return 2
-    net, meta = load_model(model)
+    try:
+        net, meta = load_model(model)  # a file, or a packaged model's name (`starter`)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: cannot load model: {e}", file=sys.stderr)
+        return 2
     hp = meta.get("hyper_parameters") or {}
     try:
         run_model, index = conditioned_model(net, style_name, strength)

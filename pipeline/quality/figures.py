@@ -28,7 +28,7 @@ from pipeline.common.image_codec import resize, scaled_size, to_uint8
 from pipeline.common.image_sources import load_image
 from pipeline.serve.color import preserve_color
 from pipeline.serve.controls import Conditioning, call_model
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 LABEL_HEIGHT = 18  # px of the title band above the columns
 PHOTO = "skimage:chelsea"  # every docs figure's photo: public domain, shipped with scikit-image

@@ -2,7 +2,8 @@
 
 - `options`, `limits`: a request's options and the limits they are checked against; `controls`: the
   style (or mix) and strength;
-- `model_io`: loading `.pt2`, `.pt` and `.ckpt`; `precision`: fp32, bf16 or fp16;
+- `model_io`: the one model loader (`.pt2`, `.pt`, `.ckpt`, `.safetensors`, a packaged name, and `.onnx`
+  through `onnx_runtime`, imported only for one, so never bundled); `precision`: fp32, bf16 or fp16;
 - `inference`: decode → model → encode, in batches; `tiling`: very large images in bounded memory;
   `color`: colour preservation.
 

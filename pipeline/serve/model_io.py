@@ -1,22 +1,24 @@
-"""Load a generator for inference from any of the three forms the project produces.
+"""The one model loader: `load_model(path or name, device)` for every form the project writes.
 
 - `.ckpt`: a Lightning training checkpoint, read as plain data by `pipeline.model.checkpoint`
   (`weights_only=True`; only the `generator.*` weights are used); `.safetensors`, a packaged model
-  (`pipeline.model.packaged_format`: models/starter/), the same way.
+  (`pipeline.model.packaged_format`), the same way, also by its name (`starter`: models/starter/).
 - `.pt`: TorchScript written by `pipeline.export.exporter` (metadata embedded as `metadata.json`, the
   generator's weights as `generator_state.pt`: the frozen graph has them only as constants).
 - `.pt2`: a `torch.export` program written by `pipeline.export.exporter` (same embedded metadata).
-- `.onnx` is not a serving form: ONNX Runtime runs it outside TorchServe, loaded by
-  `pipeline.tools.models.load_model` (the offline tools), which shares `with_serving_info` below.
+- `.onnx`: run by ONNX Runtime (`pipeline.serve.onnx_runtime`, the optional `onnx` extra), imported
+  only when an .onnx is asked for. TorchServe serves `.pt2` / `.pt`, so the `.mar` does not bundle it
+  (`pipeline.export.archive` follows module-level imports only).
 
 Every form is run in the generator's inference form (`ResidualGenerator.for_inference`: what export
-captured; a `.ckpt` is switched to it here). `.pt` and `.pt2` models (and `.onnx`, by the tools' loader) also get the eager
-generator their graph was made from, rebuilt from the embedded metadata and weights, as
-`model.instyle_generator`: `pipeline.serve.tiling` runs its modules to stylize images too large for
-memory in tiles, and sizes its memory estimate from it.
+captured; a `.ckpt` is switched to it here). The exported forms also get the eager generator their
+graph was made from, rebuilt from the embedded metadata and weights, as `model.instyle_generator`:
+`pipeline.serve.tiling` runs its modules to stylize images too large for memory in tiles, and sizes
+its memory estimate from it.
 
-Part of the serving package bundled into the `.mar` with `pipeline.model` (the generator's
-definition, torch only); it imports nothing of training.
+The serving core (with `pipeline.model`, the generator's definition, torch only); it imports nothing
+of training. The readers below it (`read_checkpoint`, `read_packaged`) are its building blocks; other
+code loads models through `load_model`.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from torch.export.passes import move_to_device_pass
 
 from pipeline.model.checkpoint import (checkpoint_metadata, generator_from_checkpoint, generator_from_weights,
                                        read_checkpoint)
+from pipeline.model.packaged_format import packaged_names, resolve_model
 from pipeline.serve.controls import controls_from_metadata
 
 METADATA_NAME = "metadata.json"
@@ -51,13 +54,15 @@ def quiet_jit() -> Iterator[None]:
         yield
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model, metadata) for a `.pt2`, `.pt`, `.ckpt` or `.safetensors` file; the model maps (B, 3, H, W) in
-    [0, 1] to the same shape in [0, 1] (a multi-style or strength model also takes the style weights
-    and strengths: `pipeline.serve.controls.call_model`), is in eval mode, and is meant to be called
-    under inference_mode. Every form carries `instyle_generator` (the eager generator, for tiled
-    inference; None when it cannot be rebuilt) and `instyle_controls` (its styles and strength control)."""
-    path = Path(path)
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """(model, metadata) for a `.pt2`, `.pt`, `.onnx`, `.ckpt` or `.safetensors` file, or a packaged model
+    by name (`starter`); a clear FileNotFoundError / ValueError for anything else. The model maps
+    (B, 3, H, W) in [0, 1] to the same shape in [0, 1] (a multi-style or strength model also takes the
+    style weights and strengths: `pipeline.serve.controls.call_model`), is in eval mode, and is meant
+    to be called under inference_mode. Every form carries `instyle_generator` (the eager generator,
+    for tiled inference; None when it cannot be rebuilt) and `instyle_controls` (its styles and
+    strength control)."""
+    path = resolve_model(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
     suffix = path.suffix.lower()
@@ -68,7 +73,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         weights = None
         if extra[WEIGHTS_NAME]:  # exports since the tiling change carry the weights next to the frozen graph
             weights = torch.load(io.BytesIO(extra[WEIGHTS_NAME]), map_location=device, weights_only=True)
-        model, meta = model.eval(), parse_metadata(extra[METADATA_NAME], path)
+        model, meta = model.eval(), _parse_metadata(extra[METADATA_NAME], path)
     elif suffix == ".pt2":
         extra = {METADATA_NAME: ""}
         program = torch.export.load(str(path), extra_files=extra)
@@ -83,20 +88,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         # refuses .eval(), so only the flags are set, for callers that check `training`.
         for m in model.modules():
             m.training = False
-        meta = parse_metadata(extra[METADATA_NAME], path)
+        meta = _parse_metadata(extra[METADATA_NAME], path)
     elif suffix == ".onnx":
-        raise ValueError(f"{path}: .onnx models run in ONNX Runtime, not in the serving core; load them with "
-                         "pipeline.tools.models.load_model (what `python -m pipeline stylize` does)")
+        # onnxruntime only when an .onnx is asked for; a function-level import, so the .mar leaves it out
+        from pipeline.serve.onnx_runtime import OnnxGenerator
+
+        model = OnnxGenerator(path, device=device)
+        meta, weights = _parse_metadata(model.metadata_json, path), model.weights
     elif suffix in (".ckpt", ".safetensors"):
         ckpt = read_checkpoint(path)
         model, meta = generator_from_checkpoint(ckpt).to(device).for_inference(), checkpoint_metadata(ckpt, path)
         weights = None
     else:
-        raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt, .ckpt or .safetensors")
-    return with_serving_info(model, meta, weights, device), meta
+        names = packaged_names()
+        raise ValueError(f"{path}: unknown model file type {suffix!r}; use .pt2, .pt, .onnx, .ckpt or .safetensors"
+                         + (f", or a packaged model's name ({', '.join(names)})" if names else ""))
+    return _with_serving_info(model, meta, weights, device), meta
 
 
-def with_serving_info(model: Any, meta: dict[str, Any], weights: dict[str, torch.Tensor] | None,
+def _with_serving_info(model: Any, meta: dict[str, Any], weights: dict[str, torch.Tensor] | None,
                       device: str | torch.device) -> Any:
     """`model` with `instyle_generator` (its eager twin from `weights`, for tiled inference; None without
     a description) and `instyle_controls` (its styles and strength, `pipeline.serve.controls`)."""
@@ -116,7 +126,7 @@ def _eager_twin(meta: dict[str, Any], weights: dict[str, torch.Tensor], device: 
     return None if generator is None else generator.to(device).for_inference()
 
 
-def parse_metadata(text: str | bytes, path: Path) -> dict[str, Any]:
+def _parse_metadata(text: str | bytes, path: Path) -> dict[str, Any]:
     if not text:
         return {}
     try:

@@ -180,20 +180,16 @@ def stylize_tiled(generator: ResidualGenerator, x: torch.Tensor, tile: int = 512
         return torch.cat(outputs)
 
 
-def _unit(unit: nn.Module) -> tuple[nn.Conv2d, InstanceNorm2d]:
-    """(conv, norm) of a ConvNormAct: [0] ConvLayer(reflection pad, conv), [1] norm, [2] ReLU."""
-    return unit[0][1], unit[1]
-
-
 def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond,
                mix: Optional[torch.Tensor] = None) -> torch.Tensor:
     h, wd = x.shape[-2:]
     H, W = max(-(-h // 4), 4) * 4, max(-(-wd // 4), 4) * 4  # as layers.pad_to_multiple(x, 4, 16)
     xp = F.pad(x, (0, W - wd, 0, H - h), mode="replicate")
     Hq, Wq, tq = H // 4, W // 4, max(4, tile // 4)
-    down = [_unit(u) for u in g.down]
-    up = [_unit(stage[1]) for stage in g.up]  # NearestUp: [0] Upsample, [1] ConvNormAct
-    out_conv = g.out[1]
+    # the layers by the names the generator gives them (pipeline.model.layers), ReLU after each norm here
+    down = [(unit.conv, unit.norm) for unit in g.down]
+    up = [(stage.unit.conv, stage.unit.norm) for stage in g.up]  # each after a nearest ×2 upsampling
+    out_conv = g.out.conv
     tiles = _grid(Hq, Wq, tq)  # in ¼-resolution units; full resolution ×4, half ×2
 
     def head(q0: int, q1: int, p0: int, p1: int, depth: int, affines: list) -> torch.Tensor:
@@ -217,9 +213,8 @@ def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond,
 
     a, b = torch.empty_like(y), torch.empty_like(y)
     mid_tiles = _grid(Hq, Wq, 2 * tq)
-    for block in g.res:  # body: [0] ConvLayer, [1] norm, [2] ReLU, [3] ConvLayer, [4] norm
-        for src, dst, conv, norm, relu in ((y, a, block.body[0][1], block.body[1], True),
-                                          (a, b, block.body[3][1], block.body[4], False)):
+    for block in g.res:  # two conv-norm layers, then the identity shortcut
+        for (src, dst), (conv, norm, relu) in zip(((y, a), (a, b)), block.layers()):
             for q0, q1, p0, p1 in mid_tiles:
                 r0, r1, c0, c1 = max(0, q0 - 1), min(Hq, q1 + 1), max(0, p0 - 1), min(Wq, p1 + 1)
                 piece = _conv(_Piece(src[:, :, r0:r1, c0:c1], r0, r1, c0, c1, Hq, Wq), conv)

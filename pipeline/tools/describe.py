@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.serve.controls import model_description
 from pipeline.serve.precision import resolve_precision
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 
 
 def command(*, model: Path) -> int:

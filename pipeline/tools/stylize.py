@@ -32,7 +32,7 @@ from pipeline.serve.inference import finish, prepare, run_batch
 from pipeline.serve.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from pipeline.common.image_sources import image_files
 from pipeline.common.memory import reuse_freed_memory
-from pipeline.tools.models import load_model
+from pipeline.serve.model_io import load_model
 from pipeline.serve.precision import DEFAULT_PRECISION, resolve_precision
 from pipeline.tools.video import job_kind, stylize_video
 

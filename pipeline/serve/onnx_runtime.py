@@ -1,7 +1,7 @@
 """An exported `.onnx` generator run by ONNX Runtime behind the same call as the torch forms:
 (B, 3, H, W) float tensor in [0, 1] → same shape in [0, 1], on the input's device. Optional: needs
 onnxruntime (and onnx to read the weights for tiled inference), the `onnx` extra; imported only when
-an .onnx is loaded.
+`pipeline.serve.model_io.load_model` is given an .onnx, so TorchServe's `.mar` does not bundle it.
 
 Providers: CUDA when the model is loaded for a CUDA device and the installed onnxruntime has that
 provider (the `onnxruntime-gpu` build), else the CPU; the tensors cross through host memory either way.
