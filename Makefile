@@ -30,7 +30,7 @@ help:
 	@echo "make install | demo | test | test-fast | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
 	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
 	@echo "make stylize MODEL=generator.pt2 IN=photo.jpg|photos/|film.mp4|anim.gif OUT=... [ARGS='--style NAME --strength 0.7']"
-	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | figures [ARGS='--duo runs/duo --starry_night runs/starry_night'] | bench [BENCH_ARGS=--quick] | gpu-check [DATA=dir] [ARGS=--dry-run]"
+	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | figures [ARGS='--duo runs/duo --starry_night runs/starry_night --widths [runs/w32,runs/w16,runs/w8]'] | bench [BENCH_ARGS=--quick] | gpu-check [DATA=dir] [ARGS=--dry-run]"
 	@echo "make web NAME=run [SERVE=1] [PORT=8000]  (the run's .onnx as a static page: web/dist/run/, docs/web.md)"
 
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
@@ -126,8 +126,8 @@ ablation:
 	$(PY) -m pipeline ablation --style "$(STYLE)" --preset $(PRESET) --steps $(STEPS) \
 		$(if $(DATA),--data "$(DATA)") $(if $(CONTENT),--content "$(CONTENT)") $(ARGS)
 
-# The docs' figures in docs/images/: the committed starter model's grid; with ARGS='--duo RUN --starry_night RUN',
-# the strength grid and the README figure from those exported runs (pipeline/quality/figures.py).
+# The docs' figures in docs/images/: the committed starter model's grid; with ARGS='--duo RUN --starry_night RUN --widths [RUN,...]',
+# the strength grid, the README figure and the widths figure from those exported runs (pipeline/quality/figures.py).
 figures:
 	$(PY) -m pipeline figures $(ARGS)
 

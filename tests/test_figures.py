@@ -118,6 +118,7 @@ def test_figures_draws_the_starter_grid_and_names_what_runs_the_others_need(tmp_
         assert psnr(full, chelsea) < psnr(half, chelsea) < psnr(s0, chelsea)
     out = capsys.readouterr().out
     assert "skipped strength_grid.jpg: give --duo RUN" in out and "skipped starry_night_chelsea.jpg: give --starry_night RUN" in out
+    assert "skipped widths.jpg: give --widths" in out
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["starter_grid.jpg"]
 
 
@@ -131,6 +132,8 @@ def test_a_missing_or_unexported_run_is_named_with_the_command_that_makes_it(tmp
     make_checkpoint(tmp_path / "runs" / "starry_night", width=8, n_residual=1)
     assert figures.command(out=out, starry_night=tmp_path / "runs" / "starry_night") == 2
     assert f"python -m pipeline export --run {tmp_path / 'runs' / 'starry_night'}" in capsys.readouterr().err
+    assert figures.command(out=out, widths=[tmp_path / "runs" / "width8"]) == 2
+    assert f"--widths {tmp_path / 'runs' / 'width8'}: no trained run there" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -144,7 +147,9 @@ def test_figures_from_exported_runs(tiny_trio: Path, tiny_trio_generator: nn.Mod
     run = tiny_trio.parents[1]
     export_run(run, formats=("pt2",))
     out = tmp_path / "images"
-    assert figures.command(out=out, duo=run, starry_night=run) == 0
+    assert figures.command(out=out, duo=run, starry_night=run, widths=[run, run]) == 0
+    widths = np.asarray(Image.open(out / "widths.jpg").convert("RGB")).astype(float)
+    assert widths.shape == (256, 3 * 385 + 8, 3)  # photo | one column per run
     cells(out / "strength_grid.jpg", 3, 6, 192, 289)
     pair = np.asarray(Image.open(out / "starry_night_chelsea.jpg").convert("RGB")).astype(float)
     assert pair.shape == (256, 2 * 385 + 4, 3)
@@ -158,3 +163,5 @@ def test_figures_from_exported_runs(tiny_trio: Path, tiny_trio_generator: nn.Mod
     jpeg_loss = np.abs(np.asarray(Image.open(buf)) - styled[0]).mean()  # the random net's output is mostly fine detail
     first, second = (np.abs(pair[:, 389:] - s).mean() for s in styled)
     assert first < jpeg_loss + 1 and first < 0.7 * second
+    for column in (widths[:, 389:774], widths[:, 778:]):  # the same run twice: its first style both times
+        assert np.abs(column - styled[0]).mean() < jpeg_loss + 1

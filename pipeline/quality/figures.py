@@ -1,12 +1,14 @@
 """The docs' figures, all written by one command, and the picture layout every figure uses.
 
-    python -m pipeline figures [--duo runs/duo] [--starry_night runs/starry_night]   # or: make figures ARGS=...
+    python -m pipeline figures [--duo runs/duo] [--starry_night runs/starry_night] \
+        [--widths '[runs/width32,runs/width16,runs/width8]']   # or: make figures ARGS=...
 
 writes into docs/images/ (`--out`), from scikit-image's public-domain `chelsea` photo:
 
 - `starter_grid.jpg` (models/starter/README.md): the committed `starter` model, always;
 - `strength_grid.jpg` (docs/styles.md): the two-style run `duo`, when `--duo` names it;
-- `starry_night_chelsea.jpg` (the README): photo | the `starry_night` run, when `--starry_night` names it.
+- `starry_night_chelsea.jpg` (the README): photo | the `starry_night` run, when `--starry_night` names it;
+- `widths.jpg` (docs/benchmarks.md#widths): photo | each run of `--widths` (widths 32, 16, 8), when given.
 
 A style grid is one photo through a model, a row per style; columns: photo | strengths 0 and 0.5
 (models with the strength control) | the style (strength 1) | 50/50 mix with the next style | colours
@@ -93,10 +95,10 @@ def style_grid(model: Any, photo: torch.Tensor, height: int) -> Image.Image:
 
 
 @torch.inference_mode()
-def content_stylized(model: Any, photo: torch.Tensor, height: int) -> Image.Image:
-    """photo | the model's output (its first style, full strength), `height` px high."""
+def content_stylized(models: Sequence[Any], photo: torch.Tensor, height: int) -> Image.Image:
+    """photo | each model's output (its first style, full strength, as a request without options), `height` px high."""
     x = at_height(photo, height)
-    return side_by_side([x, call_model(model, x[None], None, model.instyle_controls)[0].clamp(0, 1)])
+    return side_by_side([x, *(call_model(m, x[None], None, m.instyle_controls)[0].clamp(0, 1) for m in models)])
 
 
 class RunFigure(NamedTuple):
@@ -114,8 +116,11 @@ RUN_FIGURES = (
     RunFigure("strength_grid.jpg", "duo", f"make train STYLE={ART}/composition_vii.jpg,{ART}/shipwreck_of_the_minotaur.jpg "
               "DATA=data/shards/bsds NAME=duo", "docs/styles.md#strength", lambda m, x: style_grid(m, x, 192)),
     RunFigure("starry_night_chelsea.jpg", "starry_night", f"make train STYLE={ART}/starry_night.jpg DATA=data/shards/bsds",
-              "docs/training.md#the-readme-figure", lambda m, x: content_stylized(m, x, 256)),
+              "docs/training.md#the-readme-figure", lambda m, x: content_stylized([m], x, 256)),
 )
+WIDTHS = RunFigure("widths.jpg", "widths", "make train STYLE=../shared/assets/styles/starry_night.jpg NAME=width16 "
+                   "ARGS='--model.width=16' (and 32, 8)", "docs/benchmarks.md#widths",
+                   lambda ms, x: content_stylized(ms, x, 256))
 
 
 def exported_model(run: Path, figure: RunFigure) -> Path:
@@ -135,17 +140,21 @@ def save(fig: Image.Image, path: Path) -> None:
     print(f"wrote {path} ({fig.width}×{fig.height})")
 
 
-def command(*, out: Path = Path("docs/images"), duo: Path | None = None, starry_night: Path | None = None) -> int:
-    """The docs' figures: the starter model's grid always; the strength grid and the README figure from their runs.
+def command(*, out: Path = Path("docs/images"), duo: Path | None = None, starry_night: Path | None = None,
+            widths: list[Path] | None = None) -> int:
+    """The docs' figures: the starter model's grid always; the strength grid, the README figure and the widths
+    figure from their runs.
 
     Args:
         out: folder the figures are written to.
         duo: run directory of the two-style model of docs/styles.md (exported): writes strength_grid.jpg.
         starry_night: run directory of the README's Starry Night model (exported): writes starry_night_chelsea.jpg.
+        widths: run directories of one style at several widths (exported), left to right: writes widths.jpg.
     """
     given = {"duo": duo, "starry_night": starry_night}
     try:  # every run checked before anything is written
         models = {f.file: load_model(exported_model(given[f.option], f))[0] for f in RUN_FIGURES if given[f.option]}
+        width_models = [load_model(exported_model(run, WIDTHS))[0] for run in widths or ()]
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -157,4 +166,8 @@ def command(*, out: Path = Path("docs/images"), duo: Path | None = None, starry_
             save(f.draw(models[f.file], photo), out / f.file)
         else:
             print(f"skipped {f.file}: give --{f.option} RUN (`{f.train}`, {f.doc})")
+    if width_models:
+        save(WIDTHS.draw(width_models, photo), out / WIDTHS.file)
+    else:
+        print(f"skipped {WIDTHS.file}: give --widths '[RUN,...]' (`{WIDTHS.train}`, {WIDTHS.doc})")
     return 0
