@@ -96,25 +96,24 @@ def _text(key: str, value: Any) -> str:
     return str(value)
 
 
-@dataclasses.dataclass
-class Request:
-    """A decoded request on its way through the stages; `idx` is its place in TorchServe's batch."""
-    idx: int
-    image: DecodedImage
-    options: Options
-    stylized: torch.Tensor | None = None
-
-
-@dataclasses.dataclass
-class Batch:
-    """One call's requests: a reply (image or JSON error) per request, the failed ones' statuses."""
-    replies: list[bytes | None]
-    failed: dict[int, int] = dataclasses.field(default_factory=dict)  # request index → status
-    requests: list[Request] = dataclasses.field(default_factory=list)  # those decoded
-
-
 class StylizeHandler(BaseHandler):
     """Style transfer with one exported generator (.pt TorchScript or .pt2 torch.export)."""
+
+    # Nested: TorchServe takes the handler module's one top-level class as the handler.
+    @dataclasses.dataclass
+    class Request:
+        """A decoded request on its way through the stages; `idx` is its place in TorchServe's batch."""
+        idx: int
+        image: DecodedImage
+        options: Options
+        stylized: torch.Tensor | None = None
+
+    @dataclasses.dataclass
+    class Batch:
+        """One call's requests: a reply (image or JSON error) per request, the failed ones' statuses."""
+        replies: list[bytes | None]
+        failed: dict[int, int] = dataclasses.field(default_factory=dict)  # request index → status
+        requests: list[StylizeHandler.Request] = dataclasses.field(default_factory=list)  # those decoded
 
     def initialize(self, context: Any) -> None:
         """Load the model named by the manifest's serializedFile, its metadata and the limits."""
@@ -169,7 +168,7 @@ class StylizeHandler(BaseHandler):
         metrics = self.context.metrics  # calls pass a fresh dimensions list: TorchServe's default is a shared mutable one
         # how many requests TorchServe batched into this call (the archive's batchSize / maxBatchDelay)
         metrics.add_metric("BatchSize", len(data), "count", 0, [], MetricTypes.GAUGE)
-        batch = Batch([None] * len(data))
+        batch = self.Batch([None] * len(data))
         for idx, row in enumerate(data):
             start = time.perf_counter()
             try:
@@ -180,7 +179,7 @@ class StylizeHandler(BaseHandler):
                 continue
             metrics.add_time("DecodeMs", _ms(start), idx, "ms", [])
             metrics.add_metric("Megapixels", image.size[0] * image.size[1] / 1e6, "MP", idx, [], MetricTypes.COUNTER)
-            batch.requests.append(Request(idx, image, options))
+            batch.requests.append(self.Request(idx, image, options))
         return batch
 
     def inference(self, batch: Batch) -> Batch:

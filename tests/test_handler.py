@@ -39,6 +39,14 @@ def _error(result, status):
     return payload["error"]
 
 
+def test_torchserve_finds_the_one_handler_class():
+    """TorchServe's loader refuses a handler module with more than one top-level class."""
+    from ts.utils.util import list_classes_from_module
+
+    import handlers.stylize_handler as module
+    assert list_classes_from_module(module) == [module.StylizeHandler]
+
+
 def test_initialize_reads_model_metadata_and_limits(served):
     handler, _ = served
     assert handler.initialized and handler.metadata["global_step"] == 42
