@@ -39,6 +39,14 @@ def _error(result, status):
     return payload["error"]
 
 
+def test_torchserve_finds_the_one_handler_class():
+    """TorchServe's loader refuses a handler module with more than one top-level class."""
+    from ts.utils.util import list_classes_from_module
+
+    import handlers.stylize_handler as module
+    assert list_classes_from_module(module) == [module.StylizeHandler]
+
+
 def test_initialize_reads_model_metadata_and_limits(served):
     handler, _ = served
     assert handler.initialized and handler.metadata["global_step"] == 42
@@ -172,6 +180,9 @@ def test_batch_with_different_sizes_is_grouped_not_padded(served, caplog):
     # the BatchSize metric (what tests/test_serving_torchserve.py reads back from a real server)
     emitted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]BatchSize.")]
     assert len(emitted) == 1 and emitted[0].split("|")[0].endswith(":3"), emitted
+    # TorchServe's BaseHandler.handle ran the stages and timed the whole call (all three requests), once
+    timed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]HandlerTime.")]
+    assert len(timed) == 1 and timed[0].endswith(",r0,r1,r2"), timed
     alone = [run_handler(handler, context, [r])[0] for r in reqs]
     for (s1, c1, body_b), (s2, c2, body_a), size in zip(batched, alone, [(53, 37), (64, 64), (53, 37)]):
         img_b, img_a = np.asarray(_ok((s1, c1, body_b))), np.asarray(_ok((s2, c2, body_a)))
@@ -202,6 +213,32 @@ def test_bad_input_is_a_4xx_json_and_the_next_request_works(served):
     assert context.metrics.cache[MetricTypes.COUNTER]["BadRequests"]
     (after,) = run_handler(handler, context, [ts_request(good)])
     assert _ok(after).size == (24, 20)
+
+
+def test_describe_api_gives_the_styles_options_precision_and_threads(served, export_dir):
+    """`GET /models/NAME?customized=true` reaches the worker as a request with the header describe=True."""
+    from ts.service import Service
+
+    handler, context = served
+    headers, batch, _ = Service.retrieve_data_for_inference([ts_request(b"", headers={"describe": "True"})])
+    context.request_processor = headers
+    (out,) = handler.handle(batch, context)
+    described = json.loads(out)
+    meta = json.loads((export_dir / "metadata.json").read_text())
+    assert described["styles"] == ["mosaic"] and described["default_style"] == "mosaic"  # HPARAMS' style image
+    assert described["strength_control"] is False and described["global_step"] == meta["global_step"] == 42
+    assert described["options"] == ["format", "quality", "max_side", "preserve_color", "style", "strength"]
+    assert (described["precision"], described["threads"]) == (handler.precision_note, handler.threads)
+
+
+def test_explanations_api_answers_like_predictions(served):
+    handler, context = served
+    body = encode_pil(rng_image(21, 34, seed=5))
+    (predicted,) = run_handler(handler, context, [ts_request(body)])
+    explained, bad = run_handler(handler, context, [ts_request(body, headers={"explain": "True"}),
+                                                    ts_request(b"not an image")])
+    assert _ok(explained).size == (34, 21) and explained[2] == predicted[2]
+    assert "cannot decode" in _error(bad, 400)
 
 
 def test_split_request_rules():

@@ -102,6 +102,12 @@ def test_torchserve_end_to_end(tmp_path_factory, tmp_path):
         # so a last call with 4 means one call with all of them; "demo" (batchSize 1) gets one at a time
         gauges = dict(re.findall(r'^BatchSize\{ModelName="(\w+)".*\} ([0-9.]+)$', body.decode(), re.M))
         assert gauges == {"batched": "4.0", "demo": "1.0"}, gauges
+        # TorchServe's BaseHandler.handle times each call; its describe API reaches the handler's describe_handle
+        assert set(re.findall(r'^HandlerTime\{ModelName="(\w+)"', body.decode(), re.M)) == {"batched", "demo"}
+        status, _, body = server.request("GET", "/models/demo?customized=true", port=server.management, token="management")
+        custom = json.loads(body)[0]["customizedMetadata"]
+        described = json.loads(custom) if isinstance(custom, str) else custom
+        assert status == 200 and described["styles"] == ["mosaic"] and described["global_step"] == 42, described
         print(f"\ntorchserve: start→ready {ready_s:.1f} s, first response {first_s * 1000:.0f} ms, "
               f"test total {time.monotonic() - t0:.1f} s")
     finally:
