@@ -12,7 +12,7 @@ from pipeline.__main__ import main as cli
 from pipeline.serve.color import preserve_color, rgb_to_ycbcr, ycbcr_to_rgb
 from pipeline.common.image_codec import BadImageRequest
 from pipeline.serve.options import parse_options
-from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
+from serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 
 def pil_ycbcr(arr: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from pipeline.serve.controls import Conditioning
 from pipeline.common.image_codec import DecodedImage, decode
 from pipeline.serve.inference import device_batch, run_batch
 from pipeline.tools.models import load_model
-from test_serving_helpers import encode_pil, make_checkpoint, rng_image
+from serving_helpers import encode_pil, make_checkpoint, rng_image
 
 KINDS = {"plain": {}, "trio": {"styles": ["a", "b", "c"]}, "strength": {"strength": True}}
 CONDITIONS = {"plain": None, "trio": [Conditioning((0.2, 0.3, 0.5)), Conditioning((0.0, 1.0, 0.0))],

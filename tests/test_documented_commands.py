@@ -35,7 +35,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_import_onnx import examples_state_dict
+from examples_net import examples_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ["README.md", "docs/training.md", "docs/video.md", "docs/ablation.md", "docs/styles.md", "docs/models.md"]
@@ -133,7 +133,7 @@ def users_files(home: Path, work: Path) -> None:
     for name in ("a", "b", "c", "photo"):
         photo(work / f"{name}.jpg", ord(name[0]))
     torch.save(examples_state_dict(width=8, n_res=1), work / "candy.pth")
-    from test_video import make_clip
+    from video_helpers import make_clip
     make_clip(work / "in.mp4", w=64, h=48, n=4, audio=None, rotation=None)
     shutil.copy(work / "in.mp4", work / "film.mp4")
     frames = [Image.fromarray(np.full((40, 56, 3), 40 * k, np.uint8)) for k in range(3)]

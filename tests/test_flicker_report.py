@@ -8,7 +8,7 @@ from pipeline.export.exporter import export_run
 from pipeline.quality import flicker_report
 from pipeline.quality.stability import clip_warping_error, synthetic_clip
 from pipeline.common.image_sources import load_image
-from test_serving_helpers import encode_pil, make_checkpoint, rng_image
+from serving_helpers import encode_pil, make_checkpoint, rng_image
 
 
 def test_h264_round_trip_keeps_frames_and_is_close():

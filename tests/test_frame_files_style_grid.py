@@ -14,7 +14,7 @@ from torch import nn
 from pipeline.quality import style_grid
 from pipeline.tools import animations
 from pipeline.tools.models import load_model
-from test_serving_helpers import encode_pil, make_checkpoint, rng_image
+from serving_helpers import encode_pil, make_checkpoint, rng_image
 from tool_helpers import bt601_ycbcr, bt601_rgb
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")

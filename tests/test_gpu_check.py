@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from test_train import ROOT, shards  # noqa: F401 - the module's tiny sample shards, as a fixture
+from train_helpers import ROOT
 
 
 @pytest.mark.slow
-def test_dry_run_writes_every_section_with_finite_numbers(shards, vgg_weights, tmp_path):  # noqa: F811
+def test_dry_run_writes_every_section_with_finite_numbers(shards, vgg_weights, tmp_path):
     out = tmp_path / "gpu-check.json"
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--steps=2", f"--data={shards / 'shards'}",
            f"--out={out}", f"--work={tmp_path / 'work'}"]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.common.image_codec import BadImageRequest, DecodedImage, decode, encode, limit_side, to_uint8
 from pipeline.serve.options import parse_options
-from test_serving_helpers import decode_pil, encode_pil, rng_image
+from serving_helpers import decode_pil, encode_pil, rng_image
 
 
 # ---- options --------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def test_every_folder_reading_command_takes_every_suffix_decode_reads(tmp_path, 
     from pipeline.data.shards import list_images
     from pipeline.quality.evaluate import list_photos
     from pipeline.common.image_codec import IMAGE_SUFFIXES
-    from test_serving_helpers import shared_export
+    from serving_helpers import shared_export
 
     registered = {ext for ext, fmt in Image.registered_extensions().items() if fmt in DECODED_FORMATS}
     common = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -10,8 +10,8 @@ import torch
 
 from pipeline.tools import describe
 from pipeline.tools.models import load_model
-from test_import_onnx import examples_state_dict, reference_forward
-from test_serving_helpers import make_checkpoint
+from examples_net import examples_state_dict, reference_forward
+from serving_helpers import make_checkpoint
 from tool_helpers import STYLES
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")
@@ -26,7 +26,7 @@ def test_import_writes_a_torchscript_model_that_computes_the_source_network(tmp_
 
     sd = examples_state_dict(width=8, n_res=1, seed=7)
     torch.save(sd, tmp_path / "candy.pth")
-    assert importer.command(model=tmp_path / "candy.pth", name="candy", runs=tmp_path / "runs", formats=("pt",)) == 0
+    assert import_command.command(model=tmp_path / "candy.pth", name="candy", runs=tmp_path / "runs", formats=("pt",)) == 0
     printed = capsys.readouterr().out.split()
     export = tmp_path / "runs" / "candy" / "export"
     assert sorted(p.name for p in export.iterdir()) == ["generator.pt", "metadata.json"]
@@ -52,15 +52,15 @@ def test_import_refuses_bad_source_name_and_file_without_writing(tmp_path: Path,
     torch.save(examples_state_dict(width=8, n_res=1), tmp_path / "m.pth")
     runs = tmp_path / "runs"
     with pytest.raises(ValueError, match="supported: pytorch-examples"):
-        importer.import_model(tmp_path / "m.pth", "ok", runs, source="caffe")
+        import_command.import_model(tmp_path / "m.pth", "ok", runs, source="caffe")
     for bad in ("../escape", "with space", ".hidden", ""):
         with pytest.raises(ValueError, match="use letters, digits"):
-            importer.import_model(tmp_path / "m.pth", bad, runs)
-    assert importer.command(model=tmp_path / "missing.pth", name="x", runs=runs) == 1
+            import_command.import_model(tmp_path / "m.pth", bad, runs)
+    assert import_command.command(model=tmp_path / "missing.pth", name="x", runs=runs) == 1
     err = capsys.readouterr().err
     assert err.startswith("import failed:") and "missing.pth does not exist" in err
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
-    assert importer.command(model=tmp_path / "other.pth", name="x", runs=runs) == 1
+    assert import_command.command(model=tmp_path / "other.pth", name="x", runs=runs) == 1
     assert "not a pytorch/examples TransformerNet" in capsys.readouterr().err
     assert not runs.exists()
 

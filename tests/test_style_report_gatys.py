@@ -15,7 +15,7 @@ from torch import nn
 from pipeline.quality import gatys, style_report
 from pipeline.serve.controls import Conditioning
 from pipeline.tools.models import load_model
-from test_serving_helpers import encode_pil, rng_image
+from serving_helpers import encode_pil, rng_image
 from tool_helpers import small_loss, table_rows, tables_are_rectangular
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")

@@ -17,7 +17,7 @@ from pipeline.common.image_sources import load_style
 from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
 from pipeline.quality.gatys import build_loss
-from test_serving_helpers import decode_pil, encode_pil, make_checkpoint, rng_image
+from serving_helpers import decode_pil, encode_pil, make_checkpoint, rng_image
 
 STYLES = ["astronaut", "coffee", "chelsea"]  # images scikit-image ships
 

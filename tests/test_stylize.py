@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main as cli
-from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
+from serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -121,7 +121,7 @@ def test_the_serving_path_matches_an_independent_computation(run, tmp_path, kind
     `.pt2` export; the 3-style one is loaded from its checkpoint (its exports: test_export.py)."""
     from pipeline.tools.models import load_model
     from pipeline.tools.stylize import stylize_bytes
-    from test_serving_helpers import make_checkpoint, reference_output
+    from serving_helpers import make_checkpoint, reference_output
 
     if kind == "styles":
         run = tmp_path / kind

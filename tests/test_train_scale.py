@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_data_scale import LoopbackFiles, write_case
-from test_train import TINY, scalars
+from data_helpers import LoopbackFiles, write_case
+from train_helpers import TINY, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 TEARDOWN_BOUND_S = 30  # seconds from "`Trainer.fit` stopped" to the process's exit (a few on an idle machine)
