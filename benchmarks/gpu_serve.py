@@ -100,7 +100,7 @@ def frame_rates(ckpt: Path, device: torch.device, size: tuple[int, int], warmup:
 
 def jpeg_photo(h: int, w: int, seed: int) -> bytes:
     """A photo-like H×W image as JPEG bytes, as clients send photos."""
-    from tests.test_serving_helpers import encode_pil
+    from tests.serving_helpers import encode_pil
 
     arr = (photo(1, h, w, seed=seed)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return encode_pil(arr, "JPEG", quality=92)
@@ -113,7 +113,7 @@ def serve_forms(export_dir: Path, device: torch.device, images: dict[str, tuple[
     `device`'s provider where it has one). PNG replies, compared pixel for pixel with the served `.pt2`'s."""
     from pipeline.tools.models import load_model
     from pipeline.tools.stylize import stylize_bytes
-    from tests.test_serving_helpers import decode_pil, load_handler, run_handler, ts_request
+    from tests.serving_helpers import decode_pil, load_handler, run_handler, ts_request
 
     bodies = {name: jpeg_photo(h, w, seed=i) for i, (name, (h, w)) in enumerate(images.items())}
     gpu = (device.index or 0) if device.type == "cuda" else None
