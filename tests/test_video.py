@@ -27,15 +27,29 @@ PARAMS = {"style": "b", "strength": "0.6"}
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
+def duo(tmp_path_factory) -> Path:
+    """A tiny 2-style checkpoint with the strength control."""
     run = tmp_path_factory.mktemp("runs") / "duo"
     make_checkpoint(run, styles=["a", "b"], strength=True, width=8, n_residual=1)
-    return export_run(run, formats=("pt2",))["pt2"]
+    return run
+
+
+@pytest.fixture(scope="module")
+def model_path(duo) -> Path:
+    """Its served form (.pt2), exported once for the module's integration tests."""
+    return export_run(duo, formats=("pt2",))["pt2"]
 
 
 @pytest.fixture(scope="module")
 def model(model_path):
     return load_model(model_path)[0]
+
+
+@pytest.fixture(scope="module")
+def eager_model(duo):
+    """The checkpoint's generator as `stylize` loads it: what a frame gives does not depend on the form
+    (test_export.py compares the forms), so the unit tier needs no export."""
+    return load_model(duo / "checkpoints" / "last.ckpt")[0]
 
 
 def decoded_frames(path: Path) -> list:
@@ -72,8 +86,9 @@ def test_round_trip_keeps_timing_size_rotation_and_copies_audio(model, tmp_path,
 
 
 @pytest.mark.parametrize("params", [PARAMS, {"style": "a:0.3,b:0.7", "preserve_color": "true", "max_side": "40"}])
-def test_every_frame_is_the_image_clis_output_on_that_frame(model, tmp_path, params, auto_precision):
+def test_every_frame_is_the_image_clis_output_on_that_frame(eager_model, tmp_path, params, auto_precision):
     """At `precision: auto`, what users run (bf16 convolutions on a CPU with native bf16)."""
+    model = eager_model
     src = make_clip(tmp_path / "clip.mp4")
     frames = [f.to_ndarray(format="rgb24") for f in decoded_frames(src)]  # decoded here, independently
     expected = [stylize_bytes(model, encode_pil(rgb), {**params, "format": "png"})[0] for rgb in frames]
