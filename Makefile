@@ -51,10 +51,11 @@ demo:
 
 # The whole suite (what CI runs: real training, TorchServe, DDP), and its unit tier (tests not marked
 # slow); docs/architecture.md#tests. The suite runs in two xdist workers: much of it waits on subprocesses
-# (make lines, TorchServe's JVM, DDP ranks), so two test processes keep a 2-core machine busy.
-# TEST_WORKERS=0 runs it in one process.
+# (make lines, TorchServe's JVM, DDP ranks), so two test processes keep a 2-core machine busy. Each test
+# file runs whole in one worker (--dist loadfile): its module fixtures (a TorchServe server, a trained
+# run, the exports) are built once, not once per worker. TEST_WORKERS=0 runs it in one process.
 test:
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:
 	$(PY) -m pytest -m "not slow" $(ARGS)

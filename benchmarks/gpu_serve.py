@@ -105,7 +105,7 @@ def serve_forms(export_dir: Path, device: torch.device, images: dict[str, tuple[
     `device`'s provider where it has one). PNG replies, compared pixel for pixel with the served `.pt2`'s."""
     from pipeline.serve.model_io import load_model
     from pipeline.tools.stylize import stylize_bytes
-    from tests.test_serving_helpers import decode_pil, load_handler, run_handler, ts_request
+    from tests.serving_helpers import decode_pil, load_handler, run_handler, ts_request
 
     bodies = {name: photo_jpeg(h, w, seed=i) for i, (name, (h, w)) in enumerate(images.items())}
     gpu = (device.index or 0) if device.type == "cuda" else None

@@ -105,9 +105,20 @@ def no_allocator_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding shards/ (train and val shards of the built-in sample photos, 128 px) for tiny real
+    fits (tests/train_helpers.py's `fit`), which write their runs beside it."""
+    from pipeline.data.builtin_photos import build_sample_shards
+
+    root = tmp_path_factory.mktemp("train")
+    build_sample_shards(root / "shards", max_side=128)
+    return root
+
+
+@pytest.fixture(scope="module")
 def tiny_trio(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 3-style checkpoint (styles a, b, c) with the strength control (width 8, one residual block)."""
-    from test_serving_helpers import make_checkpoint
+    from serving_helpers import make_checkpoint
 
     return make_checkpoint(tmp_path_factory.mktemp("runs") / "trio", styles=["a", "b", "c"], strength=True, width=8,
                            n_residual=1)

@@ -20,7 +20,7 @@ from pipeline.common.image_sources import skimage_photo
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
 from pipeline.model.generators import build_generator
 from pipeline.quality import ablation, ablation_report
-from test_serving_helpers import encode_pil, make_checkpoint, rng_image
+from serving_helpers import encode_pil, make_checkpoint, rng_image
 from tool_helpers import LOSS_HP, small_loss, table_rows, tables_are_rectangular
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.tools import animations
-from test_serving_helpers import rng_image
+from serving_helpers import rng_image
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")
 

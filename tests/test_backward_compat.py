@@ -18,7 +18,7 @@ from pipeline.export.exporter import export_run
 from pipeline.serve.controls import ModelControls
 from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
-from test_serving_helpers import decode_pil, load_handler, run_handler, ts_request
+from serving_helpers import decode_pil, load_handler, run_handler, ts_request
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "v0_single_style"
 
@@ -88,8 +88,8 @@ def test_resuming_an_old_run_with_the_new_presets_says_which_flag_to_pass(tmp_pa
     import subprocess
     import sys
 
-    from test_data_scale import write_case
-    from test_train import TINY
+    from data_helpers import write_case
+    from train_helpers import TINY
 
     data = write_case(tmp_path / "shards", 1)
     cmd = [sys.executable, "-m", "pipeline", "fit", *TINY, "--model.style_image=skimage:coffee", "--model.width=8",

@@ -11,7 +11,7 @@ from benchmarks.reference import ReferenceNet, load_from_generator
 from pipeline.model.generators import ResidualGenerator
 from pipeline.serve.controls import Conditioning
 from pipeline.serve.model_io import load_model
-from test_serving_helpers import shared_export
+from serving_helpers import shared_export
 
 
 @pytest.fixture(scope="module")

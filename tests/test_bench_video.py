@@ -13,7 +13,7 @@ from pipeline.export.exporter import export_run
 from pipeline.serve.model_io import load_model
 from pipeline.serve.precision import resolve_precision
 from pipeline.tools.stylize import stylize_bytes
-from test_serving_helpers import decode_pil, encode_pil, make_checkpoint
+from serving_helpers import decode_pil, encode_pil, make_checkpoint
 
 
 @pytest.fixture(scope="module")

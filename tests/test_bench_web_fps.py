@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from test_web import CHROMIUM, ensure_node_modules
+from browser_helpers import CHROMIUM, ensure_node_modules
 
 pytestmark = pytest.mark.slow
 

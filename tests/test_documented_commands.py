@@ -1,33 +1,41 @@
-"""Every `make` command line the README and the docs show, run as written, so a default change can never
+"""Every `make` command line the README and the docs show, checked as written, so a default change can never
 again break a documented command silently.
 
-The lines are read from the documents' code blocks (continuations joined, `&&` chains split) and run
-through bash, each group of documents (`GROUPS`) in order in a fresh working directory of its own, the
-groups side by side, with HOME pointing at a folder that holds the user's files
-the lines name (`~/art/*.jpg`, `~/photos/...`, `../shared/assets/...`: small images made here). Only
-budgets are changed: training lines get a few steps at small sizes appended to their ARGS (later
-options win), `make ablation` STEPS=2 and a small evaluation, `make eval` two photos. Lines that need
-what CI lacks are adapted and say so: the `gpu` preset runs on the CPU when there is no GPU (DDP with
-2 gloo processes instead of 4), S3 shards are read with `pipe:cat` from local files.
+The lines are read from the documents' code blocks (continuations joined, `&&` chains split). Each is
+expanded by `make -n` in an empty working directory (as a user's shell would run it, `~` their home): its
+guard runs and passes (`test -n "$(NAME)"`, the preset's file), and the `python -m pipeline …` command it
+expands to is parsed by that command's own parser without running it (`--print_config`: jsonargparse for the
+tools, LightningCLI for `fit`), so every verb, make variable, option and option value a document names
+exists. The runs a line names (`runs/X`, `archive --name X`) are ones an earlier line of its group of
+documents makes (`GROUPS`: `make train`'s run name, `make import`'s NAME, `make demo`'s starter).
 
-Not run here, with where they are covered: `make install` / `make test` / `make test-fast` (what CI
-itself runs, and its unit tier),
-`make serve` / `make stop` / `make loadtest` (a real TorchServe: tests/test_multistyle_chain.py,
-test_serving_reliability.py), `make demo` (TorchServe on the starter: tests/test_starter.py), `make web`
-(the page in Chromium: tests/test_web.py), `make tensorboard` (a server that never
-exits), `make bench` (10 minutes: tests/test_bench_*.py run its sections), `make gpu-check` (its dry
-run: tests/test_gpu_check.py). docs/scale.md's lines read
-shards from cluster storage (S3, GCS, https): tests/test_data_scale.py runs each kind of source.
+Run for real here only what no other test runs: docs/ablation.md's `make shards` then `make ablation`, whose
+training half launches real fits nowhere else (two of its five variants, a few steps each). Where the other
+lines' code paths run for real:
+- `make train` alone (built-in style and photos): test_train_scale.py::test_bare_make_train_runs_on_the_built_in_style_and_photos
+- `make train STYLE=a,b DATA=… ARGS=--model.strength_control=true` → `make export` (pt, pt2, onnx) →
+  `make archive` → TorchServe (`make serve`'s launcher): test_multistyle_chain.py; `make stop`,
+  `make loadtest`: test_serving_reliability.py
+- `PRESET=gpu` (its fit, bf16-mixed, on the CPU): test_gpu_check.py; DDP ranks, DataLoader workers,
+  `TRAIN_SHARDS`/`VAL_SHARDS` from URLs and `pipe:`, `CKPT=` resume: test_train_scale.py (`make train`)
+- `--model.norm=batch`, `--model.arch=multiscale`, a resumed run: test_train.py; zero padding: test_generators.py
+- `make shards`: test_shards.py; `make stylize` on a photo, a folder, a film, a GIF: test_stylize.py, test_video.py
+- `make eval`: test_evaluation_flicker.py::test_cli_measures_the_requested_style, test_evaluation.py
+- `make import` and its `make archive`: test_import_onnx.py::test_import_then_archive_serve_and_stylize
+- `make demo`, `make web`: test_starter.py, test_web.py; `make bench`: test_bench_*.py; `make gpu-check`:
+  test_gpu_check.py; `make install` / `make test` / `make test-fast`: CI itself (.ci/run); `make tensorboard`:
+  a server that never exits (its dry run only).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
 import re
-import shutil
+import shlex
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,28 +43,19 @@ import pytest
 import torch
 from PIL import Image
 
-from test_import_onnx import examples_state_dict
-
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ["README.md", "docs/training.md", "docs/video.md", "docs/ablation.md", "docs/styles.md", "docs/models.md"]
-# Run side by side, each group's documents in order: docs/video.md stylizes with docs/training.md's 3-style run,
-# which docs/styles.md's own `trio` replaces; the README's and docs/training.md's `starry_night` runs differ.
+# Each group's documents in order: docs/video.md stylizes with docs/training.md's runs, docs/styles.md
+# makes its own `trio`; the README's runs stand alone.
 GROUPS = [["README.md"], ["docs/training.md", "docs/video.md", "docs/styles.md"], ["docs/ablation.md", "docs/models.md"]]
-# What a page takes as done before its lines (the README's run exported, as its serving section does for others)
-PREPARED = {"docs/video.md": ["make export NAME=trio"]}
-NOT_RUN = {"install", "test", "test-fast", "serve", "stop", "loadtest", "tensorboard", "bench", "gpu-check", "demo", "web"}
-STEPS = ["--trainer.max_steps=2", "--data.steps_per_epoch=2", "--data.image_size=64", "--data.resize=80",
-         "--data.val_size=64", "--data.batch_size=2", "--model.style_size=128", "--trainer.limit_val_batches=1",
+STEPS = ["--data.steps_per_epoch=2", "--data.image_size=64", "--data.resize=80", "--data.val_size=64",
+         "--data.batch_size=2", "--model.style_size=128", "--trainer.limit_val_batches=1",
          "--trainer.enable_progress_bar=false"]
-ON_CPU = ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--data.num_workers=1"]
-
-# about 30 make lines in three groups side by side; a busy machine needs more than the suite's 900 s default
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def documented_make_lines(document: Path) -> list[str]:
     """The `make …` command lines of a markdown file's fenced code blocks, continuations joined,
-    `a && b` split, trailing comments kept (bash ignores them)."""
+    `a && b` split, trailing comments dropped."""
     lines, in_block, pending = [], False, ""
     for raw in document.read_text().splitlines():
         if raw.lstrip().startswith("```"):
@@ -79,34 +78,82 @@ def verb(line: str) -> str:
     return words[1] if len(words) > 1 and "=" not in words[1] else "help"
 
 
-def with_args(line: str, extra: list[str]) -> str:
-    """`line` with `extra` appended to its ARGS="…" (or a new ARGS)."""
-    text = " ".join(extra)
-    if re.search(r'ARGS="[^"]*"', line):
-        return re.sub(r'ARGS="([^"]*)"', lambda m: f'ARGS="{m.group(1)} {text}"', line, count=1)
-    return f'{line} ARGS="{text}"'
+def dry_run(line: str, work: Path, home: Path) -> list[str]:
+    """The commands `make -n` prints for `line` (run by bash in `work`, HOME=`home`), continuations joined;
+    the guards among them (`test …`) are run and must pass."""
+    res = subprocess.run(["bash", "-c", f"{line} -n -f {ROOT / 'Makefile'} PY=python"], cwd=work, capture_output=True,
+                         text=True, env={**os.environ, "HOME": str(home)}, timeout=60)
+    assert res.returncode == 0, f"{line}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    commands = [c.strip() for c in re.sub(r"\\\n", " ", res.stdout).splitlines() if c.strip()]
+    for guard in (c for c in commands if c.startswith("test ")):
+        checked = subprocess.run(["bash", "-c", guard], cwd=work, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, f"{line}: its guard fails: {guard}\n{checked.stdout}"
+    return commands
 
 
-def adapted(line: str, shards: Path) -> str:
-    """The line with a small budget, and what CI lacks replaced (see the module docstring)."""
-    kind = verb(line)
-    if kind == "train":
-        extra = list(STEPS)
-        if "PRESET=gpu" in line and not torch.cuda.is_available():
-            extra += ON_CPU
-            line = line.replace("--trainer.devices=4", "--trainer.devices=2")
-        train = sorted(p.name for p in shards.glob("train-*.tar"))
-        line = re.sub(r"TRAIN_SHARDS='pipe:aws s3 cp [^']*'",
-                      f"TRAIN_SHARDS='pipe:cat {shards}/train-{{000000..{len(train) - 1:06d}}}.tar'", line)
-        line = re.sub(r"VAL_SHARDS='pipe:aws s3 cp [^']*'", f"VAL_SHARDS='pipe:cat {shards}/val-000000.tar'", line)
-        return with_args(line, extra)
-    if kind == "ablation":
-        line = re.sub(r"STEPS=\d+", "STEPS=2", line)
-        fit_args = ",".join(s for s in STEPS if "max_steps" not in s)
-        return with_args(line, ["--limit", "2", "--eval_size", "64", "--gatys_iters", "[2]", "--fit_args", f"[{fit_args}]"])
-    if kind == "eval":
-        return with_args(line, ["--limit", "2", "--size", "64", "--flicker", "1"])
-    return line
+def parses(argv: list[str]) -> str:
+    """`python -m pipeline ARGV` parsed by the command's own parser, nothing run (a tool's `command()`
+    stands in for by a function of its signature that does nothing; `fit --print_config`); returns what
+    it printed."""
+    from jsonargparse import auto_cli
+
+    from pipeline.__main__ import TOOLS, TRAINING, dashes_to_underscores, tool
+    from pipeline.train.cli import run_cli
+
+    cmd, rest = argv[0], argv[1:]
+    assert cmd in TOOLS or cmd in TRAINING, f"unknown command {cmd!r}"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), pytest.raises(SystemExit) as info:
+        if cmd in TOOLS:
+            auto_cli(functools.wraps(tool(cmd))(lambda *args, **kwargs: sys.exit(0)), args=dashes_to_underscores(rest),
+                     prog=f"python -m pipeline {cmd}")
+        else:
+            run_cli([cmd, *rest, "--print_config"])
+    assert info.value.code in (0, None), f"python -m pipeline {shlex.join(argv)}\n{out.getvalue()[-3000:]}"
+    return out.getvalue()
+
+
+@pytest.fixture
+def parse_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_allocator_tuning: None) -> None:
+    """LightningCLI in-process: no pytest arguments in sys.argv, relative paths under tmp_path, torch's
+    process-wide matmul precision (the gpu preset sets it) restored."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pipeline"])
+    precision = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(precision)
+
+
+def test_every_documented_make_line_expands_passes_its_guard_and_parses(tmp_path, parse_only):
+    from pipeline.train.cli import presets
+
+    assert sorted(doc for group in GROUPS for doc in group) == sorted(DOCUMENTS)
+    home, work = tmp_path / "home", tmp_path / "work"
+    (work / "logs").mkdir(parents=True)  # `make demo` redirects its sub-make's output there, even under -n
+    home.mkdir()
+    every, parsed = [], 0
+    for group in GROUPS:
+        made = {"starter"} if "README.md" in group else set()  # `make demo` exports the starter model
+        for line in (line for doc in group for line in documented_make_lines(ROOT / doc)):
+            every.append(line)
+            for command in dry_run(line, work, home):
+                if not command.startswith("python -m pipeline "):
+                    continue
+                argv = shlex.split(command)[3:]
+                parses(argv)
+                parsed += 1
+                used = re.findall(r'runs/([^/"\s]+)', command) + (argv[2:3] if argv[:2] == ["archive", "--name"] else [])
+                assert set(used) <= made, f"{line}: names runs {sorted(set(used) - made)} no earlier line of {group} makes"
+                if argv[0] == "fit":
+                    made.add(re.search(r'--trainer\.logger\.init_args\.name=(\S+)', command).group(1).strip('"'))
+                elif argv[0] == "import":
+                    made.add(argv[argv.index("--name") + 1])
+    assert {verb(line) for line in every} >= {"shards", "train", "export", "import", "archive", "stylize", "eval",
+                                             "ablation", "demo", "web", "serve"}, every
+    assert parsed >= 25, parsed
+    for preset in presets():  # every preset the Makefile offers, documented or not
+        (command,) = (c for c in dry_run(f"make train PRESET={preset}", work, home) if c.startswith("python -m pipeline"))
+        assert f"{preset}.yaml" in command and "model:" in parses(shlex.split(command)[3:])
 
 
 def photo(path: Path, seed: int, size: tuple[int, int] = (72, 96)) -> None:
@@ -117,68 +164,28 @@ def photo(path: Path, seed: int, size: tuple[int, int] = (72, 96)) -> None:
     Image.fromarray((img * 255).astype(np.uint8)).save(path, quality=92)
 
 
-def users_files(home: Path, work: Path) -> None:
-    """What the documented lines name: paintings, photo folders, a pytorch/examples model, a film."""
-    for i, name in enumerate(["starry_night", "the_great_wave", "udnie"]):
-        photo(home / "art" / f"{name}.jpg", 100 + i)
-    for i in range(12):
-        photo(home / "photos" / "coco2014" / "train" / f"{i:03d}.jpg", i)
-    for i in range(4):
-        photo(home / "photos" / "val" / f"{i:03d}.jpg", 50 + i)
-    shutil.copytree(home / "photos" / "coco2014" / "train", home / "photos" / "train")
-    shared = work.parent / "shared" / "assets"  # `../shared/assets/...` as the docs name it
-    shutil.copytree(home / "art", shared / "styles")
-    shutil.copytree(home / "photos" / "coco2014" / "train", shared / "content" / "train")
-    shutil.copytree(home / "photos" / "val", shared / "content" / "val")
-    for name in ("a", "b", "c", "photo"):
-        photo(work / f"{name}.jpg", ord(name[0]))
-    torch.save(examples_state_dict(width=8, n_res=1), work / "candy.pth")
-    from test_video import make_clip
-    make_clip(work / "in.mp4", w=64, h=48, n=4, audio=None, rotation=None)
-    shutil.copy(work / "in.mp4", work / "film.mp4")
-    frames = [Image.fromarray(np.full((40, 56, 3), 40 * k, np.uint8)) for k in range(3)]
-    frames[0].save(work / "clip.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-
-
-def run_group(documents: list[str], root: Path) -> tuple[Path, list[tuple[str, float]]]:
-    """Run the documents' make lines in order (their shards first) in a fresh working directory of their
-    own under `root`; returns it and (line, seconds) of each line run. A failing line fails the test with
-    its output."""
-    home, work = root / "home", root / "case" / "work"
+@pytest.mark.slow
+def test_the_ablation_page_runs_as_written(tmp_path, vgg_weights):
+    """docs/ablation.md as a user runs it, from `../shared/assets` (small images made here): `make shards`
+    then `make ablation` with a small budget appended (later options win): STEPS=2, two variants (a
+    residual and a multiscale one, two norms), a small evaluation. Its report has the table."""
+    work, shared = tmp_path / "case" / "work", tmp_path / "case" / "shared" / "assets"
     work.mkdir(parents=True)
-    users_files(home, work)
-    lines = [line for doc in documents for line in PREPARED.get(doc, []) + documented_make_lines(ROOT / doc)]
-    shards = work / "data" / "shards" / "coco"
-    ordered = sorted(lines, key=lambda line: verb(line) != "shards")  # the data first, then in document order
-    env = {**os.environ, "HOME": str(home), "PYTHONUNBUFFERED": "1"}  # precision: auto, as a user has it
-    ran = []
-    for line in ordered:
-        if verb(line) in NOT_RUN:
-            continue
-        command = adapted(line, shards) + f" -f {ROOT / 'Makefile'} PY={sys.executable}"
-        start = time.perf_counter()
-        res = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    photo(shared / "styles" / "starry_night.jpg", 100)
+    for i in range(12):
+        photo(shared / "content" / "train" / f"{i:03d}.jpg", i)
+    for i in range(4):
+        photo(shared / "content" / "val" / f"{i:03d}.jpg", 50 + i)
+    lines = documented_make_lines(ROOT / "docs" / "ablation.md")
+    assert [verb(line) for line in lines] == ["shards", "ablation"]
+    fit_args = ",".join(STEPS)
+    budget = f'ARGS="--only [res-in,ms-bn] --limit 2 --eval_size 64 --gatys_iters [2] --fit_args [{fit_args}]"'
+    for line in (lines[0], re.sub(r"STEPS=\d+", "STEPS=2", lines[1]) + " " + budget):
+        command = f"{line} -f {ROOT / 'Makefile'} PY={sys.executable}"
+        res = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True, timeout=900,
+                             env={**os.environ, "HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"})
         assert res.returncode == 0, f"{command}\n--- stdout ---\n{res.stdout[-2500:]}\n--- stderr ---\n{res.stderr[-4000:]}"
-        ran.append((line, time.perf_counter() - start))
-    return work, ran
-
-
-def test_every_documented_make_line_runs(tmp_path, vgg_weights, auto_precision):
-    every = [line for doc in DOCUMENTS for line in documented_make_lines(ROOT / doc)]
-    assert {verb(line) for line in every} >= {"shards", "train", "export", "import", "archive", "stylize", "eval",
-                                             "ablation"}, every
-    assert sorted(doc for group in GROUPS for doc in group) == sorted(DOCUMENTS)
-    # The groups share nothing (each has its own working directory and HOME), so they run side by side:
-    # most of a line's time is a single-threaded Python start-up, and the 2-core CI machine idles otherwise.
-    with ThreadPoolExecutor(len(GROUPS)) as pool:
-        results = list(pool.map(lambda i: run_group(GROUPS[i], tmp_path / f"group{i}"), range(len(GROUPS))))
-    for work, ran in results:
-        print("\n".join(f"{seconds:6.1f} s  {line}" for line, seconds in ran))  # shown with a failure, and by -s
-    (readme, _), (training, _), (other, _) = results
-    assert Image.open(readme / "stylized.png").size == Image.open(readme / "photo.jpg").size  # the README's first result
-    assert (readme / "model_store" / "starry_night.mar").is_file()
-    assert (training / "runs" / "trio" / "export" / "generator.pt2").is_file()
-    assert (training / "film-starry.mp4").is_file() and (training / "clip-udnie.gif").is_file()
-    assert (other / "model_store" / "candy.mar").is_file()
-    assert (other / "reports" / "ablation-starry_night" / "table.md").is_file()
-    assert sum(len(ran) for _, ran in results) >= 15, results
+    table = (work / "reports" / "ablation-starry_night" / "table.md").read_text()
+    assert "| residual / instance norm / reflect padding | 2 |" in table and "| multiscale / batch norm / reflect padding | 2 |" in table
+    assert "Gatys" in table
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["ablation-starry_night-ms-bn", "ablation-starry_night-res-in"]

@@ -142,7 +142,7 @@ def test_evaluate_writes_metrics_and_report(loss, tmp_path):
 def test_ablation_reuses_finished_runs_and_writes_the_report(tmp_path, style_image, vgg_weights, capsys):
     """The report half of `make ablation` on five tiny, already 'trained' runs (reused, not retrained)."""
     from pipeline.quality.ablation import VARIANTS, run_name
-    from test_serving_helpers import make_checkpoint
+    from serving_helpers import make_checkpoint
 
     for i, v in enumerate(VARIANTS):
         make_checkpoint(tmp_path / "runs" / run_name(style_image, v), seed=i, global_step=3, arch=v.arch,

@@ -19,7 +19,7 @@ from pipeline.loss.losses import build_loss
 from pipeline.quality.stability import clip_warping_error, photo_flicker, synthetic_clip
 from pipeline.common.image_sources import image_files, load_style
 from pipeline.serve.model_io import load_model
-from test_serving_helpers import make_checkpoint
+from serving_helpers import make_checkpoint
 
 SIZE = 48  # short side the photos are evaluated at
 

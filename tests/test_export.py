@@ -13,7 +13,7 @@ import torch
 from pipeline.__main__ import main as cli
 from pipeline.export.exporter import export_run
 from pipeline.serve.model_io import load_model
-from test_serving_helpers import make_checkpoint, shared_export
+from serving_helpers import make_checkpoint, shared_export
 
 TOL = 1e-5
 SIZES = [(37, 53), (64, 96), (101, 77)]

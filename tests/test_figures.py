@@ -17,7 +17,7 @@ from pipeline.common.image_codec import resize, to_uint8
 from pipeline.quality import figures
 from pipeline.quality.figures import LABEL_HEIGHT, grid, side_by_side
 from pipeline.serve.model_io import load_model
-from test_serving_helpers import make_checkpoint, rng_image
+from serving_helpers import make_checkpoint, rng_image
 from tool_helpers import bt601_rgb, bt601_ycbcr
 
 

@@ -43,9 +43,15 @@ def test_output_size_equals_input_size(arch, norm, padding):
 
 
 def test_transposed_upsampling_and_train_mode_sizes():
+    """Transposed-convolution upsampling in train mode: the input's size, an image in [0, 1], and a
+    gradient reaching the first layer (train mode's batch statistics, not the eval path)."""
     g = ResidualGenerator(upsample="transposed", n_residual=1, width=8).train()
     x = torch.rand(2, 3, 45, 70)
-    assert g(x).shape == x.shape
+    y = g(x)
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    y.mean().backward()
+    first = next(p for p in g.parameters() if p.dim() == 4)
+    assert first.grad is not None and first.grad.abs().sum() > 0
 
 
 def test_full_size_residual_generator_has_johnson_parameter_count():

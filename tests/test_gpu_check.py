@@ -1,5 +1,6 @@
 """`make gpu-check`'s dry run end to end on the CPU: fit → export → every form through the handler →
-frames/s per precision, eager and compiled; its JSON has every section, with finite numbers."""
+frames/s per precision, eager and compiled; its JSON has every section, with finite numbers. Its fit is
+the gpu preset's bf16-mixed autocast on the CPU: the checkpoint keeps fp32, finite master weights."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import yaml
 
-from test_train import ROOT, shards  # noqa: F401 - the module's tiny sample shards, as a fixture
+from train_helpers import ROOT
 
 
 @pytest.mark.slow
-def test_dry_run_writes_every_section_with_finite_numbers(shards, vgg_weights, tmp_path):  # noqa: F811
+def test_dry_run_writes_every_section_with_finite_numbers(shards, vgg_weights, tmp_path):
     out = tmp_path / "gpu-check.json"
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--steps=2", f"--data={shards / 'shards'}",
            f"--out={out}", f"--work={tmp_path / 'work'}"]
@@ -33,3 +36,9 @@ def test_dry_run_writes_every_section_with_finite_numbers(shards, vgg_weights, t
         assert row.get("skipped") or (math.isfinite(row["frames_per_s"]) and row["frames_per_s"] > 0
                                       and row["finite_output"])
     assert "fp32" in res.stdout and "frames/s" in res.stdout  # the printed table
+    run = tmp_path / "work" / "runs" / "gpu-check"
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    weights = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+    assert weights and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)

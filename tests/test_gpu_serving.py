@@ -13,7 +13,7 @@ from pipeline.export.archive import model_config
 from pipeline.common.image_codec import DecodedImage
 from pipeline.serve.inference import run_batch
 from pipeline.serve.limits import device_memory_cap_mb, workers_per_device
-from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
+from serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 
 @pytest.fixture(scope="module")

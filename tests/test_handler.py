@@ -11,7 +11,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.stylize_handler import split_request
 from pipeline.common.image_codec import BadImageRequest
-from test_serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
+from serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_cpu_worker_threads_share_the_cores(export_dir, monkeypatch):
     import os
 
     from handlers.stylize_handler import StylizeHandler
-    from test_serving_helpers import make_context
+    from serving_helpers import make_context
 
     cpus = len(os.sched_getaffinity(0))
     assert load_handler(export_dir)[0].threads == cpus

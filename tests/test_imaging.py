@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.common.image_codec import BadImageRequest, DecodedImage, decode, encode, limit_side, to_uint8
 from pipeline.serve.options import parse_options
-from test_serving_helpers import decode_pil, encode_pil, rng_image
+from serving_helpers import decode_pil, encode_pil, rng_image
 
 
 # ---- options --------------------------------------------------------------------------------
@@ -58,8 +58,11 @@ def test_exif_orientation_is_applied():
     arr = rng_image(20, 40)  # landscape pixels, EXIF says "rotate 90° CW to display" → portrait
     exif = Image.Exif()
     exif[0x0112] = 6
-    img = decode(encode_pil(arr, "JPEG", exif=exif.tobytes(), quality=95))
+    data = encode_pil(arr, "JPEG", exif=exif.tobytes(), quality=95)
+    img = decode(data)
     assert img.size == (40, 20)
+    # the stored pixels (Pillow's decode, orientation ignored) turned 90° clockwise by numpy
+    assert np.array_equal(to_uint8(img.rgb), np.rot90(np.asarray(decode_pil(data).convert("RGB")), -1))
 
 
 def test_grey_palette_cmyk_become_rgb():

@@ -10,8 +10,8 @@ import torch
 
 from pipeline.tools import describe
 from pipeline.serve.model_io import load_model
-from test_import_onnx import examples_state_dict, reference_forward
-from test_serving_helpers import make_checkpoint
+from examples_net import examples_state_dict, reference_forward
+from serving_helpers import make_checkpoint
 from tool_helpers import STYLES
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")

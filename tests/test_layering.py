@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
-from test_serving_helpers import BLOCK_TRAINING_DEPS, encode_pil, rng_image, shared_export
+from serving_helpers import BLOCK_TRAINING_DEPS, encode_pil, rng_image, shared_export
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("common", "model", "serve", "data", "loss", "train", "export", "tools", "quality", "ops")

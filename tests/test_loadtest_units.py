@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.ops import loadtest
-from test_serving_helpers import encode_pil, rng_image
+from serving_helpers import encode_pil, rng_image
 from tool_helpers import LocalHTTPServer
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")

@@ -24,9 +24,9 @@ from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe
 from pipeline.serve.controls import Conditioning, call_model
 from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
-from test_data_scale import write_case
-from test_serving_helpers import decode_pil, encode_pil, rng_image
-from test_train import TINY
+from data_helpers import write_case
+from serving_helpers import decode_pil, encode_pil, rng_image
+from train_helpers import TINY
 
 STYLES = ("astronaut", "coffee")  # colour images scikit-image ships, far from a fresh generator's grey output
 NAME = "-".join(STYLES)  # the run name `make train` gives several styles, also the served model's name

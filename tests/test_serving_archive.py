@@ -15,7 +15,7 @@ from pipeline.__main__ import main as cli
 from pipeline.export.archive import archive_run
 from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
-from test_serving_helpers import BLOCK_TRAINING_DEPS, encode_pil, rng_image, shared_export
+from serving_helpers import BLOCK_TRAINING_DEPS, encode_pil, rng_image, shared_export
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 SERVE_DIR = ROOT / "pipeline" / "serve"

@@ -23,7 +23,7 @@ from pipeline.export.archive import archive_run
 from pipeline.export.exporter import export_run
 from pipeline.ops.grpc_client import PredictError, load_stubs, predict
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe
-from test_serving_helpers import decode_pil, encode_pil, make_checkpoint, reference_output, rng_image
+from serving_helpers import decode_pil, encode_pil, make_checkpoint, reference_output, rng_image
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("java") is None or not TORCHSERVE.exists(), reason="needs Java and torchserve")]

@@ -24,7 +24,7 @@ from PIL import Image
 from pipeline.export.archive import archive_run
 from pipeline.ops.loadtest import run_load
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe
-from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
+from serving_helpers import decode_pil, encode_pil, rng_image, shared_export
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("java") is None or not TORCHSERVE.exists(), reason="needs Java and torchserve")]

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.export.archive import archive_run
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe, multipart
-from test_serving_helpers import decode_pil, encode_pil, reference_output, rng_image, shared_export
+from serving_helpers import decode_pil, encode_pil, reference_output, rng_image, shared_export
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("java") is None or not TORCHSERVE.exists(), reason="needs Java and torchserve")]

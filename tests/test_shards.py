@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import tarfile
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from pipeline.common.image_sources import image_files, skimage_photo
 from pipeline.__main__ import main as cli
 from pipeline.data import shard_writer as writer, shards
 from pipeline.data.shards import build_shards
+from data_helpers import corrupt_a_sample, read_tar
 
 
 def make_photos(folder, n=6):
@@ -23,11 +23,6 @@ def make_photos(folder, n=6):
         h, w = 300 + 37 * i, 700 - 20 * i
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"img.{i}.jpg" if i == 0 else folder / f"img{i}.png")
     return folder
-
-
-def read_tar(path):
-    with tarfile.open(path) as tf:
-        return {m.name: tf.extractfile(m).read() for m in tf.getmembers()}
 
 
 def test_round_trip_keys_sizes_and_corrupt_file_counted(tmp_path, capsys):
@@ -206,19 +201,6 @@ def _photo_shards(tmp_path, names=("astronaut", "rocket", "coffee", "chelsea", "
         Image.fromarray(skimage_photo(name)).save(src / f"{name}.png")
     build_shards(src, tmp_path / "shards", val_src=src, min_shards=1, progress=False)
     return tmp_path / "shards"
-
-
-def corrupt_a_sample(shard) -> str:
-    """Truncate one JPEG inside `shard` (rewriting the tar) and return its key."""
-    members = read_tar(shard)
-    name = sorted(members)[0]
-    members[name] = members[name][: len(members[name]) // 3]
-    with tarfile.open(shard, "w") as tf:
-        for n, data in sorted(members.items()):
-            info = tarfile.TarInfo(n)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return name.rsplit(".", 1)[0]
 
 
 @pytest.mark.slow

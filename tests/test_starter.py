@@ -167,7 +167,7 @@ def answers(port: int) -> bool:
 def starter_page_runs_the_webcam(work: Path, env: dict[str, str], python: str) -> None:
     """`make web NAME=starter` on the export `make demo` wrote, opened in Chromium: its 4 styles and the
     fake webcam stylized live."""
-    from test_web import BROWSER_ARGS, CHROMIUM, ensure_node_modules
+    from browser_helpers import BROWSER_ARGS, CHROMIUM, ensure_node_modules
 
     from pipeline.tools.web import start
 

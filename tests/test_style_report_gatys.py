@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pipeline.quality import gatys
-from test_serving_helpers import rng_image
+from serving_helpers import rng_image
 from tool_helpers import small_loss
 
 pytestmark = pytest.mark.usefixtures("no_allocator_tuning")

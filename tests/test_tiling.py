@@ -14,7 +14,7 @@ from pipeline.serve.inference import run_batch
 from pipeline.serve.tiling import stylize_tiled, tileable_generator, untiled_bytes
 from pipeline.serve.model_io import load_model
 from pipeline.__main__ import main as cli
-from test_serving_helpers import decode_pil, encode_pil, rng_image, shared_export
+from serving_helpers import decode_pil, encode_pil, rng_image, shared_export
 
 TOL = 1e-5
 

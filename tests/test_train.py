@@ -13,37 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", str(ROOT / "pipeline/train/configs/cpu.yaml"), "--data.image_size=64", "--data.resize=80",
-        "--data.val_size=64", "--data.batch_size=2", "--data.num_workers=0", "--model.style_size=128",
-        "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
-
-
-def fit_cmd(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> list[str]:
-    return [sys.executable, "-m", "pipeline", "fit", *TINY, f"--model.style_image={style}",
-            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", f"--trainer.logger.init_args.name={name}",
-            f"--data.data_dir={tmp_path / 'shards'}", *extra]
-
-
-def fit(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> subprocess.CompletedProcess:
-    cmd = fit_cmd(tmp_path, style, *extra, name=name)
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, f"{' '.join(cmd)}\n--- stderr ---\n{res.stderr[-4000:]}"
-    return res
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from pipeline.data.builtin_photos import build_sample_shards
-    root = tmp_path_factory.mktemp("train")
-    build_sample_shards(root / "shards", max_side=128)
-    return root
-
-
-def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0}).Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
-
+from train_helpers import ROOT, TINY, fit, fit_cmd, scalars
 
 def val_loss_before_after(ckpt_path: Path, shard_dir: Path) -> tuple[float, float]:
     """Loss on the fixed validation photos of a freshly initialized vs the trained generator."""
@@ -116,7 +86,7 @@ def test_sigkill_mid_run_then_resume_continues_step_optimizer_schedule_and_data(
                                                                                tmp_path):
     """kill -9 a real run; `CKPT=last.ckpt` resumes at the saved step with the Adam and cosine-LR
     state; a corrupt sample inside a shard is skipped and counted in TensorBoard meanwhile."""
-    from test_shards import corrupt_a_sample
+    from data_helpers import corrupt_a_sample
     shutil.copytree(shards / "shards", tmp_path / "shards")
     corrupt_a_sample(sorted((tmp_path / "shards").glob("train-*.tar"))[0])
     common = ["--data.steps_per_epoch=4", "--model.lr_schedule=cosine", "--trainer.callbacks.every_n_steps=0"]

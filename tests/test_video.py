@@ -19,17 +19,25 @@ from pipeline.export.exporter import export_run
 from pipeline.serve.model_io import load_model
 from pipeline.tools.stylize import stylize_bytes
 from pipeline.tools.video import stylize_video
-from test_serving_helpers import decode_pil, encode_pil, make_checkpoint
+from serving_helpers import decode_pil, encode_pil, make_checkpoint
+from video_helpers import make_clip, pattern
 
 
 PARAMS = {"style": "b", "strength": "0.6"}
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
+def duo(tmp_path_factory) -> Path:
+    """A tiny 2-style checkpoint with the strength control."""
     run = tmp_path_factory.mktemp("runs") / "duo"
     make_checkpoint(run, styles=["a", "b"], strength=True, width=8, n_residual=1)
-    return export_run(run, formats=("pt2",))["pt2"]
+    return run
+
+
+@pytest.fixture(scope="module")
+def model_path(duo) -> Path:
+    """Its served form (.pt2), exported once for the module's integration tests."""
+    return export_run(duo, formats=("pt2",))["pt2"]
 
 
 @pytest.fixture(scope="module")
@@ -37,43 +45,11 @@ def model(model_path):
     return load_model(model_path)[0]
 
 
-def pattern(k: int, h: int, w: int) -> np.ndarray:
-    """Frame k of a moving colour pattern with some texture (uint8 RGB)."""
-    ys, xs = np.mgrid[0:h, 0:w]
-    rgb = [128 + 90 * np.sin((xs + 3 * k) / 6.0 + c) * np.cos((ys - 2 * k) / 5.0 - c) for c in (0.0, 1.3, 2.6)]
-    noise = np.random.default_rng(k).normal(0, 6, (h, w, 3))
-    return np.clip(np.stack(rgb, -1) + noise, 0, 255).astype(np.uint8)
-
-
-def make_clip(path: Path, w: int = 65, h: int = 37, n: int = 12, fps: int = 10, audio: str | None = "aac",
-              rotation: int | None = 90) -> Path:
-    """A real H.264 clip (4:4:4 when a side is odd, as 4:2:0 cannot hold it) with a sine audio track."""
-    out = av.open(str(path), "w")
-    v = out.add_stream("libx264", rate=fps, options={"crf": "12"})
-    v.width, v.height, v.pix_fmt = w, h, "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
-    if rotation is not None:
-        v.set_display_rotation(rotation)
-    a = None
-    if audio:
-        rate = 48000 if audio == "libopus" else 16000
-        a = out.add_stream(audio, rate=rate)
-        a.layout = "mono"
-    for k in range(n):
-        frame = av.VideoFrame.from_ndarray(pattern(k, h, w), format="rgb24")
-        frame.pts = k
-        out.mux(v.encode(frame))
-    if a is not None:
-        chunk = 960 if audio == "libopus" else 1024
-        samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate * n // fps) / rate)).astype(np.float32)[None]
-        for s in range(0, samples.shape[1], chunk):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, s:s + chunk]),
-                                            format="flt" if audio == "libopus" else "fltp", layout="mono")
-            af.sample_rate, af.pts = rate, s
-            out.mux(a.encode(af))
-        out.mux(a.encode())
-    out.mux(v.encode())
-    out.close()
-    return path
+@pytest.fixture(scope="module")
+def eager_model(duo):
+    """The checkpoint's generator as `stylize` loads it: what a frame gives does not depend on the form
+    (test_export.py compares the forms), so the unit tier needs no export."""
+    return load_model(duo / "checkpoints" / "last.ckpt")[0]
 
 
 def decoded_frames(path: Path) -> list:
@@ -110,8 +86,9 @@ def test_round_trip_keeps_timing_size_rotation_and_copies_audio(model, tmp_path,
 
 
 @pytest.mark.parametrize("params", [PARAMS, {"style": "a:0.3,b:0.7", "preserve_color": "true", "max_side": "40"}])
-def test_every_frame_is_the_image_clis_output_on_that_frame(model, tmp_path, params, auto_precision):
+def test_every_frame_is_the_image_clis_output_on_that_frame(eager_model, tmp_path, params, auto_precision):
     """At `precision: auto`, what users run (bf16 convolutions on a CPU with native bf16)."""
+    model = eager_model
     src = make_clip(tmp_path / "clip.mp4")
     frames = [f.to_ndarray(format="rgb24") for f in decoded_frames(src)]  # decoded here, independently
     expected = [stylize_bytes(model, encode_pil(rgb), {**params, "format": "png"})[0] for rgb in frames]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -16,13 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser_helpers import BROWSER_ARGS, CHROMIUM, ensure_node_modules
 from pipeline.tools.web import ISOLATION_HEADERS, ORT_FILES, WEB, WebBuildError, build, command, start
 
-CHROMIUM = Path("/usr/bin/chromium")
-# A fresh headless profile that reaches nothing outside loopback; the fake camera needs no permission prompt.
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--no-first-run", "--disable-sync", "--disable-quic", "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream"]
 # The page (onnxruntime-web's wasm kernels, JS colour maths) against the CLI (ONNX Runtime's CPU kernels,
 # torch's): at most this many 8-bit levels apart on any channel of any pixel, and on few of them (measured on
 # this model and on a trained width-32 one, three photos: 1 level, on ≤ 0.13 % of the values; docs/web.md).
@@ -95,15 +90,6 @@ def test_the_builder_says_what_to_run(tmp_path, case, expected, capsys):
 
 
 # ---- the real page in headless Chromium
-
-def ensure_node_modules() -> Path:
-    """The pinned onnxruntime-web, installed by the real `npm ci` when it is not there yet."""
-    if not (WEB / "node_modules" / "onnxruntime-web").exists():
-        if shutil.which("npm") is None:
-            pytest.skip("npm is missing: install Node.js 20 and npm (apt-get install nodejs npm)")
-        subprocess.run(["npm", "ci", "--prefix", str(WEB), "--ignore-scripts", "--no-audit", "--no-fund"], check=True)
-    return WEB / "node_modules"
-
 
 @pytest.fixture(scope="module")
 def node_modules() -> Path:

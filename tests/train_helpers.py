@@ -1,14 +1,44 @@
-"""Helpers of the training package's unit tests (no tests here): small files, photos, and a recorder of what
-a LightningModule logs outside a fit loop."""
+"""Helpers of the training tests (no tests here): small files, photos, a recorder of what a LightningModule
+logs outside a fit loop, and tiny real runs of `python -m pipeline fit` with their TensorBoard scalars."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pipeline.train.module import StyleTransferModule
+
+ROOT = Path(__file__).resolve().parents[1]
+# the cpu preset at toy sizes: a fit of a few steps in seconds (the `shards` fixture's data, tests/conftest.py)
+TINY = ["--config", str(ROOT / "pipeline/train/configs/cpu.yaml"), "--data.image_size=64", "--data.resize=80",
+        "--data.val_size=64", "--data.batch_size=2", "--data.num_workers=0", "--model.style_size=128",
+        "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
+
+
+def fit_cmd(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> list[str]:
+    """`python -m pipeline fit` with TINY on tmp_path/shards, its run in tmp_path/runs/<name>."""
+    return [sys.executable, "-m", "pipeline", "fit", *TINY, f"--model.style_image={style}",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", f"--trainer.logger.init_args.name={name}",
+            f"--data.data_dir={tmp_path / 'shards'}", *extra]
+
+
+def fit(tmp_path: Path, style: Path, *extra: str, name: str = "tiny") -> subprocess.CompletedProcess:
+    """Run `fit_cmd`; a failure fails the test with the command and its stderr."""
+    cmd = fit_cmd(tmp_path, style, *extra, name=name)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n--- stderr ---\n{res.stderr[-4000:]}"
+    return res
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard scalar of a run; [] when it was never logged."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0}).Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
 def touch(path: Path) -> Path:
