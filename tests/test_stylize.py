@@ -127,12 +127,13 @@ def test_options_may_be_spelled_with_dashes(every_form, tmp_path):
     assert decode_pil((tmp_path / "a.png").read_bytes()).size == (32, 21)
 
 
-@pytest.mark.parametrize("kind", ["plain", "styles"])
-def test_the_serving_path_matches_an_independent_computation(run, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["plain", pytest.param("plain-pt2", marks=pytest.mark.slow), "styles"])
+def test_the_serving_path_matches_an_independent_computation(request, run, tmp_path, kind):
     """`stylize_bytes` (decode, options, the inference form, colours, encode) against Pillow + the
     checkpoint's eager generator in its training form, for every kind of input and option: RGB, RGBA
     (alpha kept), greyscale, a style mix at a strength, colours preserved. The plain model is the shared
-    `.pt` export; the 3-style one is loaded from its checkpoint (their other forms: test_export.py)."""
+    `.pt` export (its `.pt2`, what TorchServe serves: the slow tier's); the 3-style one is loaded from its
+    checkpoint (its exports: test_export.py)."""
     from pipeline.serve.model_io import load_model
     from pipeline.tools.stylize import stylize_bytes
     from serving_helpers import make_checkpoint
@@ -140,7 +141,10 @@ def test_the_serving_path_matches_an_independent_computation(run, tmp_path, kind
     if kind == "styles":
         run = tmp_path / kind
         make_checkpoint(run, width=8, n_residual=2, styles=["a", "b", "c"], strength=True)
-    model, _ = load_model(run / ("export/generator.pt" if kind == "plain" else "checkpoints/last.ckpt"))
+    if kind == "plain-pt2":
+        run = request.getfixturevalue("every_form")
+    form = {"plain": "export/generator.pt", "plain-pt2": "export/generator.pt2", "styles": "checkpoints/last.ckpt"}[kind]
+    model, _ = load_model(run / form)
     cases = [(encode_pil(rng_image(37, 53, seed=1)), {}, {}),
              (encode_pil(rng_image(29, 41, channels=4, seed=2)), {}, {}),
              (encode_pil(rng_image(33, 20, seed=3), "PNG", mode="L"), {}, {}),
