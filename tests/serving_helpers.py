@@ -1,7 +1,7 @@
 """Shared helpers for the serving tests (export, handler, stylize, TorchServe); no tests here.
 
 - `make_checkpoint`: a Lightning-style checkpoint dict around a freshly built generator.
-- `shared_export`: one export (.pt + .pt2) per test session, reused by every serving test file.
+- `shared_export`: one export per test session (every format, or the `.pt` alone), reused by every serving test file.
 - `reference_output`: what a request should give back, computed without the serving code.
 - `ts_request` / `run_handler`: feed a handler exactly what TorchServe's Python worker gives it
   (ts.service.Service.retrieve_data_for_inference + a real ts.context.Context and metrics cache).
@@ -66,14 +66,18 @@ BLOCK_TRAINING_DEPS = ("import sys, importlib.abc; "
 _SHARED: dict[str, Path] = {}
 
 
-def shared_export(tmp_path_factory: Any) -> Path:
-    """runs/demo with a checkpoint and export/{generator.pt, generator.pt2, metadata.json}; built once."""
-    if "run" not in _SHARED:
+def shared_export(tmp_path_factory: Any, formats: tuple[str, ...] = ("pt", "pt2", "onnx")) -> Path:
+    """runs/demo with a checkpoint and export/{generator.<each of formats>, metadata.json}; built once per
+    session and set of formats. Every format (the default) costs ~20 s on a 2-core CPU (torch.export with
+    its checks 11 s, ONNX 7 s): the slow tier's; `("pt",)` (1 s) serves the unit tests whose subject is
+    not the exported form. Every set holds the same checkpoint (make_checkpoint's seed 0)."""
+    key = ",".join(formats)
+    if key not in _SHARED:
         run = tmp_path_factory.mktemp("runs") / "demo"
         make_checkpoint(run)
-        export_run(run)
-        _SHARED["run"] = run
-    return _SHARED["run"]
+        export_run(run, formats=formats)
+        _SHARED[key] = run
+    return _SHARED[key]
 
 
 # ---- images --------------------------------------------------------------------------------

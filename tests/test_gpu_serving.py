@@ -13,11 +13,19 @@ from pipeline.export.archive import model_config
 from pipeline.common.image_codec import DecodedImage
 from pipeline.serve.inference import run_batch
 from pipeline.serve.limits import device_memory_cap_mb, workers_per_device
+from pipeline.serve.model_io import load_model
 from serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, shared_export, ts_request
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
+    """A handler on the shared .pt export: the policy under test is the handler's, whatever the form."""
+    return load_handler(shared_export(tmp_path_factory, formats=("pt",)) / "export")
+
+
+@pytest.fixture(scope="module")
+def served_pt2(tmp_path_factory):
+    """A handler on the .pt2 export, what the archive serves (a full export, ~20 s: the slow tier's)."""
     return load_handler(shared_export(tmp_path_factory) / "export", serialized="generator.pt2")
 
 
@@ -35,8 +43,8 @@ class _Failing:
 
 
 @pytest.mark.slow
-def test_out_of_memory_is_retried_in_tiles_with_the_same_pixels(served):
-    handler, context = served
+def test_out_of_memory_is_retried_in_tiles_with_the_same_pixels(served_pt2):
+    handler, context = served_pt2
     req = [ts_request(encode_pil(rng_image(40, 56)))]
     (ok,) = run_handler(handler, context, req)
     original = handler.model
@@ -100,8 +108,12 @@ def test_handler_precision_setting(tmp_path_factory, monkeypatch, auto_precision
         load_handler(export, "generator.pt2")
 
 
-def test_bf16_is_close_to_fp32_and_tiles_with_whole_image_statistics(served):
-    model = served[0].model
+@pytest.mark.parametrize("form", ["checkpoints/last.ckpt", pytest.param("export/generator.pt2", marks=pytest.mark.slow)],
+                         ids=["ckpt", "pt2"])
+def test_bf16_is_close_to_fp32_and_tiles_with_whole_image_statistics(tmp_path_factory, form):
+    """The two forms bf16 runs in (TorchScript is fp32 only): the eager generator and the .pt2 graph."""
+    run = shared_export(tmp_path_factory, **({} if form.endswith(".pt2") else {"formats": ("pt",)}))
+    model, _ = load_model(run / form)
     image = [DecodedImage(torch.from_numpy(rng_image(96, 136)).permute(2, 0, 1).contiguous(), None)]
     levels = {p: (run_batch(model, image, precision=p)[0] * 255).round() for p in ("fp32", "bf16")}
     diff = (levels["fp32"] - levels["bf16"]).abs()

@@ -16,7 +16,8 @@ from serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    return shared_export(tmp_path_factory) / "export"
+    """The shared .pt export: the handler's own logic (the .pt2 form: test_pt2_model_gives_the_same_pixels)."""
+    return shared_export(tmp_path_factory, formats=("pt",)) / "export"
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +256,9 @@ def test_split_request_rules():
 
 
 @pytest.mark.slow
-def test_pt2_model_gives_the_same_pixels(export_dir, served):
-    handler, context = served
+def test_pt2_model_gives_the_same_pixels(tmp_path_factory):
+    export_dir = shared_export(tmp_path_factory) / "export"  # every format
+    handler, context = load_handler(export_dir)
     handler2, context2 = load_handler(export_dir, serialized="generator.pt2")
     req = [ts_request(encode_pil(rng_image(29, 45, channels=4)))]
     a = np.asarray(_ok(run_handler(handler, context, req)[0]))

@@ -151,6 +151,7 @@ def exported_trio(tiny_trio, tmp_path_factory):
     return export_run(tiny_trio.parent.parent, tiny_trio, formats=["pt2"])["pt2"]
 
 
+@pytest.mark.slow  # its subject is the exported .pt2 (a torch.export, ~7 s here); the eager form's bf16: test_gpu_serving.py
 def test_bf16_reaches_every_form_and_stays_close_to_fp32(tiny_trio, exported_trio, every_convolution):
     """The .pt2 graph, the .ckpt's eager generator and the .pt2's eager twin (what tiling runs) give the same
     bf16 output, which differs from fp32 by bf16 rounding only."""

@@ -24,11 +24,24 @@ ONNX_RUNNER = "pipeline/serve/onnx_runtime.py"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The shared run exported in every format (~20 s: the slow tier's)."""
     return shared_export(tmp_path_factory)
 
 
-def test_archive_contents(run, tmp_path):
-    mar = archive_run(run, tmp_path / "store", batch_size=4, max_batch_delay_ms=20, max_side=2048, max_memory_mb=512)
+# The archive of the .pt export (a 1 s export) in the fast tier; of the .pt2, the default, in the slow tier.
+SERIALIZED = ["pt", pytest.param("pt2", marks=pytest.mark.slow)]
+
+
+def exported_run(tmp_path_factory, serialized: str):
+    """The shared run with (at least) `serialized`'s export."""
+    return shared_export(tmp_path_factory, **({} if serialized == "pt2" else {"formats": ("pt",)}))
+
+
+@pytest.mark.parametrize("serialized", SERIALIZED)
+def test_archive_contents(tmp_path_factory, tmp_path, serialized):
+    options = {} if serialized == "pt2" else {"serialized": serialized}  # pt2: the default
+    mar = archive_run(exported_run(tmp_path_factory, serialized), tmp_path / "store", batch_size=4, max_batch_delay_ms=20,
+                      max_side=2048, max_memory_mb=512, **options)
     assert mar == tmp_path / "store" / "demo.mar"
     with zipfile.ZipFile(mar) as z:
         names = set(z.namelist())
@@ -39,7 +52,7 @@ def test_archive_contents(run, tmp_path):
     # ONNX runner: the loader imports it inside the function, for an .onnx, which TorchServe does not serve ...
     serve = {f"pipeline/serve/{p.relative_to(SERVE_DIR)}" for p in SERVE_DIR.rglob("*.py")} - {ONNX_RUNNER}
     assert {"pipeline/serve/inference.py", "pipeline/serve/model_io.py", "pipeline/serve/tiling.py"} <= serve
-    assert {"stylize_handler.py", "generator.pt2", "metadata.json", "model-config.yaml", "pipeline/__init__.py"} | serve <= names
+    assert {"stylize_handler.py", f"generator.{serialized}", "metadata.json", "model-config.yaml", "pipeline/__init__.py"} | serve <= names
     # ... the generator's definition (tiled inference runs its modules) and the image codec ...
     assert {"pipeline/model/generators.py", "pipeline/model/norms.py", "pipeline/common/image_codec.py"} <= names
     # ... and nothing else of the project: no offline tool (video, stylize), no ONNX runner, no training.
@@ -49,7 +62,8 @@ def test_archive_contents(run, tmp_path):
     assert ONNX_RUNNER in {f"pipeline/serve/{p.name}" for p in SERVE_DIR.glob("*.py")}  # a name that still exists
     assert not {"pipeline/model/pytorch_examples.py", ONNX_RUNNER} & names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    assert manifest["model"]["serializedFile"] == "generator.pt2" and manifest["model"]["handler"] == "stylize_handler.py"
+    assert manifest["model"]["serializedFile"] == f"generator.{serialized}" and manifest["model"]["handler"] == "stylize_handler.py"
+    assert not {f"generator.{other}" for other in ("pt", "pt2", "onnx") if other != serialized} & names
     assert "batchSize: 4" in config and "maxBatchDelay: 20" in config and "max_side: 2048" in config
     assert "max_memory_mb: 512" in config
     assert "import" not in init  # the package root must not pull in training dependencies
@@ -67,22 +81,25 @@ def test_rearchive_replaces_and_pt_option(run, tmp_path):
         assert "generator.pt2" not in z.namelist()
 
 
-def test_cli_archives_every_exported_run(run, tmp_path, capsys):
+@pytest.mark.parametrize("serialized", SERIALIZED)
+def test_cli_archives_every_exported_run(tmp_path_factory, tmp_path, capsys, serialized):
+    run = exported_run(tmp_path_factory, serialized)
     runs = tmp_path / "runs"
     shutil.copytree(run, runs / "one")
     shutil.copytree(run, runs / "two")
     (runs / "not_exported" / "checkpoints").mkdir(parents=True)
     store = tmp_path / "store"
-    assert cli(["archive", "--runs", str(runs), "--store", str(store)]) == 0
+    option = [] if serialized == "pt2" else ["--serialized", serialized]  # pt2: the default
+    assert cli(["archive", "--runs", str(runs), "--store", str(store), *option]) == 0
     assert sorted(p.name for p in store.glob("*.mar")) == ["one.mar", "two.mar"]
-    assert cli(["archive", "--runs", str(runs), "--store", str(store), "--name", "not_exported"]) == 1
+    assert cli(["archive", "--runs", str(runs), "--store", str(store), "--name", "not_exported", *option]) == 1
     assert "python -m pipeline export --run" in capsys.readouterr().err
     assert cli(["archive", "--runs", str(tmp_path / "empty"), "--store", str(store)]) == 1
 
 
-def test_bad_model_name_is_refused(run, tmp_path):
+def test_bad_model_name_is_refused(tmp_path_factory, tmp_path):
     with pytest.raises(ValueError, match="not allowed"):
-        archive_run(run, tmp_path, name="bad name!")
+        archive_run(exported_run(tmp_path_factory, "pt"), tmp_path, name="bad name!")
 
 
 @pytest.mark.slow

@@ -106,17 +106,19 @@ def test_packaged_errors_are_clear(tmp_path):
         write_packaged({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "x.pt")
 
 
-def test_stylize_cli_by_name(tmp_path):
+def test_stylize_cli_by_name(tmp_path, capsys):
+    """In process (`python -m pipeline` itself: test_stylize.py's entry-point test)."""
     from skimage import data
 
+    from pipeline.__main__ import main as cli
+
     Image.fromarray(data.chelsea()[::4, ::4]).save(tmp_path / "cat.png")
-    run = subprocess.run([sys.executable, "-m", "pipeline", "stylize", "--model", "starter", "--strength", "0.7",
-                          str(tmp_path / "cat.png"), str(tmp_path / "out.png")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    assert cli(["stylize", "--model", "starter", "--strength", "0.7", str(tmp_path / "cat.png"), str(tmp_path / "out.png")]) == 0
     assert Image.open(tmp_path / "out.png").size == Image.open(tmp_path / "cat.png").size
-    bad = subprocess.run([sys.executable, "-m", "pipeline", "stylize", "--model", "startr",
-                          str(tmp_path / "cat.png"), str(tmp_path / "bad.png")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "neither a file nor a packaged model" in bad.stderr
+    capsys.readouterr()
+    assert cli(["stylize", "--model", "startr", str(tmp_path / "cat.png"), str(tmp_path / "bad.png")]) == 2
+    assert "neither a file nor a packaged model" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()
 
 
 @pytest.mark.slow

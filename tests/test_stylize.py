@@ -16,6 +16,13 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """The shared run: its checkpoint and a .pt export."""
+    return shared_export(tmp_path_factory, formats=("pt",))
+
+
+@pytest.fixture(scope="module")
+def every_form(tmp_path_factory):
+    """The shared run exported in every format (~20 s: for the slow tier's tests of the .pt2)."""
     return shared_export(tmp_path_factory)
 
 
@@ -47,7 +54,8 @@ def test_file_mode_writes_the_stylized_photo_in_the_suffixs_format(run, tmp_path
 
 
 @pytest.mark.slow
-def test_ckpt_and_pt2_models_give_the_same_pixels(run, tmp_path):
+def test_ckpt_and_pt2_models_give_the_same_pixels(every_form, tmp_path):
+    run = every_form
     src = tmp_path / "in.jpg"
     src.write_bytes(encode_pil(rng_image(41, 30, seed=6), "JPEG", quality=92))
     outs = {}
@@ -107,24 +115,25 @@ def test_module_entry_point(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_options_may_be_spelled_with_dashes(run, tmp_path):
+def test_options_may_be_spelled_with_dashes(every_form, tmp_path):
     """`--preserve-color` / `--max-side` (the issue's and curl's spelling) are the same options as
     `--preserve_color` / `--max_side`: the same bytes come out."""
     src = tmp_path / "in.png"
     src.write_bytes(encode_pil(rng_image(40, 60, seed=7)))
-    model = str(run / "export" / "generator.pt2")
+    model = str(every_form / "export" / "generator.pt2")
     assert cli(["stylize", "--model", model, "--preserve_color", "true", "--max_side=32", str(src), str(tmp_path / "a.png")]) == 0
     assert cli(["stylize", "--model", model, "--preserve-color", "true", "--max-side=32", str(src), str(tmp_path / "b.png")]) == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert decode_pil((tmp_path / "a.png").read_bytes()).size == (32, 21)
 
 
-@pytest.mark.parametrize("kind", ["plain", "styles"])
-def test_the_serving_path_matches_an_independent_computation(run, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["plain", pytest.param("plain-pt2", marks=pytest.mark.slow), "styles"])
+def test_the_serving_path_matches_an_independent_computation(request, run, tmp_path, kind):
     """`stylize_bytes` (decode, options, the inference form, colours, encode) against Pillow + the
     checkpoint's eager generator in its training form, for every kind of input and option: RGB, RGBA
     (alpha kept), greyscale, a style mix at a strength, colours preserved. The plain model is the shared
-    `.pt2` export; the 3-style one is loaded from its checkpoint (its exports: test_export.py)."""
+    `.pt` export (its `.pt2`, what TorchServe serves: the slow tier's); the 3-style one is loaded from its
+    checkpoint (its exports: test_export.py)."""
     from pipeline.serve.model_io import load_model
     from pipeline.tools.stylize import stylize_bytes
     from serving_helpers import make_checkpoint
@@ -132,7 +141,10 @@ def test_the_serving_path_matches_an_independent_computation(run, tmp_path, kind
     if kind == "styles":
         run = tmp_path / kind
         make_checkpoint(run, width=8, n_residual=2, styles=["a", "b", "c"], strength=True)
-    model, _ = load_model(run / ("export/generator.pt2" if kind == "plain" else "checkpoints/last.ckpt"))
+    if kind == "plain-pt2":
+        run = request.getfixturevalue("every_form")
+    form = {"plain": "export/generator.pt", "plain-pt2": "export/generator.pt2", "styles": "checkpoints/last.ckpt"}[kind]
+    model, _ = load_model(run / form)
     cases = [(encode_pil(rng_image(37, 53, seed=1)), {}, {}),
              (encode_pil(rng_image(29, 41, channels=4, seed=2)), {}, {}),
              (encode_pil(rng_image(33, 20, seed=3), "PNG", mode="L"), {}, {}),
