@@ -6,6 +6,7 @@ PY      ?= .venv/bin/python
 PRESET  ?= cpu
 STYLE   ?=
 NAME    ?=
+FROM    ?=
 # `make train` alone: a style scikit-image ships; a run is named after its style's stem (several
 # styles, STYLE=a.jpg,b.jpg: a-b (TorchServe model names allow letters, digits, _ - . only); a folder: the folder's name) unless NAME is given.
 comma := ,
@@ -27,7 +28,7 @@ TEST_WORKERS ?= 2
 .PHONY: help install demo test test-fast shards train tensorboard export import archive serve stop loadtest eval ablation figures bench gpu-check stylize stylize-video web
 
 help:
-	@echo "make install | demo | test | test-fast | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [CKPT=file] [ARGS='...']"
+	@echo "make install | demo | test | test-fast | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [FROM=starter|run|file] [CKPT=file] [ARGS='...']"
 	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
 	@echo "make stylize MODEL=generator.pt2 IN=photo.jpg|photos/|film.mp4|anim.gif OUT=... [ARGS='--style NAME --strength 0.7']"
 	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | figures [ARGS='--duo runs/duo --starry_night runs/starry_night --widths [runs/w32,runs/w16,runs/w8]'] | bench [BENCH_ARGS=--quick] | gpu-check [DATA=dir] [ARGS=--dry-run]"
@@ -66,7 +67,7 @@ shards:
 
 train:
 	@test -f "$(CONFIGS)/$(PRESET).yaml" -a "$(PRESET)" != base || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
-	$(PY) -m pipeline fit --config "$(CONFIGS)/$(PRESET).yaml" \
+	$(PY) -m pipeline fit --config "$(CONFIGS)/$(PRESET).yaml" $(if $(FROM),--config "$(CONFIGS)/adapt.yaml" --model.init_from="$(FROM)") \
 		--model.style_image="$(TRAIN_STYLE)" --trainer.logger.init_args.name="$(TRAIN_NAME)" \
 		$(if $(DATA),--data.data_dir="$(DATA)") $(if $(TRAIN_SHARDS),--data.train_shards="$(TRAIN_SHARDS)") \
 		$(if $(VAL_SHARDS),--data.val_shards="$(VAL_SHARDS)") $(if $(CKPT),--ckpt_path="$(CKPT)") $(ARGS)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.data.stream_stages import ContentBatch
-from pipeline.train.module import StyleTransferModule, _strength_control_for
+from pipeline.train.generator_config import strength_control_for as _strength_control_for
+from pipeline.train.module import StyleTransferModule
 
 from train_helpers import random_photos, touch
 

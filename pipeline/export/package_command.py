@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint, style_names
 from pipeline.model.packaged_format import WEIGHTS_FILE, read_packaged, write_packaged
+from pipeline.train.adapt import style_fingerprints
 
 PROBE_SIDE = 256  # the probe photo's side: large enough for every layer's statistics, quick on a CPU
 
@@ -53,6 +54,8 @@ def command(*, run: Path, out: Path, ckpt: Path | None = None) -> int:
     ckpt_path = ckpt or run / "checkpoints" / "last.ckpt"
     try:
         checkpoint = read_checkpoint(ckpt_path)
+        # what tells a painting added twice (FROM=): found again where the run did not store it
+        checkpoint["style_fingerprints"] = style_fingerprints(checkpoint)
         path = write_packaged(checkpoint, out / WEIGHTS_FILE, source=f"{run.name}/{ckpt_path.name}")
         levels = fp16_levels(checkpoint, read_packaged(path))
     except (FileNotFoundError, ValueError) as e:

@@ -39,7 +39,8 @@ def write_packaged(ckpt: dict[str, Any], path: str | Path, source: str | None = 
         raise ValueError("checkpoint has no 'generator.*' weights")
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     header = {"hyper_parameters": ckpt["hyper_parameters"], "styles": ckpt.get("styles"),
-              "global_step": ckpt.get("global_step"), "source": source}
+              "style_fingerprints": ckpt.get("style_fingerprints"), "global_step": ckpt.get("global_step"),
+              "source": source}
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True, default=str)})
         tmp.chmod(0o644)  # a file to commit and share (safetensors writes it private)
@@ -71,7 +72,7 @@ def read_packaged(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: its '{HEADER_KEY}' description is not valid ({e})") from None
     state = {GENERATOR_PREFIX + k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     return {"state_dict": state, "hyper_parameters": hparams, "styles": desc.get("styles"),
-            "global_step": desc.get("global_step")}
+            "style_fingerprints": desc.get("style_fingerprints"), "global_step": desc.get("global_step")}
 
 
 def packaged_names() -> list[str]:

@@ -28,7 +28,7 @@ import torch
 
 from pipeline.quality.gatys import GATYS_ITERS, optimize
 from pipeline.common.image_codec import encode, resize_short
-from pipeline.common.image_sources import image_exists, image_files, load_image_file, load_style
+from pipeline.common.image_sources import image_exists, image_files, load_image_file, load_style, style_name
 from pipeline.loss.losses import PerceptualLoss, build_loss
 from pipeline.quality.metrics import border_artifact_index, psnr
 from pipeline.quality.stability import flicker_settings, photo_flicker
@@ -178,15 +178,17 @@ def conditioned_model(net: Any, style_name: str | None, strength: float | None) 
     return (lambda x: call_model(net, x, [cond] * x.shape[0], controls)), cond.weights.index(max(cond.weights))
 
 
-def training_style(hp: dict[str, Any], index: int) -> str | None:
-    """The style image (file or skimage:<name>) of style `index` of a run, from its hyper-parameters."""
+def training_style(hp: dict[str, Any], name: str) -> str | None:
+    """The style image (file or skimage:<name>) a run trained style `name` on, from its hyper-parameters
+    (by name: a model made FROM another lists only its new styles' images)."""
     spec = hp.get("style_image")
     if not spec:
         return None
     try:
-        return style_specs(spec)[index]
-    except (ValueError, FileNotFoundError, IndexError):
+        specs = style_specs(spec)
+    except (ValueError, FileNotFoundError):
         return None
+    return next((s for s in specs if style_name(s) == name), specs[0] if len(specs) == 1 else None)
 
 
 def command(*, model: Path, content: Path, out: Path, style: str | None = None, size: int = 256,
@@ -228,7 +230,7 @@ def command(*, model: Path, content: Path, out: Path, style: str | None = None, 
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    style = style or training_style(hp, index)  # a file or skimage:<name>
+    style = style or training_style(hp, net.instyle_controls.styles[index])  # a file or skimage:<name>
     if style is None or not image_exists(style):
         print(f"error: style image {style} not found: pass --style", file=sys.stderr)
         return 2

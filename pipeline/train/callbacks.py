@@ -80,7 +80,8 @@ class ImageGridLogger(L.Callback):
             if len(pl_module.style_images) == 1:
                 writer.add_image("style", pl_module.style_images[0][0].float().cpu(), global_step=trainer.global_step)
             else:
-                for name, image in zip(pl_module.style_names, pl_module.style_images):
+                # the images of the styles the loss knows (with FROM: the new ones, after FROM's)
+                for name, image in zip(pl_module.style_names[pl_module.first_new:], pl_module.style_images):
                     writer.add_image(f"style/{name}", image[0].float().cpu(), global_step=trainer.global_step)
             self._log(trainer, pl_module)  # step-0 grid: what training starts from
 

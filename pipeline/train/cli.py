@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -28,15 +29,18 @@ BASE_CONFIG = CONFIG_DIR / "base.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+NOT_PRESETS = ("base", "adapt")  # loaded before every preset; added after one by FROM= (`make train`)
+
+
 def presets() -> list[str]:
-    """Names of the preset overlays (configs/*.yaml except base)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "base")
+    """Names of the preset overlays (configs/*.yaml except base and adapt)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem not in NOT_PRESETS)
 
 
 def preset_path(name: str) -> Path:
     """configs/<name>.yaml, or a clear error listing the presets."""
     path = CONFIG_DIR / f"{name}.yaml"
-    if name == "base" or not path.is_file():
+    if name in NOT_PRESETS or not path.is_file():
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(presets())}")
     return path
 
@@ -66,8 +70,24 @@ class TrainingCLI(LightningCLI):
         rate = config.progress_bar_refresh_rate
         if rate < 1:
             raise ValueError(f"progress_bar_refresh_rate must be ≥ 1, got {rate}")
+        if self.subcommand == "fit" and not config.ckpt_path:
+            refuse_trained_run(trainer.logger)
         if config.trainer.enable_progress_bar is not False:  # Lightning refuses a bar it was told not to show
             self.trainer_defaults["callbacks"] = [TQDMProgressBar(refresh_rate=rate)]
+
+
+def refuse_trained_run(logger: Any) -> None:
+    """A new run never writes into a run folder that holds checkpoints (a `make train` repeated with
+    the same NAME, or a FROM run named like its source): exit with the choices instead."""
+    args = getattr(logger, "init_args", None)
+    save_dir = getattr(args, "save_dir", None)
+    if not save_dir:  # no logger, or one that is not the configured TensorBoardLogger
+        return
+    folder = Path(str(save_dir)) / str(getattr(args, "name", "") or "") / str(getattr(args, "version", "") or "")
+    found = sorted((folder / "checkpoints").glob("*.ckpt"))
+    if found:
+        sys.exit(f"error: the run folder {folder} already holds checkpoints ({found[0].name}, …): choose another "
+                 f"NAME, move it away, or resume it with CKPT={found[-1]}")
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:

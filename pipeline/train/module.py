@@ -8,7 +8,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import measure_flops
-from lightning.pytorch.utilities import rank_zero_warn
 import torch.nn.functional as F
 
 from pipeline.data.stream_stages import ContentBatch
@@ -16,6 +15,9 @@ from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, PHOTO_WEIGHT, S
                                   VGG_FLAVOUR, PerceptualLoss, photo_loss)
 from pipeline.model.generators import build_generator
 from pipeline.common.image_sources import load_style
+from pipeline.train.adapt import LEARN, check_new_styles, fingerprint, grafted_state, kept_drift, load_base, \
+    parameter_groups, replay_loss
+from pipeline.train.generator_config import check_generator_matches, resolve_architecture
 from pipeline.train.nonfinite import NonFiniteGuard
 from pipeline.train.regularizers import stability_loss
 from pipeline.train.seeds import seed_this_rank
@@ -26,17 +28,6 @@ STYLE_SAMPLING = ("sample", "batch")
 # rest uniform in [0, 1]. The default (strength_samples ≥ 1) keeps the whole batch at strength 1 and
 # adds samples at lower strengths, so full strength sees what a model without the control sees.
 FULL_STRENGTH_SHARE = 0.75
-
-
-def _strength_control_for(requested: bool, arch: str, norm: str) -> bool:
-    """The strength control as this generator can have it: it conditions the residual generator's
-    instance norms, so it is turned off, with a warning, for batch norm, no norm or the multi-scale
-    generator (the paper's baselines, which the presets' default must not block)."""
-    if requested and (arch != "residual" or norm != "instance"):
-        rank_zero_warn(f"strength control turned off: it conditions instance norm in the residual generator, and this "
-                       f"run trains arch={arch}, norm={norm} (pass --model.strength_control=false to silence this)")
-        return False
-    return requested
 
 
 class StyleTransferModule(L.LightningModule):
@@ -65,12 +56,21 @@ class StyleTransferModule(L.LightningModule):
             output's change under input noise and under small warps, for video with less flicker.
             0 (default): off, no extra cost; on, each step runs the generator three times.
         style_size: long side the style image is resized to before its Gram matrices are taken.
-        arch: `residual` (Johnson) or `multiscale` (Ulyanov, with noise input).
-        norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`.
-        padding: `reflect` or `zero`.
-        upsample: residual generator only: `nearest` (resize-conv) or `transposed`.
-        width: residual generator only: base channels (32 as Johnson et al.; 16 or 8 for lighter models).
-        n_residual: residual generator only: residual blocks at ¼ resolution.
+        init_from: add the styles to this trained model (FROM: a packaged model's name, a run folder, a
+            .ckpt or a .safetensors; pipeline/train/adapt.py): its generator with one more (γ, β) row per
+            new style. The generator options below are then FROM's (leave them out; a given one must agree).
+        learn: with `init_from`, what trains: `new_styles` (only the new styles' rows; FROM's styles stay
+            bit-identical) or `all` (every weight; FROM's shared ones at `shared_lr`).
+        keep_styles: with `init_from`, keep FROM's styles in the new model (default) or only the new ones.
+        replay_weight: with `init_from`, learn=all and kept styles: each batch adds its photos in FROM's
+            styles, pulled toward FROM's own output with this weight (mean squared error in 0..1).
+        shared_lr: with `init_from` and learn=all, Adam's rate for FROM's shared weights (default: lr).
+        arch: `residual` (Johnson) or `multiscale` (Ulyanov, with noise input). Default residual.
+        norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`. Default instance.
+        padding: `reflect` (default) or `zero`.
+        upsample: residual generator only: `nearest` (resize-conv, default) or `transposed`.
+        width: residual generator only: base channels (32 as Johnson et al., the default; 16 or 8 for lighter models).
+        n_residual: residual generator only: residual blocks at ¼ resolution (default 5).
         content_layer: `relu2_2` or `relu3_3`.
         style_weight, content_weight, tv_weight: loss weights (defaults: pipeline/loss/losses.py).
         vgg_flavour: `caffe` (verified Oxford weights, default) or `torchvision`.
@@ -81,24 +81,33 @@ class StyleTransferModule(L.LightningModule):
             (checked at the log interval).
     """
 
-    def __init__(self, style_image: str, style_size: int | None = 512, arch: str = "residual",
-                 norm: str = "instance", padding: str = "reflect", upsample: str = "nearest", width: int = 32,
-                 n_residual: int = 5,
+    def __init__(self, style_image: str, style_size: int | None = 512, arch: str | None = None,
+                 norm: str | None = None, padding: str | None = None, upsample: str | None = None,
+                 width: int | None = None, n_residual: int | None = None,
                  content_layer: str = CONTENT_LAYER, style_weight: float = STYLE_WEIGHT,
                  content_weight: float = CONTENT_WEIGHT, tv_weight: float = TV_WEIGHT, vgg_flavour: str = VGG_FLAVOUR,
                  vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10,
-                 style_sampling: str = "sample", strength_control: bool = False, stability_weight: float = 0.0,
-                 photo_weight: float = PHOTO_WEIGHT, strength_samples: int = 1):
+                 style_sampling: str = "sample", strength_control: bool | None = None, stability_weight: float = 0.0,
+                 photo_weight: float = PHOTO_WEIGHT, strength_samples: int = 1, init_from: str | None = None,
+                 learn: str = "all", keep_styles: bool = True, replay_weight: float = 0.0, shared_lr: float | None = None):
         super().__init__()
         specs = style_specs(style_image)
-        strength_control = _strength_control_for(strength_control, arch, norm)
-        if len(specs) > 1 and (arch != "residual" or norm != "instance"):
+        if learn not in LEARN or replay_weight < 0:
+            raise ValueError(f"learn={learn!r} (choose {' or '.join(LEARN)}), replay_weight={replay_weight} (≥ 0)")
+        base = load_base(init_from) if init_from else None
+        given = {"arch": arch, "norm": norm, "padding": padding, "upsample": upsample, "width": width,
+                 "n_residual": n_residual, "strength_control": strength_control}
+        shape = resolve_architecture(base, given)
+        arch, norm = shape["arch"], shape["norm"]
+        kept = base.styles if base is not None and keep_styles else []
+        if len(kept) + len(specs) > 1 and (arch != "residual" or norm != "instance"):
             raise ValueError(f"{len(specs)} styles in one generator need conditional instance norm: train them with "
                              f"--model.arch=residual --model.norm=instance (got arch={arch}, norm={norm}), or train "
                              f"one model per style")
         self.save_hyperparameters()
         # what was built, also when LightningCLI hands save_hyperparameters its own copy of the config
-        self.hparams["strength_control"] = strength_control
+        self.hparams.update(shape)
+        strength_control = shape["strength_control"]
         if lr_schedule not in ("none", "cosine", "step"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose none, cosine or step")
         if stability_weight < 0 or photo_weight < 0 or strength_samples < 0:
@@ -106,12 +115,24 @@ class StyleTransferModule(L.LightningModule):
                              f"{photo_weight}, {strength_samples}")
         if style_sampling not in STYLE_SAMPLING:
             raise ValueError(f"style_sampling={style_sampling!r}: choose {' or '.join(STYLE_SAMPLING)}")
-        self.style_names = [style_name(s) for s in specs]
-        extra = {"upsample": upsample, "width": width, "n_residual": n_residual} if arch == "residual" else {}
-        self.generator = build_generator(arch, norm=norm, padding=padding, n_styles=len(specs), strength=strength_control,
-                                         **extra)
-        # the style images (1, 3, h, w) each, for the loss targets and the TensorBoard header
+        new_names = [style_name(s) for s in specs]
+        # the style images (1, 3, h, w) each, for the loss targets and the TensorBoard header: the new ones
         self.style_images = [load_style(s, style_size) for s in specs]
+        prints = check_new_styles(base, new_names, self.style_images) if base else [fingerprint(i) for i in self.style_images]
+        self.style_names = kept + new_names  # the generator's order: FROM's kept styles, then the new ones
+        self.style_fingerprints = (base.fingerprints if kept else []) + prints
+        self.first_new = len(kept)  # generator index of the first style the loss knows
+        extra = {k: shape[k] for k in ("upsample", "width", "n_residual")} if arch == "residual" else {}
+        self.generator = build_generator(arch, norm=norm, padding=shape["padding"], n_styles=len(self.style_names),
+                                         strength=strength_control, **extra)
+        # FROM's generator, frozen: the new one's starting point, the replay targets and the drift measure
+        self.teacher = None
+        if base is not None:
+            self.generator.load_state_dict(grafted_state(base, len(specs), keep_styles))
+            self.teacher = build_generator(arch, norm=norm, padding=shape["padding"], n_styles=base.n_styles,
+                                           strength=strength_control, **extra)
+            self.teacher.load_state_dict(base.state)
+            self.teacher.eval().requires_grad_(False)
         self.loss = PerceptualLoss(self.style_images, content_layer=content_layer, style_layers=STYLE_LAYERS,
                                    style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
                                    vgg_flavour=vgg_flavour, vgg_weights=vgg_weights)
@@ -141,9 +162,9 @@ class StyleTransferModule(L.LightningModule):
     def draw_conditions(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-sample style indices (or None with one style) and strengths (or None without the control)."""
         styles = strength = None
-        if self.n_styles > 1:
+        if self.n_styles > 1:  # the styles the loss knows: with FROM, the new ones
             shape = (batch,) if self.hparams.style_sampling == "sample" else (1,)
-            styles = torch.randint(self.n_styles, shape, device=self.device).expand(batch)
+            styles = self.first_new + torch.randint(len(self.style_images), shape, device=self.device).expand(batch)
         if self.hparams.strength_control and self.hparams.get("strength_samples", 0) > 0:  # whole batch at 1
             strength = torch.ones(batch, device=self.device)
         elif self.hparams.strength_control:
@@ -198,7 +219,7 @@ class StyleTransferModule(L.LightningModule):
     def _terms(self, content: torch.Tensor, styles: torch.Tensor | None = None,
                strength: torch.Tensor | None = None, stability: bool = False) -> dict[str, torch.Tensor]:
         output = self(content, styles, strength)
-        terms = self.loss(output, content, styles, strength)
+        terms = self.loss(output, content, None if styles is None else styles - self.first_new, strength)
         if strength is not None and self.hparams.photo_weight > 0:  # lower strengths pulled toward the photo
             terms["photo"] = self.hparams.photo_weight * photo_loss(output, content, 1.0 - strength)
             terms["total"] = terms["total"] + terms["photo"]
@@ -218,6 +239,11 @@ class StyleTransferModule(L.LightningModule):
         self.failed_shards += int(batch.failed_shards)
         images, styles, strength = self.with_strength_samples(batch.images, *self.draw_conditions(len(batch.images)))
         terms = self._terms(images, styles, strength, stability=self.hparams.stability_weight > 0)
+        if self.replays:
+            strength = self.draw_conditions(len(batch.images))[1]
+            terms["replay"] = self.hparams.replay_weight * replay_loss(self.generator, self.teacher, batch.images,
+                                                                       self.first_new, strength)
+            terms["total"] = terms["total"] + terms["replay"]
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=len(batch.images))
         return terms["total"]
 
@@ -242,15 +268,24 @@ class StyleTransferModule(L.LightningModule):
             terms = self._terms(batch.images)
         else:
             per_style = []
-            for k, name in enumerate(self.style_names):
+            for k, name in enumerate(self.style_names[self.first_new:], start=self.first_new):
                 styles = torch.full((n,), k, dtype=torch.long, device=self.device)
                 per_style.append(self._terms(batch.images, styles))
                 self.log_dict({f"val/{name}/{t}": v for t, v in per_style[-1].items()}, batch_size=n, sync_dist=True)
             terms = {t: torch.stack([p[t] for p in per_style]).mean() for t in per_style[0]}
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=n, sync_dist=True)
+        if self.first_new:  # FROM's styles in the new model: the largest change of any pixel, in levels of 255
+            self.log("val/kept_styles_max_levels", kept_drift(self.generator, self.teacher, batch.images), batch_size=n, reduce_fx="max",
+                     sync_dist=True)
+
+    @property
+    def replays(self) -> bool:
+        return bool(self.first_new and self.hparams.replay_weight > 0 and self.hparams.learn == "all")
 
     def configure_optimizers(self) -> Any:
-        opt = self.nonfinite.optimizer(self.generator.parameters(), self.hparams.lr)
+        groups = parameter_groups(self.generator, self.hparams.learn, self.first_new, self.hparams.lr,
+                                  self.hparams.shared_lr)
+        opt = self.nonfinite.optimizer(groups, self.hparams.lr)
         if self.hparams.lr_schedule == "none":
             return opt
         total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches)
@@ -264,30 +299,17 @@ class StyleTransferModule(L.LightningModule):
     # checkpoints (30 MB of weights that are not ours), and put them back before a strict load.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         sd = checkpoint["state_dict"]
-        for k in [k for k in sd if k.startswith("loss.")]:
+        for k in [k for k in sd if k.startswith(("loss.", "teacher."))]:
             del sd[k]
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["failed_shards"] = self.failed_shards
         checkpoint["styles"] = list(self.style_names)  # what X-Style names, in the generator's order
+        checkpoint["style_fingerprints"] = list(self.style_fingerprints)  # what tells a painting added twice
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._check_generator_matches(checkpoint)
+        check_generator_matches(checkpoint["state_dict"], self.generator)
         self.skipped_samples = int(checkpoint.get("skipped_samples", 0))
         self.failed_shards = int(checkpoint.get("failed_shards", 0))
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
-
-    def _check_generator_matches(self, checkpoint: dict[str, Any]) -> None:
-        """A clear error when a resumed checkpoint's generator is not the one this run builds (e.g. a run
-        from before the strength control, resumed with the presets that now turn it on)."""
-        saved = {k[len("generator."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
-        ours = self.generator.state_dict()
-        if saved.keys() == ours.keys() and all(saved[k].shape == v.shape for k, v in ours.items()):
-            return
-        has_strength = any(k.startswith("strength_net.") for k in saved)
-        first_norm = saved.get("down.0.1.weight")
-        n_styles = int(first_norm.shape[0]) if first_norm is not None and first_norm.dim() == 2 else 1
-        raise ValueError(
-            f"the checkpoint's generator ({n_styles} style(s), strength control {'on' if has_strength else 'off'}) is not "
-            f"the one this run builds ({self.n_styles} style(s), strength control "
-            f"{'on' if self.hparams.strength_control else 'off'}): resume with the checkpoint's own settings, e.g. "
-            f"--model.strength_control={'true' if has_strength else 'false'} and the same styles and width")
+        if self.teacher is not None:
+            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
