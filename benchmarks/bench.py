@@ -122,9 +122,11 @@ def bench_inference(runs: dict[str, Path], work: Path, variants: list[str], quic
 def bench_training(runs: dict[str, Path], work: Path, quick: bool, log) -> list[dict]:
     """The reference's step, ours on the plain model (same losses as the reference) and ours on the preset
     model (strengths drawn per sample, as `make train` does); on a CPU with native bf16 also the preset
-    model under `bf16-mixed` (`ours-bf16`: what the `cpu` preset trains with there)."""
+    model under `bf16-mixed` (`ours-bf16`: what the `cpu` preset trains with there); and a style added to the
+    preset model (`make train FROM=`): `adapt-new_styles` (its rows only) and `adapt-all` (with replay)."""
     rows, style = [], style_path(work)
-    cases = [("plain", "reference"), ("plain", "ours"), ("preset", "ours")]
+    cases = [("plain", "reference"), ("plain", "ours"), ("preset", "ours"), ("preset", "adapt-new_styles"),
+             ("preset", "adapt-all")]
     if native_bf16():
         cases.append(("preset", "ours-bf16"))
     for size, (warm, steps) in (QUICK_TRAIN_STEPS if quick else TRAIN_STEPS).items():

@@ -2,6 +2,9 @@
 
     python -m benchmarks.train_step --variant ours --size 256 --run RUN --style STYLE.jpg [--steps 3] [--precision bf16-mixed]
 
+`adapt-new_styles` / `adapt-all` is the step of `make train STYLE=… FROM=<run>`: a style added to the
+run's model, learning only its rows (no weight gradients for the convolutions) or every weight with
+the run's own style replayed.
 `ours` is exactly what `StyleTransferModule.training_step` computes (generator → PerceptualLoss
 with the project's VGGFeatures → backward → Adam), without the Lightning loop around it (logging
 and the progress bar cost milliseconds against seconds per step). `reference` is
@@ -31,6 +34,7 @@ from pipeline.loss.losses import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
 # The training defaults (the loss weights are defined once, in pipeline/loss/losses.py; lr 1e-3 as every preset).
 WEIGHTS = {"style_weight": STYLE_WEIGHT, "content_weight": CONTENT_WEIGHT, "tv_weight": TV_WEIGHT, "lr": 1e-3}
 STYLE_SIZE = 256
+ADDED_STYLE, REPLAY_WEIGHT = "skimage:immunohistochemistry", 200.0  # the `adapt-*` variants' new style
 
 
 def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict[str, float]]:
@@ -44,14 +48,23 @@ def reference_step(run: Path, style_path: Path) -> Callable[[torch.Tensor], dict
     return trainer.step
 
 
-def ours_step(run: Path, style_path: Path, precision: str = "32-true") -> Callable[[torch.Tensor], dict[str, float]]:
+def ours_step(run: Path, style_path: Path, precision: str = "32-true",
+              learn: str | None = None) -> Callable[[torch.Tensor], dict[str, float]]:
+    """The project's step; with `learn`, a style added to the run's model as `make train FROM=` does
+    (`new_styles`: the new rows only; `all`: every weight, the run's style replayed)."""
     from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint
+    from pipeline.train.adapt import replay_loss
     from pipeline.train.module import StyleTransferModule
 
-    generator = generator_from_checkpoint(read_checkpoint(run / "checkpoints" / "last.ckpt"))
-    module = StyleTransferModule(style_image=str(style_path), style_size=STYLE_SIZE,
-                                 strength_control=generator.has_strength, **WEIGHTS)
-    module.generator.load_state_dict(generator.state_dict())
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if learn:  # another painting than the run's (one already in FROM is refused)
+        module = StyleTransferModule(style_image=ADDED_STYLE, style_size=STYLE_SIZE, init_from=str(ckpt), learn=learn,
+                                     replay_weight=REPLAY_WEIGHT if learn == "all" else 0.0, **WEIGHTS)
+    else:
+        generator = generator_from_checkpoint(read_checkpoint(ckpt))
+        module = StyleTransferModule(style_image=str(style_path), style_size=STYLE_SIZE,
+                                     strength_control=generator.has_strength, **WEIGHTS)
+        module.generator.load_state_dict(generator.state_dict())
     module.train()
     opt = module.configure_optimizers()  # Adam as in training (the cpu preset's cosine schedule only sets its LR)
 
@@ -59,7 +72,11 @@ def ours_step(run: Path, style_path: Path, precision: str = "32-true") -> Callab
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             # what training_step logs and returns
-            terms = module._terms(*module.with_strength_samples(batch, *module.draw_conditions(len(batch))))
+            styles, strength = module.draw_conditions(len(batch))
+            terms = module._terms(*module.with_strength_samples(batch, styles, strength))
+            if module.replays:
+                terms["total"] = terms["total"] + module.hparams.replay_weight * replay_loss(
+                    module.generator, module.teacher, batch, module.first_new, strength)
         terms["total"].backward()
         opt.step()
         return {k: float(v.detach()) for k, v in terms.items()}
@@ -72,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reuse_freed_memory()  # this worker's entry point (a no-op with $INSTYLE_REUSE_FREED_MEMORY=0: the reference)
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step")
-    p.add_argument("--variant", choices=("reference", "ours"), required=True)
+    p.add_argument("--variant", choices=("reference", "ours", "adapt-new_styles", "adapt-all"), required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--run", type=Path, required=True)
@@ -84,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     if args.variant == "reference" and args.precision != "32-true":
         p.error("the reference trains in fp32 only")
+    learn = args.variant.removeprefix("adapt-") if args.variant.startswith("adapt-") else None
     step = reference_step(args.run, args.style) if args.variant == "reference" else ours_step(args.run, args.style,
-                                                                                                  args.precision)
+                                                                                                  args.precision, learn)
     losses, times = [], []
     for i in range(args.warmup + args.steps):
         batch = photo(args.batch, args.size, args.size, seed=100 + i)

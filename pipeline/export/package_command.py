@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from pipeline.model.checkpoint import generator_from_checkpoint, read_checkpoint, style_names
 from pipeline.model.packaged_format import WEIGHTS_FILE, read_packaged, write_packaged
-from pipeline.train.adapt import style_fingerprints
+from pipeline.model.style_fingerprints import style_fingerprints
 
 PROBE_SIDE = 256  # the probe photo's side: large enough for every layer's statistics, quick on a CPU
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.model.generators import build_generator
-from pipeline.model.packaged_format import SUFFIX, read_packaged
+from pipeline.model.packaged_format import SUFFIX, read_packaged, resolve_model
 
 GENERATOR_PREFIX = "generator."
 
@@ -130,3 +130,25 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def checkpoint_of(spec: str) -> Path:
+    """The weights file FROM names: a packaged model's name (`starter`), a run folder (its
+    checkpoints/last.ckpt, or runs/<spec>/…), a `.ckpt` or a `.safetensors`."""
+    path = Path(spec).expanduser()
+    for run in (path, Path("runs") / spec):
+        if run.is_dir():
+            last = run / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                raise FileNotFoundError(f"FROM={spec}: the run folder {run} has no checkpoints/last.ckpt")
+            return last
+    if path.suffix and path.suffix not in (".ckpt", SUFFIX):
+        raise ValueError(f"FROM={spec}: styles are added to a model's weights with its training description: give a "
+                         f"run, a .ckpt, a {SUFFIX} or a packaged model's name (an exported {path.suffix} is for serving)")
+    try:
+        found = resolve_model(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"FROM={spec}: {e}; nor is it a run folder") from None
+    if not found.is_file():
+        raise FileNotFoundError(f"FROM={spec} does not exist (a run folder, a .ckpt, a {SUFFIX} or a packaged model's name)")
+    return found

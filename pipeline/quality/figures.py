@@ -1,14 +1,16 @@
 """The docs' figures, all written by one command, and the picture layout every figure uses.
 
     python -m pipeline figures [--duo runs/duo] [--starry_night runs/starry_night] \
-        [--widths '[runs/width32,runs/width16,runs/width8]']   # or: make figures ARGS=...
+        [--widths '[runs/width32,runs/width16,runs/width8]'] [--added '[runs/scratch,runs/added]']   # or: make figures ARGS=...
 
 writes into docs/images/ (`--out`), from scikit-image's public-domain `chelsea` photo:
 
 - `starter_grid.jpg` (models/starter/README.md): the committed `starter` model, always;
 - `strength_grid.jpg` (docs/styles.md): the two-style run `duo`, when `--duo` names it;
 - `starry_night_chelsea.jpg` (the README): photo | the `starry_night` run, when `--starry_night` names it;
-- `widths.jpg` (docs/benchmarks.md#widths): photo | each run of `--widths` (widths 32, 16, 8), when given.
+- `widths.jpg` (docs/benchmarks.md#widths): photo | each run of `--widths` (widths 32, 16, 8), when given;
+- `added_style.jpg` (docs/training.md#adding-a-style): photo | each run of `--added` (one painting from
+  scratch and added to the starter), when given.
 
 A style grid is one photo through a model, a row per style; columns: photo | strengths 0 and 0.5
 (models with the strength control) | the style (strength 1) | 50/50 mix with the next style | colours
@@ -101,6 +103,22 @@ def content_stylized(models: Sequence[Any], photo: torch.Tensor, height: int) ->
     return side_by_side([x, *(call_model(m, x[None], None, m.instyle_controls)[0].clamp(0, 1) for m in models)])
 
 
+@torch.inference_mode()
+def added_style(models: Sequence[Any], height: int) -> Image.Image:
+    """One painting learned several ways (from scratch, added to a model with FROM=): a row per photo
+    (chelsea, coffee), photo | each model's last style (an added style comes after FROM's), full strength."""
+    rows = []
+    for name in (PHOTO, "skimage:coffee"):
+        x = at_height(load_image(name), height)
+        outs = []
+        for m in models:
+            n = len(m.instyle_controls.styles)
+            cond = Conditioning(tuple(1.0 if i == n - 1 else 0.0 for i in range(n)))
+            outs.append(call_model(m, x[None], [cond], m.instyle_controls)[0].clamp(0, 1))
+        rows.append([x, *outs])
+    return grid(rows, titles=["photo", *(m.instyle_controls.styles[-1] for m in models)])
+
+
 class RunFigure(NamedTuple):
     """A docs figure drawn from a trained run: its file, the option naming the run, how the docs train it."""
     file: str
@@ -123,6 +141,11 @@ WIDTHS = RunFigure("widths.jpg", "widths", "make train STYLE=../shared/assets/st
                    lambda ms, x: content_stylized(ms, x, 256))
 
 
+ADDED = RunFigure("added_style.jpg", "added", "make train PRESET=cpu STYLE=…/shipwreck_of_the_minotaur.jpg NAME=scratch "
+                  "and make train STYLE=… FROM=starter (docs/training.md#adding-a-style)",
+                  "docs/training.md#adding-a-style", lambda ms, x: added_style(ms, 200))
+
+
 def exported_model(run: Path, figure: RunFigure) -> Path:
     """The run's served generator (export/generator.pt2); a missing run or export is a FileNotFoundError
     that says which command makes it."""
@@ -141,7 +164,7 @@ def save(fig: Image.Image, path: Path) -> None:
 
 
 def command(*, out: Path = Path("docs/images"), duo: Path | None = None, starry_night: Path | None = None,
-            widths: list[Path] | None = None) -> int:
+            widths: list[Path] | None = None, added: list[Path] | None = None) -> int:
     """The docs' figures: the starter model's grid always; the strength grid, the README figure and the widths
     figure from their runs.
 
@@ -150,11 +173,14 @@ def command(*, out: Path = Path("docs/images"), duo: Path | None = None, starry_
         duo: run directory of the two-style model of docs/styles.md (exported): writes strength_grid.jpg.
         starry_night: run directory of the README's Starry Night model (exported): writes starry_night_chelsea.jpg.
         widths: run directories of one style at several widths (exported), left to right: writes widths.jpg.
+        added: run directories of one painting learned from scratch and added to a model (FROM=), exported,
+            left to right: writes added_style.jpg (each model's last style).
     """
     given = {"duo": duo, "starry_night": starry_night}
     try:  # every run checked before anything is written
         models = {f.file: load_model(exported_model(given[f.option], f))[0] for f in RUN_FIGURES if given[f.option]}
         width_models = [load_model(exported_model(run, WIDTHS))[0] for run in widths or ()]
+        added_models = [load_model(exported_model(run, ADDED))[0] for run in added or ()]
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -170,4 +196,8 @@ def command(*, out: Path = Path("docs/images"), duo: Path | None = None, starry_
         save(WIDTHS.draw(width_models, photo), out / WIDTHS.file)
     else:
         print(f"skipped {WIDTHS.file}: give --widths '[RUN,...]' (`{WIDTHS.train}`, {WIDTHS.doc})")
+    if added_models:
+        save(ADDED.draw(added_models, photo), out / ADDED.file)
+    else:
+        print(f"skipped {ADDED.file}: give --added '[RUN,...]' ({ADDED.doc})")
     return 0

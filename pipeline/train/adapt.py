@@ -16,24 +16,16 @@ The measured trade-offs and the default are in docs/training.md#adding-a-style.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from pipeline.common.image_sources import SKIMAGE, image_exists, load_style, style_name
-from pipeline.model.checkpoint import GENERATOR_PREFIX, generator_kwargs, read_checkpoint, style_names
-from pipeline.model.packaged_format import MODELS_DIR, SUFFIX, resolve_model
+from pipeline.model.checkpoint import GENERATOR_PREFIX, checkpoint_of, generator_kwargs, read_checkpoint, style_names
+from pipeline.model.style_fingerprints import SAME_PAINTING, distance, fingerprint, style_fingerprints
 
 LEARN = ("all", "new_styles")
-REPO = MODELS_DIR.parent
-# A style image as a 32×32 RGB thumbnail in levels 0..255: the same for a re-encoded, resized or renamed
-# copy. Measured on ../shared's paintings: copies of one painting differ by ≤ 0.006 (mean absolute, in
-# 0..1), distinct paintings and textures by ≥ 0.059 (12×12 thumbnails could not tell brick from grass).
-FINGERPRINT_SIZE = 32
-SAME_PAINTING = 0.02
 
 
 @dataclass
@@ -48,28 +40,6 @@ class Base:
     @property
     def n_styles(self) -> int:
         return len(self.styles)
-
-
-def checkpoint_of(spec: str) -> Path:
-    """The weights file FROM names: a packaged model's name (`starter`), a run folder (its
-    checkpoints/last.ckpt, or runs/<spec>/…), a `.ckpt` or a `.safetensors`."""
-    path = Path(spec).expanduser()
-    for run in (path, Path("runs") / spec):
-        if run.is_dir():
-            last = run / "checkpoints" / "last.ckpt"
-            if not last.is_file():
-                raise FileNotFoundError(f"FROM={spec}: the run folder {run} has no checkpoints/last.ckpt")
-            return last
-    if path.suffix and path.suffix not in (".ckpt", SUFFIX):
-        raise ValueError(f"FROM={spec}: styles are added to a model's weights with its training description: give a "
-                         f"run, a .ckpt, a {SUFFIX} or a packaged model's name (an exported {path.suffix} is for serving)")
-    try:
-        found = resolve_model(path)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"FROM={spec}: {e}; nor is it a run folder") from None
-    if not found.is_file():
-        raise FileNotFoundError(f"FROM={spec} does not exist (a run folder, a .ckpt, a {SUFFIX} or a packaged model's name)")
-    return found
 
 
 def load_base(spec: str) -> Base:
@@ -94,51 +64,6 @@ def load_base(spec: str) -> Base:
     return Base(str(spec), shape, state, names, style_fingerprints(ckpt))
 
 
-def fingerprint(image: torch.Tensor) -> list[int]:
-    """A style image (1, 3, H, W) in [0, 1] as a small thumbnail (levels 0..255, row-major RGB)."""
-    thumb = F.adaptive_avg_pool2d(image.float(), FINGERPRINT_SIZE)
-    return [int(v) for v in (thumb.flatten() * 255).round().clamp(0, 255)]
-
-
-def style_fingerprints(ckpt: dict[str, Any], depth: int = 0) -> list[list[int] | None]:
-    """The fingerprints of a checkpoint's styles, in its order: the stored ones where valid, else from the
-    style image its description names (a path relative to the working directory or to this
-    repository, where the starter was trained), else from its FROM (`init_from`), else None."""
-    names = style_names(ckpt)
-    stored = list(ckpt.get("style_fingerprints") or [])
-    found: list[list[int] | None] = [p if p and len(p) == 3 * FINGERPRINT_SIZE ** 2 else None for p in stored]
-    found += [None] * (len(names) - len(found))
-    hp = dict(ckpt.get("hyper_parameters") or {})
-    by_name = {style_name(s): s for s in _specs(hp.get("style_image"))}
-    origin = hp.get("init_from")
-    inherited: dict[str, list[int] | None] = {}
-    if origin and depth < 8 and None in found:
-        try:
-            parent = read_checkpoint(checkpoint_of(str(origin)))
-            inherited = dict(zip(style_names(parent), style_fingerprints(parent, depth + 1)))
-        except (FileNotFoundError, ValueError):
-            pass
-    for i, name in enumerate(names):
-        if found[i] is None and name in by_name:
-            found[i] = fingerprint(load_style(by_name[name], 256))
-        elif found[i] is None:
-            found[i] = inherited.get(name)
-    return found
-
-
-def _specs(spec: Any) -> list[str]:
-    """The style images of a description's `style_image` that exist here (relative paths also against
-    this repository's folder); [] when none can be found."""
-    if not spec:
-        return []
-    out = []
-    for part in str(spec).split(","):
-        part = part.strip()
-        candidates = [part] if part.startswith(SKIMAGE) or Path(part).is_absolute() else [part, str(REPO / part)]
-        out += next(([c] for c in candidates if image_exists(c)), [])
-    return out
-
-
 def check_new_styles(base: Base, names: list[str], images: list[torch.Tensor]) -> list[list[int]]:
     """The new styles' fingerprints; a clear error for a style FROM already has, by name or by content."""
     prints = [fingerprint(img) for img in images]
@@ -147,15 +72,10 @@ def check_new_styles(base: Base, names: list[str], images: list[torch.Tensor]) -
             raise ValueError(f"FROM={base.source} already has a style named {name!r}: rename the file to add it as "
                              "another style")
         for old_name, old in zip(base.styles, base.fingerprints):
-            if old is not None and _distance(new, old) < SAME_PAINTING:
+            if old is not None and distance(new, old) < SAME_PAINTING:
                 raise ValueError(f"style {name!r} is the painting FROM={base.source} already has as {old_name!r} "
-                                 f"(their images differ by {_distance(new, old):.3f} < {SAME_PAINTING} on average)")
+                                 f"(their images differ by {distance(new, old):.3f} < {SAME_PAINTING} on average)")
     return prints
-
-
-def _distance(a: list[int], b: list[int]) -> float:
-    """Mean absolute difference of two fingerprints, in 0..1."""
-    return float((torch.tensor(a, dtype=torch.float32) - torch.tensor(b, dtype=torch.float32)).abs().mean()) / 255
 
 
 def grafted_state(base: Base, n_new: int, keep: bool) -> dict[str, torch.Tensor]:
