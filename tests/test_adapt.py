@@ -180,17 +180,19 @@ def test_make_train_from_a_run_then_export_stylize_and_eval(tmp_path: Path, shar
     fit(tmp_path, style_image, *adapt, name="grown")
     run = tmp_path / "runs" / "grown"
     py = [sys.executable, "-m", "pipeline"]
-    for source, out in ((run, run / "export"), (tiny_trio.parents[1], tmp_path / "from_export")):
-        subprocess.run(py + ["export", "--run", str(source), "--out", str(out), "--formats", "[pt]"], cwd=ROOT,
-                       check=True, capture_output=True)
+    from_run = tmp_path / "from"  # a copy: export writes into RUN/export and the fixture is shared
+    shutil.copytree(tiny_trio.parents[1], from_run)
+    for source in (run, from_run):
+        subprocess.run(py + ["export", "--run", str(source), "--formats", "[pt]"], cwd=ROOT, check=True,
+                       capture_output=True)
     photo = tmp_path / "photos" / "photo.png"
     photo.parent.mkdir()
     from PIL import Image
     Image.fromarray((random_photos(1, 64, 80)[0].permute(1, 2, 0) * 255).byte().numpy()).save(photo)
     for style, strength in (("b", "1"), ("a:0.5,c:0.5", "0.6")):
         got = []
-        for model in (run / "export" / "generator.pt", tmp_path / "from_export" / "generator.pt"):
-            out = tmp_path / f"{model.parent.name}-{style}.png"
+        for model in (run / "export" / "generator.pt", from_run / "export" / "generator.pt"):
+            out = tmp_path / f"{model.parents[1].name}-{style}.png"
             subprocess.run(py + ["stylize", "--model", str(model), str(photo), str(out), "--style", style,
                                  "--strength", strength], cwd=ROOT, check=True, capture_output=True)
             got.append(torch.tensor(list(Image.open(out).getdata())))

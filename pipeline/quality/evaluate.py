@@ -188,7 +188,9 @@ def training_style(hp: dict[str, Any], name: str) -> str | None:
         specs = style_specs(spec)
     except (ValueError, FileNotFoundError):
         return None
-    return next((s for s in specs if style_name(s) == name), specs[0] if len(specs) == 1 else None)
+    # a model made FROM another lists only its new paintings: a name not among them has no image here
+    only = specs[0] if len(specs) == 1 and not hp.get("init_from") else None
+    return next((s for s in specs if style_name(s) == name), only)
 
 
 def command(*, model: Path, content: Path, out: Path, style: str | None = None, size: int = 256,
