@@ -40,7 +40,7 @@ install:
 	$(PY) -m pip install -e '.[test,onnx,video]'
 	$(PY) -m pipeline vgg-weights
 
-# A stylized photo with no training: the committed starter model (models/starter/: 4 styles, strength) exported
+# A stylized photo with no training: the committed starter model (models/starter/: 8 styles, strength) exported
 # to runs/starter/export/, archived, served by TorchServe (as `make serve`), asked for each style
 # (demo/<style>.jpg), and the curl line to try printed. `make stop` ends the server.
 demo:

@@ -139,7 +139,7 @@ def test_make_demo_serves_the_starter_from_a_fresh_directory(tmp_path):
         assert "curl -s -H" in printed and "/predictions/starter" in printed
         photo = np.asarray(Image.open(tmp_path / "demo" / "photo.jpg")).astype(int)
         outputs = sorted((tmp_path / "demo").glob("*.jpg"))
-        assert len(outputs) == 5  # the photo and its 4 styles
+        assert len(outputs) == 1 + len(read_packaged(STARTER)["styles"])  # the photo and each style
         for path in outputs:
             if path.name != "photo.jpg":
                 stylized = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB")).astype(int)
@@ -167,7 +167,7 @@ def answers(port: int) -> bool:
 
 
 def starter_page_runs_the_webcam(work: Path, env: dict[str, str], python: str) -> None:
-    """`make web NAME=starter` on the export `make demo` wrote, opened in Chromium: its 4 styles and the
+    """`make web NAME=starter` on the export `make demo` wrote, opened in Chromium: its styles and the
     fake webcam stylized live."""
     from browser_helpers import BROWSER_ARGS, CHROMIUM, ensure_node_modules
 
