@@ -147,7 +147,9 @@ def test_figures_from_exported_runs(tiny_trio: Path, tiny_trio_generator: nn.Mod
     run = tiny_trio.parents[1]
     export_run(run, formats=("pt2",))
     out = tmp_path / "images"
-    assert figures.command(out=out, duo=run, starry_night=run, widths=[run, run]) == 0
+    assert figures.command(out=out, duo=run, starry_night=run, widths=[run, run], added=[run]) == 0
+    added = np.asarray(Image.open(out / "added_style.jpg").convert("RGB")).astype(float)
+    assert added.shape[1] == 2 * 300 + 4 and added.shape[0] > 2 * 200  # photo | the run, rows chelsea and coffee
     widths = np.asarray(Image.open(out / "widths.jpg").convert("RGB")).astype(float)
     assert widths.shape == (256, 3 * 385 + 8, 3)  # photo | one column per run
     cells(out / "strength_grid.jpg", 3, 6, 192, 289)

@@ -104,19 +104,21 @@ def content_stylized(models: Sequence[Any], photo: torch.Tensor, height: int) ->
 
 
 @torch.inference_mode()
-def added_style(models: Sequence[Any], height: int) -> Image.Image:
+def added_style(runs: Sequence[tuple[str, Any]], height: int) -> Image.Image:
     """One painting learned several ways (from scratch, added to a model with FROM=): a row per photo
-    (chelsea, coffee), photo | each model's last style (an added style comes after FROM's), full strength."""
+    (chelsea, coffee), photo | each (run name, model)'s last style (an added style comes after FROM's),
+    full strength; columns titled with the run names."""
+    models = [m for _, m in runs]
     rows = []
     for name in (PHOTO, "skimage:coffee"):
-        x = at_height(load_image(name), height)
+        x = resize(load_image(name), (height, height * 3 // 2))  # both 3:2 (to within 1 %): cells of one size
         outs = []
         for m in models:
             n = len(m.instyle_controls.styles)
             cond = Conditioning(tuple(1.0 if i == n - 1 else 0.0 for i in range(n)))
             outs.append(call_model(m, x[None], [cond], m.instyle_controls)[0].clamp(0, 1))
         rows.append([x, *outs])
-    return grid(rows, titles=["photo", *(m.instyle_controls.styles[-1] for m in models)])
+    return grid(rows, titles=["photo", *(name for name, _ in runs)])
 
 
 class RunFigure(NamedTuple):
@@ -180,7 +182,7 @@ def command(*, out: Path = Path("docs/images"), duo: Path | None = None, starry_
     try:  # every run checked before anything is written
         models = {f.file: load_model(exported_model(given[f.option], f))[0] for f in RUN_FIGURES if given[f.option]}
         width_models = [load_model(exported_model(run, WIDTHS))[0] for run in widths or ()]
-        added_models = [load_model(exported_model(run, ADDED))[0] for run in added or ()]
+        added_models = [(run.name, load_model(exported_model(run, ADDED))[0]) for run in added or ()]
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
