@@ -19,6 +19,7 @@ lines' code paths run for real:
 - `PRESET=gpu` (its fit, bf16-mixed, on the CPU): test_gpu_check.py; DDP ranks, DataLoader workers,
   `TRAIN_SHARDS`/`VAL_SHARDS` from URLs and `pipe:`, `CKPT=` resume: test_train_scale.py (`make train`)
 - `--model.norm=batch`, `--model.arch=multiscale`, a resumed run: test_train.py; zero padding: test_generators.py
+- `make train FROM=…` (a style added to a trained run) → export → stylize → eval: test_adapt.py
 - `make shards`: test_shards.py; `make stylize` on a photo, a folder, a film, a GIF: test_stylize.py, test_video.py
 - `make eval`: test_evaluation_flicker.py::test_cli_measures_the_requested_style, test_evaluation.py
 - `make import` and its `make archive`: test_import_onnx.py::test_import_then_archive_serve_and_stylize
