@@ -207,3 +207,32 @@ def test_make_train_from_a_run_then_export_stylize_and_eval(tmp_path: Path, shar
                                str(photo.parent), "--out", str(tmp_path / "report_a"), "--style_name", "a"],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2 and "pass --style" in res.stderr
+
+
+def test_from_the_committed_starter_by_name(tmp_path: Path, vgg_weights: Path):
+    """The README's `make train STYLE=my.jpg FROM=starter`: the packaged starter by name gives a 9th style,
+    its 8 styles keep the starter's own pixels, and the two scikit-image images it was trained on are
+    refused, by name and by content (the fingerprints its header carries)."""
+    from PIL import Image
+    from skimage import data
+
+    from pipeline.serve.model_io import load_model
+
+    module = adapted("skimage:brick", "starter", vgg_weights)
+    starter, _ = load_model("starter")
+    names = list(starter.instyle_controls.styles)
+    assert module.style_names == names + ["brick"] and module.first_new == len(names) == 8
+    x = random_photos(2, 48, 64, seed=3)
+    generator = module.generator.eval()
+    for k in range(len(names)):
+        w = torch.zeros(2, len(names)); w[:, k] = 1
+        with torch.no_grad():
+            ours = generator(x, torch.cat([w, torch.zeros(2, 1)], 1), torch.full((2,), 0.7))
+            served = starter(x, w, torch.full((2,), 0.7))  # the fp16 file in its serving form: float rounding apart
+        assert (ours - served).abs().max() * 255 < 1, names[k]
+    with pytest.raises(ValueError, match="already has a style named 'hubble_deep_field'"):
+        adapted("skimage:hubble_deep_field", "starter", vgg_weights)
+    copy = tmp_path / "deep_space.jpg"
+    Image.fromarray(data.hubble_deep_field()).save(copy, quality=92)
+    with pytest.raises(ValueError, match="'deep_space' is the painting .* as 'hubble_deep_field'"):
+        adapted(copy, "starter", vgg_weights)
