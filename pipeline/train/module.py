@@ -2,12 +2,10 @@
 optionally with a strength control, with the perceptual loss."""
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
 import torch.nn.functional as F
 
 from pipeline.data.stream_stages import ContentBatch
@@ -21,6 +19,7 @@ from pipeline.train.generator_config import check_generator_matches, resolve_arc
 from pipeline.train.nonfinite import NonFiniteGuard
 from pipeline.train.regularizers import stability_loss
 from pipeline.train.seeds import seed_this_rank
+from pipeline.train.step_flops import image_flops
 from pipeline.train.styles import style_name, style_specs
 
 STYLE_SAMPLING = ("sample", "batch")
@@ -189,25 +188,9 @@ class StyleTransferModule(L.LightningModule):
                 torch.cat([strength, extra]))
 
     def image_flops(self, images: torch.Tensor, backward: bool) -> int:
-        """FLOPs of one image of `images`' size through a training step (generator, loss, backward) or a
-        validation step (forward only), counted by Lightning's `measure_flops` once per size on a copy
-        of the generator (its state and the RNG untouched)."""
-        key = (backward, *images.shape[-2:])
-        if key not in self._image_flops:
-            generator, x = copy.deepcopy(self.generator), images[:1].detach()
-            devices = [x.device] if x.device.type == "cuda" else []
-            styles = torch.zeros(1, dtype=torch.long, device=x.device) if self.n_styles > 1 else None
-
-            def step() -> torch.Tensor:
-                output = generator(x)
-                total = self.loss(output, x, styles)["total"]
-                if backward and self.hparams.stability_weight > 0:  # two more generator passes per step
-                    total = total + stability_loss(generator, x, output)
-                return total
-
-            with torch.random.fork_rng(devices), torch.set_grad_enabled(backward):
-                self._image_flops[key] = measure_flops(generator, step, (lambda total: total) if backward else None)
-        return self._image_flops[key]
+        """FLOPs of one image of `images`' size through a training or validation step (step_flops.py)."""
+        return image_flops(self.generator, self.loss, images, backward, self.n_styles, self.hparams.stability_weight,
+                           self._image_flops)
 
     def on_train_batch_start(self, batch: ContentBatch, batch_idx: int) -> None:
         n = len(batch.images) + self.strength_sample_count(len(batch.images))  # the generator runs both
