@@ -13,6 +13,8 @@ comma := ,
 space := $(subst x, ,x)
 TRAIN_STYLE := $(or $(STYLE),skimage:hubble_deep_field)
 TRAIN_NAME  := $(or $(NAME),$(subst $(space),-,$(basename $(notdir $(abspath $(subst skimage:,,$(subst $(comma),$(space),$(TRAIN_STYLE))))))))
+# `make distill NAME=<teacher>`: the student's run is STUDENT, or the teacher's name + "-fast"
+STUDENT ?= $(basename $(notdir $(abspath $(NAME))))-fast
 DATA    ?=
 TRAIN_SHARDS ?=
 VAL_SHARDS   ?=
@@ -25,10 +27,11 @@ TB_PORT ?= 6006
 BENCH_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: help install demo test test-fast shards train tensorboard export import archive serve stop loadtest eval ablation figures bench gpu-check stylize stylize-video web
+.PHONY: help install demo test test-fast shards train distill tensorboard export import archive serve stop loadtest eval ablation figures bench gpu-check stylize stylize-video web
 
 help:
 	@echo "make install | demo | test | test-fast | shards SRC=dir [VAL_SRC=dir] [OUT=dir] [WORKERS=n] | train [STYLE=img|img1,img2,...|folder] [DATA=dir | TRAIN_SHARDS=spec VAL_SHARDS=spec] [NAME=run] [PRESET=cpu|gpu|paper] [FROM=starter|run|file] [CKPT=file] [ARGS='...']"
+	@echo "make distill NAME=teacher [STUDENT=run] [PRESET=cpu|gpu] [ARGS='...']  (a fast twin: docs/architecture.md#compact)"
 	@echo "make tensorboard | export NAME=run | import MODEL=file.pth NAME=run | archive [NAME=run] | serve | stop"
 	@echo "make stylize MODEL=generator.pt2 IN=photo.jpg|photos/|film.mp4|anim.gif OUT=... [ARGS='--style NAME --strength 0.7']"
 	@echo "make loadtest [NAME=run] | eval NAME=run CONTENT=dir | ablation STYLE=img | figures [ARGS='--duo runs/duo --starry_night runs/starry_night --widths [runs/w32,runs/w16,runs/w8]'] | bench [BENCH_ARGS=--quick] | gpu-check [DATA=dir] [ARGS=--dry-run]"
@@ -69,6 +72,15 @@ train:
 	@test -f "$(CONFIGS)/$(PRESET).yaml" -a "$(PRESET)" != base || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
 	$(PY) -m pipeline fit --config "$(CONFIGS)/$(PRESET).yaml" $(if $(FROM),--config "$(CONFIGS)/adapt.yaml" --model.init_from="$(FROM)") \
 		--model.style_image="$(TRAIN_STYLE)" --trainer.logger.init_args.name="$(TRAIN_NAME)" \
+		$(if $(DATA),--data.data_dir="$(DATA)") $(if $(TRAIN_SHARDS),--data.train_shards="$(TRAIN_SHARDS)") \
+		$(if $(VAL_SHARDS),--data.val_shards="$(VAL_SHARDS)") $(if $(CKPT),--ckpt_path="$(CKPT)") $(ARGS)
+
+# A fast twin of a trained model (pipeline/train/distill.py): runs/STUDENT, the compact generator by default
+distill:
+	@test -n "$(NAME)" || { echo "usage: make distill NAME=<teacher: run | starter | .ckpt | .safetensors> [STUDENT=run] [PRESET=cpu|gpu] [ARGS='--model.width=32 --model.n_residual=5']"; exit 2; }
+	@test -f "$(CONFIGS)/$(PRESET).yaml" -a "$(PRESET)" != base || { echo "unknown PRESET=$(PRESET): choose cpu, gpu or paper"; exit 2; }
+	$(PY) -m pipeline fit --config "$(CONFIGS)/$(PRESET).yaml" --config "$(CONFIGS)/distill.yaml" \
+		--model.distill_from="$(NAME)" --trainer.logger.init_args.name="$(STUDENT)" \
 		$(if $(DATA),--data.data_dir="$(DATA)") $(if $(TRAIN_SHARDS),--data.train_shards="$(TRAIN_SHARDS)") \
 		$(if $(VAL_SHARDS),--data.val_shards="$(VAL_SHARDS)") $(if $(CKPT),--ckpt_path="$(CKPT)") $(ARGS)
 

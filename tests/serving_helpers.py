@@ -37,7 +37,7 @@ def make_checkpoint(run_dir: Path, seed: int = 0, global_step: int = 42, styles:
     if styles or strength:  # checkpoints from before multi-style have neither key
         hp["strength_control"] = strength
     torch.manual_seed(seed)
-    extra = {k: hp[k] for k in ("upsample", "width", "n_residual") if k in hp} if hp["arch"] == "residual" else {}
+    extra = {k: hp[k] for k in ("upsample", "width", "n_residual") if k in hp} if hp["arch"] in ("residual", "compact") else {}
     if styles or strength:
         extra.update(n_styles=len(styles or [None]), strength=strength)
     generator = build_generator(hp["arch"], norm=hp["norm"], padding=hp["padding"], **extra)

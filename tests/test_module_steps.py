@@ -8,7 +8,8 @@ import torch
 
 from pipeline.data.stream_stages import ContentBatch
 from pipeline.model.generators import PHOTO_EPS
-from pipeline.train.module import FULL_STRENGTH_SHARE, StyleTransferModule
+from pipeline.train.conditions import FULL_STRENGTH_SHARE
+from pipeline.train.module import StyleTransferModule
 from pipeline.train.nonfinite import NonFiniteGuard
 from pipeline.train.seeds import rank_seed
 

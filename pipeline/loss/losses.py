@@ -88,7 +88,7 @@ class PerceptualLoss(nn.Module):
     follow `.to(device)`).
     """
 
-    def __init__(self, style_image: torch.Tensor | list[torch.Tensor], *, content_layer: str = CONTENT_LAYER,
+    def __init__(self, style_image: torch.Tensor | list[torch.Tensor] | None, *, content_layer: str = CONTENT_LAYER,
                  style_layers: tuple[str, ...] = STYLE_LAYERS, style_weight: float = STYLE_WEIGHT,
                  content_weight: float = CONTENT_WEIGHT, tv_weight: float = TV_WEIGHT,
                  style_layer_weights: dict[str, float] | None = None, vgg_flavour: str = VGG_FLAVOUR,
@@ -101,7 +101,8 @@ class PerceptualLoss(nn.Module):
         self.style_layer_weights = style_layer_weights
         self.vgg = VGGFeatures(sorted(set(self.style_layers) | {content_layer}, key=lambda n: n[4:]),
                                flavour=vgg_flavour, weights_path=vgg_weights)
-        self.set_style(style_image)
+        if style_image is not None:  # None: targets given per call (`style_targets`: distillation)
+            self.set_style(style_image)
 
     @torch.no_grad()
     def set_style(self, style_image: torch.Tensor | list[torch.Tensor]) -> None:
@@ -120,7 +121,14 @@ class PerceptualLoss(nn.Module):
 
     @property
     def n_styles(self) -> int:
-        return getattr(self, f"target_{self.style_layers[0]}").shape[0]
+        found = getattr(self, f"target_{self.style_layers[0]}", None)
+        return 0 if found is None else found.shape[0]
+
+    def grams(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image Gram matrices (B, C, C) of `images` at the style layers: targets for `forward`'s
+        `style_targets` (a distillation's teacher outputs)."""
+        feats = self.vgg(images, list(self.style_layers))
+        return {name: gram(feats[name]) for name in self.style_layers}
 
     def targets(self, styles: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Target Grams per layer: (N, C, C), or (B, C, C) for the per-sample style indices `styles`."""
@@ -128,19 +136,24 @@ class PerceptualLoss(nn.Module):
         return found if styles is None else {name: t[styles] for name, t in found.items()}
 
     def forward(self, output: torch.Tensor, content: torch.Tensor, styles: torch.Tensor | None = None,
-                style_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                style_scale: torch.Tensor | None = None,
+                style_targets: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Return the weighted terms and their sum: {'style', 'content', 'tv', 'total'}.
 
         `styles` (B,) long: each sample's style index (default: style 0, the only one of a
         single-style loss); `style_scale` (B,): a per-sample factor on the style term (the strength
-        a sample was generated at; default 1)."""
+        a sample was generated at; default 1); `style_targets`: per-sample Grams (`grams`) to match
+        instead of the style images'."""
         out_feats = self.vgg(output)
         with torch.no_grad():  # the content target needs the VGG only up to the content layer
             content_target = self.vgg(content, [self.content_layer])[self.content_layer]
         grams = {name: gram(out_feats[name]) for name in self.style_layers}
-        if styles is None and self.n_styles > 1:
+        if style_targets is not None:
+            targets = style_targets
+        elif styles is None and self.n_styles > 1:
             raise ValueError(f"this loss has {self.n_styles} styles: pass each sample's style index")
-        targets = self.targets(styles) if styles is not None else self.targets()
+        else:
+            targets = self.targets(styles) if styles is not None else self.targets()
         per_sample = per_sample_style_loss(grams, targets, self.style_layer_weights)
         if style_scale is not None:
             per_sample = per_sample * style_scale.to(per_sample.dtype)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.model.generators import build_generator
+from pipeline.model.generators import CONDITIONED_ARCHS, build_generator
 from pipeline.model.packaged_format import SUFFIX, read_packaged, resolve_model
 
 GENERATOR_PREFIX = "generator."
@@ -27,7 +27,7 @@ def generator_kwargs(hparams: dict[str, Any], state: dict[str, Any] | None = Non
     the weights are what must load, and runs made before these options have neither."""
     arch = hparams.get("arch", "residual")
     kwargs: dict[str, Any] = {"norm": hparams.get("norm", "instance"), "padding": hparams.get("padding", "reflect")}
-    if arch == "residual":  # these exist only for the residual generator (defaults: runs made before them)
+    if arch in CONDITIONED_ARCHS:  # these exist only for these generators (defaults: runs made before them)
         kwargs["upsample"] = hparams.get("upsample", "nearest")
         kwargs["width"] = int(hparams.get("width", 32))
         kwargs["n_residual"] = int(hparams.get("n_residual", 5))
@@ -132,23 +132,23 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def checkpoint_of(spec: str) -> Path:
-    """The weights file FROM names: a packaged model's name (`starter`), a run folder (its
-    checkpoints/last.ckpt, or runs/<spec>/…), a `.ckpt` or a `.safetensors`."""
+def checkpoint_of(spec: str, role: str = "FROM") -> Path:
+    """The weights file FROM (or `role`: a distillation's TEACHER) names: a packaged model's name
+    (`starter`), a run folder (its checkpoints/last.ckpt, or runs/<spec>/…), a `.ckpt` or a `.safetensors`."""
     path = Path(spec).expanduser()
     for run in (path, Path("runs") / spec):
         if run.is_dir():
             last = run / "checkpoints" / "last.ckpt"
             if not last.is_file():
-                raise FileNotFoundError(f"FROM={spec}: the run folder {run} has no checkpoints/last.ckpt")
+                raise FileNotFoundError(f"{role}={spec}: the run folder {run} has no checkpoints/last.ckpt")
             return last
     if path.suffix and path.suffix not in (".ckpt", SUFFIX):
-        raise ValueError(f"FROM={spec}: styles are added to a model's weights with its training description: give a "
+        raise ValueError(f"{role}={spec}: a model is read from its weights with its training description: give a "
                          f"run, a .ckpt, a {SUFFIX} or a packaged model's name (an exported {path.suffix} is for serving)")
     try:
         found = resolve_model(path)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"FROM={spec}: {e}; nor is it a run folder") from None
+        raise FileNotFoundError(f"{role}={spec}: {e}; nor is it a run folder") from None
     if not found.is_file():
-        raise FileNotFoundError(f"FROM={spec} does not exist (a run folder, a .ckpt, a {SUFFIX} or a packaged model's name)")
+        raise FileNotFoundError(f"{role}={spec} does not exist (a run folder, a .ckpt, a {SUFFIX} or a packaged model's name)")
     return found

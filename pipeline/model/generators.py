@@ -1,9 +1,11 @@
-"""The paper's two feed-forward generators, float RGB in [0, 1] in and out, any H×W.
+"""The feed-forward generators, float RGB in [0, 1] in and out, any H×W, by `arch`:
 
-- `ResidualGenerator`: Johnson et al.'s network (the paper's preferred one).
-- `MultiScaleGenerator`: Ulyanov et al.'s texture-network pyramid, which also takes noise z.
+- `residual`: Johnson et al.'s network (the paper's preferred one), `ResidualGenerator`.
+- `compact`: the same network laid out for cost (`ResidualGenerator(layout="compact")`): a
+  space-to-depth entry, its body at ⅛ resolution, a depth-to-space exit (docs/architecture.md#compact).
+- `multiscale`: Ulyanov et al.'s texture-network pyramid, which also takes noise z (pipeline/model/multiscale.py).
 
-Both pad the input to the size their strides need and crop the output back, so
+Each pads the input to the size its strides need and crops the output back, so
 output H×W always equals input H×W.
 """
 from __future__ import annotations
@@ -15,7 +17,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from pipeline.model.layers import (ConvLayer, ConvNormAct, NearestUp, Padding, ResidualBlock, TransposedUp, check_choice,
-                                   crop_to, pad_to_multiple)
+                                   crop_to, depth_to_space, pad_to_multiple, space_to_depth)
+from pipeline.model.multiscale import MultiScaleGenerator
 from pipeline.model.norms import InstanceNorm2d, Norm, StrengthNet, make_norm, strength_values, style_weights
 
 Upsample = Literal["nearest", "transposed"]
@@ -23,6 +26,11 @@ STRENGTH_VERSION = 2  # 1: the strength only conditions the norms; 2: it also mi
 PHOTO_EPS = 1e-3  # the photo is clamped to [ε, 1 − ε] before its logit: strength 0 gives it back to 1e-3
 Output = Literal["sigmoid", "clamp"]
 OUTPUTS = ("sigmoid", "clamp")
+Layout = Literal["classic", "compact"]
+ARCHS = ("residual", "compact", "multiscale")
+CONDITIONED_ARCHS = ("residual", "compact")  # conditional instance norm: several styles, the strength control
+SHUFFLE = 4  # the compact layout's space-to-depth factor: its entry and exit at ¼, its body at ⅛ resolution
+BODY_WIDTH = 3  # the compact layout's body channels per unit of `width` (the classic one has 4 at ¼ resolution)
 
 
 class ResidualGenerator(nn.Module):
@@ -51,6 +59,13 @@ class ResidualGenerator(nn.Module):
     or `TransposedUp`), `out` (the `ConvLayer` to RGB); each names its own parts (`conv`, `norm`, `unit`,
     `layers()`: pipeline.model.layers), which is all that tiled inference (pipeline.serve.tiling) reads of the layout.
 
+    `layout="compact"` (arch `compact`) is the same network laid out for cost: the image enters by
+    space-to-depth (each 4×4 block of pixels as 48 channels, `shuffle` = 4), `down` is a 3×3 conv to
+    `width` channels at ¼ resolution and a stride-2 one to 3·width at ⅛, the residual blocks run at ⅛,
+    `up` is one nearest ×2 stage back to ¼, and `out` a 3×3 conv to 48 channels that depth-to-space
+    turns into the RGB image. No layer runs at full resolution; every norm is the same instance norm
+    (contrast invariance: the entry is linear, the padding affine).
+
     Two forms of one function. The module as built is the training form (NCHW, the decoder as
     declared). `for_inference()` switches it, explicitly, to the serving form that export and the
     serving loader use: channels-last activations and, for nearest upsampling with reflection
@@ -60,19 +75,25 @@ class ResidualGenerator(nn.Module):
 
     # TorchScript: the branches not taken are not compiled
     __constants__ = ["fast_decoder", "clamp_output", "conditioned", "has_strength", "n_styles", "inference",
-                     "photo_mix", "photo_eps"]
+                     "photo_mix", "photo_eps", "shuffle", "multiple"]
 
     def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", upsample: Upsample = "nearest",
                  n_residual: int = 5, width: int = 32, output: Output = "sigmoid", n_styles: int = 1,
-                 strength: bool = False, strength_version: int = STRENGTH_VERSION):
+                 strength: bool = False, strength_version: int = STRENGTH_VERSION, layout: Layout = "classic"):
         super().__init__()
         check_choice("upsample", upsample, ("nearest", "transposed"))
+        check_choice("layout", layout, ("classic", "compact"))
+        if layout == "compact" and (upsample != "nearest" or output != "sigmoid"):
+            raise ValueError("the compact layout has nearest upsampling and the sigmoid output")
         check_choice("output", output, OUTPUTS)
         if width < 1 or n_residual < 0 or n_styles < 1:
             raise ValueError(f"width and n_styles must be ≥ 1 and n_residual ≥ 0, got width={width}, "
                              f"n_residual={n_residual}, n_styles={n_styles}")
         self.conditioned, self.has_strength, self.n_styles = n_styles > 1 or strength, strength, n_styles
-        self.width = width  # the memory estimate of tiled inference reads it
+        self.width = width
+        # the width whose classic estimate bounds this layout's activation memory (pipeline.serve.tiling reads it):
+        # compact keeps only 3 values per pixel at full resolution (measured 85 bytes/px at 1536×1024, width 16 and 32)
+        self.memory_width = width if layout == "classic" else max(1, width // 8)
         self.clamp_output = output == "clamp"
         if strength and strength_version not in (1, STRENGTH_VERSION):
             raise ValueError(f"strength_version={strength_version}: choose 1 or {STRENGTH_VERSION}")
@@ -84,18 +105,29 @@ class ResidualGenerator(nn.Module):
         if self.photo_mix:
             self.register_buffer("strength_version", torch.tensor(strength_version))
         self.inference = False
-        w1, w2, w3 = width, width * 2, width * 4
+        self.shuffle = SHUFFLE if layout == "compact" else 1  # space-to-depth factor of the entry and exit
         opts = {"norm": norm, "n_styles": n_styles, "strength": strength}
-        self.down = nn.ModuleList([ConvNormAct(3, w1, 9, 1, padding=padding, **opts),
-                                   ConvNormAct(w1, w2, 3, 2, padding=padding, **opts),
-                                   ConvNormAct(w2, w3, 3, 2, padding=padding, **opts)])
-        self.res = nn.ModuleList([ResidualBlock(w3, padding=padding, **opts) for _ in range(n_residual)])
         up = (lambda i, o: NearestUp(i, o, padding=padding, **opts)) if upsample == "nearest" else \
             (lambda i, o: TransposedUp(i, o, **opts))
-        self.up = nn.ModuleList([up(w3, w2), up(w2, w1)])
+        if layout == "compact":
+            w1, w2, k = width, width * BODY_WIDTH, 3 * SHUFFLE * SHUFFLE
+            self.down = nn.ModuleList([ConvNormAct(k, w1, 3, 1, padding=padding, **opts),
+                                       ConvNormAct(w1, w2, 3, 2, padding=padding, **opts)])
+            self.res = nn.ModuleList([ResidualBlock(w2, padding=padding, **opts) for _ in range(n_residual)])
+            self.up = nn.ModuleList([up(w2, w1)])
+            self.out = ConvLayer(w1, k, 3, 1, padding)
+        else:
+            w1, w2, w3 = width, width * 2, width * 4
+            self.down = nn.ModuleList([ConvNormAct(3, w1, 9, 1, padding=padding, **opts),
+                                       ConvNormAct(w1, w2, 3, 2, padding=padding, **opts),
+                                       ConvNormAct(w2, w3, 3, 2, padding=padding, **opts)])
+            self.res = nn.ModuleList([ResidualBlock(w3, padding=padding, **opts) for _ in range(n_residual)])
+            self.up = nn.ModuleList([up(w3, w2), up(w2, w1)])
+            self.out = ConvLayer(w1, 3, 9, 1, padding)
         if strength:
             self.strength_net = StrengthNet(n_styles)
-        self.out = ConvLayer(w1, 3, 9, 1, padding)
+        # the body's scale: the padded input is a multiple of it, and ≥ 4 body pixels for the 3×3 reflections
+        self.multiple = self.shuffle * 2 ** (len(self.down) - 1)
         # The regrouped decoder (`NearestUp.regrouped`, `ConvLayer.space_to_depth`) exists only for these choices.
         self.fast_decoder = padding == "reflect" and upsample == "nearest"
         # Tiled inference (pipeline.serve.tiling) implements instance norm, reflection padding and nearest upsampling.
@@ -128,8 +160,8 @@ class ResidualGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, style: Optional[torch.Tensor] = None,
                 strength: Optional[torch.Tensor] = None) -> torch.Tensor:
-        # min_size 16: after two stride-2 convs the 3×3 reflection pad still has ≥ 4 px to reflect.
-        xp, h, w = pad_to_multiple(x, 4, 16)
+        # min_size 4 body pixels: after the strides the 3×3 reflection pad still has ≥ 4 px to reflect.
+        xp, h, w = pad_to_multiple(x, self.multiple, 4 * self.multiple)
         if self.inference:
             # Channels-last (NHWC): oneDNN's convolutions then work without reordering every activation
             # to and from their blocked layout, and pad, norm (norms.channels_last_instance_norm), ReLU and
@@ -137,11 +169,12 @@ class ResidualGenerator(nn.Module):
             # NCHW: there the native instance-norm backward beats the channels-last one.
             xp = xp.contiguous(memory_format=torch.channels_last)
         wts, hid = self.conditioning(xp, style, strength)
-        y = self.encode(xp, wts, hid)
+        y = self.encode(space_to_depth(xp, self.shuffle) if self.shuffle > 1 else xp, wts, hid)
         return crop_to(self.activate(self.decode(y, wts, hid), xp, self.mix(xp, strength)), h, w).contiguous()
 
     def encode(self, x: torch.Tensor, wts: Optional[torch.Tensor], hid: Optional[torch.Tensor]) -> torch.Tensor:
-        """Down-sampling convolutions and residual blocks: (B, 3, H, W) padded → (B, 4·width, H/4, W/4)."""
+        """Down-sampling convolutions and residual blocks: (B, 3, H, W) padded → (B, 4·width, H/4, W/4)
+        (compact: its space-to-depth (B, 48, H/4, W/4) → (B, 3·width, H/8, W/8))."""
         for layer in self.down:
             x = layer(x, wts, hid)
         for block in self.res:
@@ -157,10 +190,12 @@ class ResidualGenerator(nn.Module):
             if self.inference:
                 for stage in self.up:
                     y = stage.regrouped(y, wts, hid)
+                if self.shuffle > 1:  # the compact exit: a 3×3 conv at ¼ resolution, then depth-to-space
+                    return depth_to_space(self.out(y), self.shuffle)
                 return self.out.space_to_depth(y)
         for stage in self.up:
             y = stage(y, wts, hid)
-        return self.out(y)
+        return depth_to_space(self.out(y), self.shuffle) if self.shuffle > 1 else self.out(y)
 
     def mix(self, x: torch.Tensor, strength: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """(B, 1, 1, 1) strengths for `activate`'s mix with the photo, or None (no mix: full strength, also
@@ -184,77 +219,15 @@ class ResidualGenerator(nn.Module):
         return [m for m in self.modules() if isinstance(m, InstanceNorm2d)]
 
 
-class MultiScaleGenerator(nn.Module):
-    """Ulyanov et al.'s multi-scale generator g(x, z).
-
-    The image is seen at `scales` resolutions (1, 1/2, ... 1/2^(K-1)); at each one a noise
-    map z_k is concatenated and passed through a conv block (3×3, 3×3, 1×1). Starting from
-    the coarsest, each result is upsampled ×2, normalized and concatenated with the next
-    finer branch (also normalized), then mixed by another conv block. A 1×1 conv gives RGB.
-
-    Noise: during training z is uniform in [-0.5, 0.5); in eval mode it defaults to zero (its
-    mean), so serving is deterministic. Pass `z` explicitly (a list, finest first) for variety.
-    """
-
-    def __init__(self, norm: Norm = "instance", padding: Padding = "reflect", scales: int = 5,
-                 branch_channels: int = 8, noise_channels: int = 3):
-        super().__init__()
-        if scales < 1:
-            raise ValueError(f"scales must be ≥ 1, got {scales}")
-        self.scales, self.noise_channels = scales, noise_channels
-        c = branch_channels
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(ConvNormAct(cin, cout, 3, norm=norm, padding=padding, act="leaky"),
-                                 ConvNormAct(cout, cout, 3, norm=norm, padding=padding, act="leaky"),
-                                 ConvNormAct(cout, cout, 1, norm=norm, padding=padding, act="leaky"))
-
-        self.branches = nn.ModuleList([block(3 + noise_channels, c) for _ in range(scales)])
-        # Join i (coarse → fine) merges the running result ((i+1)·c channels) with a c-channel branch.
-        self.join_norm_coarse = nn.ModuleList([make_norm(norm, c * (i + 1)) for i in range(scales - 1)])
-        self.join_norm_fine = nn.ModuleList([make_norm(norm, c) for _ in range(scales - 1)])
-        self.joins = nn.ModuleList([block(c * (i + 2), c * (i + 2)) for i in range(scales - 1)])
-        self.out = nn.Conv2d(c * scales, 3, 1)
-
-    def forward(self, x: torch.Tensor, z: list[torch.Tensor] | None = None) -> torch.Tensor:
-        multiple = 1 << (self.scales - 1)  # int (2 ** n is a float under TorchScript)
-        xp, h, w = pad_to_multiple(x, multiple, 2 * multiple)  # coarsest level ≥ 2 px for its 3×3 reflection
-        pyramid = [xp]
-        for _ in range(self.scales - 1):
-            pyramid.append(F.avg_pool2d(pyramid[-1], 2))
-        feats = []
-        feats: list[torch.Tensor] = []
-        # Iterate the ModuleLists directly (TorchScript cannot index them with a loop variable).
-        for k, branch in enumerate(self.branches):
-            img = pyramid[k]
-            noise = z[k] if z is not None else self._noise(img)
-            feats.append(branch(torch.cat([img, noise], dim=1)))
-        y = feats[-1]  # coarsest
-        for i, (norm_coarse, norm_fine, join) in enumerate(zip(self.join_norm_coarse, self.join_norm_fine, self.joins)):
-            fine = feats[self.scales - 2 - i]
-            y = F.interpolate(y, scale_factor=2.0, mode="nearest")
-            y = join(torch.cat([norm_coarse(y), norm_fine(fine)], dim=1))
-        return crop_to(torch.sigmoid(self.out(y)), h, w)
-
-    def for_inference(self) -> "MultiScaleGenerator":
-        """The serving form, in place: eval mode (zero noise), no gradients. Its layers have no faster form."""
-        self.eval().requires_grad_(False)
-        return self
-
-    def _noise(self, img: torch.Tensor) -> torch.Tensor:
-        shape = (img.shape[0], self.noise_channels, img.shape[2], img.shape[3])
-        if self.training:
-            return torch.rand(shape, device=img.device, dtype=img.dtype) - 0.5
-        return torch.zeros(shape, device=img.device, dtype=img.dtype)
-
-
 def build_generator(arch: str = "residual", **kwargs) -> nn.Module:
-    """Build a generator by name: `residual` (Johnson) or `multiscale` (Ulyanov). Several styles and the
-    strength control (`n_styles`, `strength`) exist for the residual generator only."""
-    check_choice("arch", arch, ("residual", "multiscale"))
+    """Build a generator by name: `residual` (Johnson), `compact` (the same, laid out for cost) or
+    `multiscale` (Ulyanov). Several styles and the strength control (`n_styles`, `strength`) exist for
+    the first two."""
+    check_choice("arch", arch, ARCHS)
     if arch == "multiscale" and (kwargs.get("n_styles", 1) > 1 or kwargs.get("strength")):
-        raise ValueError("several styles and the strength control need arch='residual' (conditional instance norm "
-                         "is implemented for Johnson et al.'s generator)")
+        raise ValueError("several styles and the strength control need arch='residual' or 'compact' (conditional "
+                         "instance norm is implemented for Johnson et al.'s generator)")
     if arch == "multiscale":
         kwargs.pop("n_styles", None), kwargs.pop("strength", None)
-    return ResidualGenerator(**kwargs) if arch == "residual" else MultiScaleGenerator(**kwargs)
+        return MultiScaleGenerator(**kwargs)
+    return ResidualGenerator(**kwargs, layout="compact" if arch == "compact" else "classic")

@@ -25,7 +25,7 @@ from pipeline.model.norms import Norm, check_choice, make_norm
 Padding = Literal["reflect", "zero"]
 PADDINGS = ("reflect", "zero")
 __all__ = ["ConvLayer", "ConvNormAct", "NearestUp", "Padding", "ResidualBlock", "TransposedUp", "check_choice",
-           "crop_to", "pad_to_multiple"]
+           "crop_to", "depth_to_space", "pad_to_multiple", "space_to_depth"]
 
 
 class ConvLayer(nn.Sequential):
@@ -183,3 +183,21 @@ def crop_to(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
     size is h×w by construction. Same values as the slice.
     """
     return F.pad(y, (0, w - y.shape[-1], 0, h - y.shape[-2]))
+
+
+def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, factor²·C, H/factor, W/factor), channel (factor·u + v)·C + c holding pixel
+    (factor·i + u, factor·j + v) of channel c; H and W multiples of `factor`. By strided slices, not
+    `pixel_unshuffle`, whose reshape makes torch.export ask for a divisibility it cannot prove through
+    the generators' padding arithmetic (the same reason as fast_ops.space_to_depth_conv)."""
+    phases: list[torch.Tensor] = []  # loops, not a double comprehension: TorchScript compiles this
+    for u in range(factor):
+        for v in range(factor):
+            phases.append(x[:, :, u::factor, v::factor])
+    return torch.cat(phases, 1)
+
+
+def depth_to_space(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, factor²·C, H, W) → (B, C, factor·H, factor·W): `pixel_shuffle` (channel c·factor² + factor·u + v
+    becomes pixel (factor·i + u, factor·j + v) of channel c)."""
+    return F.pixel_shuffle(x, factor)

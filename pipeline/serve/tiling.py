@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.model.generators import ResidualGenerator
+from pipeline.model.layers import depth_to_space, space_to_depth
 from pipeline.model.norms import InstanceNorm2d
 
 
@@ -33,7 +34,9 @@ from pipeline.model.norms import InstanceNorm2d
 #          output tile by tile).
 # Reflection padding is applied where a tile touches the image border and real neighbouring
 # pixels are used elsewhere, so every layer sees exactly what it sees untiled: the result equals
-# the untiled model's up to float rounding (tests/test_tiling.py), for ~1.5× the compute.
+# the untiled model's up to float rounding (tests/test_tiling.py), for ~1.5× the compute. The compact
+# layout (pipeline.model.generators) is the same walk: its space-to-depth entry and depth-to-space exit
+# are applied per tile, its body is at ⅛ resolution, its `down` and `up` are shorter.
 
 # Memory per input pixel, in float32 values, as a function of the generator's width (the residual
 # blocks run at 1/16 of the pixels in buffers they reuse: their depth does not move the peak). Untiled:
@@ -49,9 +52,10 @@ DEFAULT_WIDTH = 32  # models whose width is unknown (a generator trained elsewhe
 
 
 def model_width(model: Any) -> int:
-    """The base channel count of a loaded model's generator (DEFAULT_WIDTH when unknown)."""
+    """The width of the memory estimate for a loaded model's generator: its base channel count, scaled
+    for the compact layout (`ResidualGenerator.memory_width`); DEFAULT_WIDTH when unknown."""
     generator = model if isinstance(model, ResidualGenerator) else getattr(model, "instyle_generator", None)
-    return generator.width if isinstance(generator, ResidualGenerator) else DEFAULT_WIDTH
+    return generator.memory_width if isinstance(generator, ResidualGenerator) else DEFAULT_WIDTH
 
 
 def untiled_bytes(h: int, w: int, batch: int = 1, width: int = DEFAULT_WIDTH) -> int:
@@ -167,8 +171,8 @@ def stylize_tiled(generator: ResidualGenerator, x: torch.Tensor, tile: int = 512
     with whole-image instance-norm statistics; `style` (B, N) and `strength` (B,) as the generator takes
     them (None: its first style at full strength)."""
     if not generator.tileable:
-        raise ValueError("tiled inference implements the residual generator with instance norm, reflection padding "
-                         "and nearest upsampling")
+        raise ValueError("tiled inference implements the residual and compact generators with instance norm, "
+                         "reflection padding and nearest upsampling")
     with torch.inference_mode():
         x = x.contiguous()
         wts, hid = generator.conditioning(x, style, strength)
@@ -180,36 +184,49 @@ def stylize_tiled(generator: ResidualGenerator, x: torch.Tensor, tile: int = 512
         return torch.cat(outputs)
 
 
+def _unshuffle(p: _Piece, f: int) -> _Piece:
+    """The generator's space-to-depth entry on a piece whose rows and columns are multiples of `f`."""
+    return _Piece(space_to_depth(p.t, f), p.r0 // f, p.r1 // f, p.c0 // f, p.c1 // f, p.H // f, p.W // f)
+
+
 def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond,
                mix: Optional[torch.Tensor] = None) -> torch.Tensor:
     h, wd = x.shape[-2:]
-    H, W = max(-(-h // 4), 4) * 4, max(-(-wd // 4), 4) * 4  # as layers.pad_to_multiple(x, 4, 16)
+    D, f = g.multiple, g.shuffle  # the body's scale (4 classic, 8 compact), the entry's space-to-depth factor
+    H, W = max(-(-h // D), 4) * D, max(-(-wd // D), 4) * D  # as layers.pad_to_multiple(x, D, 4·D)
     xp = F.pad(x, (0, W - wd, 0, H - h), mode="replicate")
-    Hq, Wq, tq = H // 4, W // 4, max(4, tile // 4)
+    Hq, Wq, tq = H // D, W // D, max(4, tile // D)
     # the layers by the names the generator gives them (pipeline.model.layers), ReLU after each norm here
     down = [(unit.conv, unit.norm) for unit in g.down]
     up = [(stage.unit.conv, stage.unit.norm) for stage in g.up]  # each after a nearest ×2 upsampling
     out_conv = g.out.conv
-    tiles = _grid(Hq, Wq, tq)  # in ¼-resolution units; full resolution ×4, half ×2
+    tiles = _grid(Hq, Wq, tq)  # in body-resolution units
+    # input rows each side a body tile needs (the entry's padding and every layer's reach), in whole body pixels
+    reach = f * sum((c.kernel_size[0] // 2) * (2 ** i) for i, (c, _) in enumerate(down))
+    halo_in = -(-reach // D) * D
+    # body rows each side an output tile needs: the decoder's reach, scaled down to the body
+    halo_body = 1 + sum((c.kernel_size[0] // 2) / 2 ** (i + 1) for i, (c, _) in enumerate(up))
+    halo_body = int(halo_body + (out_conv.kernel_size[0] // 2) / 2 ** len(up)) + 1
 
     def head(q0: int, q1: int, p0: int, p1: int, depth: int, affines: list) -> torch.Tensor:
-        r0, r1, c0, c1 = max(0, 4 * q0 - 8), min(H, 4 * q1 + 8), max(0, 4 * p0 - 8), min(W, 4 * p1 + 8)
-        p = _conv(_Piece(xp[:, :, r0:r1, c0:c1], r0, r1, c0, c1, H, W), down[0][0])
+        r0, r1, c0, c1 = max(0, D * q0 - halo_in), min(H, D * q1 + halo_in), max(0, D * p0 - halo_in), min(W, D * p1 + halo_in)
+        p = _Piece(xp[:, :, r0:r1, c0:c1], r0, r1, c0, c1, H, W)
+        p = _conv(_unshuffle(p, f) if f > 1 else p, down[0][0])
         for level in range(1, depth):
             p = _conv(_norm(p, affines[level - 1]), down[level][0])
-        k = 4 >> (depth - 1)  # 4, 2, 1: the scale of this layer's rows relative to ¼ resolution
+        k = 2 ** (len(down) - depth)  # the scale of this layer's rows relative to the body
         return p.crop(k * q0, k * q1, k * p0, k * p1).t
 
     affines: list = []
-    for depth in (1, 2):
+    for depth in range(1, len(down)):
         stats = _Stats()
         for q in tiles:
             stats.add(head(*q, depth, affines))
         affines.append(stats.affine(down[depth - 1][1], cond))
-    y = torch.empty(1, down[2][0].out_channels, Hq, Wq, dtype=x.dtype, device=x.device)
+    y = torch.empty(1, down[-1][0].out_channels, Hq, Wq, dtype=x.dtype, device=x.device)
     for q0, q1, p0, p1 in tiles:
-        y[:, :, q0:q1, p0:p1] = head(q0, q1, p0, p1, 3, affines)
-    _norm_whole_(y, down[2][1], cond, relu=True)
+        y[:, :, q0:q1, p0:p1] = head(q0, q1, p0, p1, len(down), affines)
+    _norm_whole_(y, down[-1][1], cond, relu=True)
 
     a, b = torch.empty_like(y), torch.empty_like(y)
     mid_tiles = _grid(Hq, Wq, 2 * tq)
@@ -224,23 +241,25 @@ def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond,
     del a, b
 
     def tail(q0: int, q1: int, p0: int, p1: int, depth: int, affines: list) -> torch.Tensor:
-        r0, r1, c0, c1 = max(0, q0 - 3), min(Hq, q1 + 3), max(0, p0 - 3), min(Wq, p1 + 3)
+        r0, r1, c0, c1 = max(0, q0 - halo_body), min(Hq, q1 + halo_body), max(0, p0 - halo_body), min(Wq, p1 + halo_body)
         p = _conv(_up(_Piece(y[:, :, r0:r1, c0:c1], r0, r1, c0, c1, Hq, Wq)), up[0][0])
-        if depth >= 2:
-            p = _conv(_up(_norm(p, affines[0])), up[1][0])
-        if depth >= 3:
-            p = _conv(_norm(p, affines[1]), out_conv)
-        k = 2 if depth == 1 else 4
+        for level in range(1, min(depth, len(up))):
+            p = _conv(_up(_norm(p, affines[level - 1])), up[level][0])
+        if depth > len(up):
+            p = _conv(_norm(p, affines[-1]), out_conv)
+        k = 2 ** min(depth, len(up))
         return p.crop(k * q0, k * q1, k * p0, k * p1).t
 
     affines = []
-    for depth in (1, 2):
+    for depth in range(1, len(up) + 1):
         stats = _Stats()
         for q in tiles:
             stats.add(tail(*q, depth, affines))
         affines.append(stats.affine(up[depth - 1][1], cond))
     out = torch.empty(1, 3, H, W, dtype=x.dtype, device=x.device)
     for q0, q1, p0, p1 in tiles:
-        rows, cols = slice(4 * q0, 4 * q1), slice(4 * p0, 4 * p1)
-        out[:, :, rows, cols] = g.activate(tail(q0, q1, p0, p1, 3, affines), xp[:, :, rows, cols], mix)
+        rows, cols = slice(D * q0, D * q1), slice(D * p0, D * p1)
+        y_tile = tail(q0, q1, p0, p1, len(up) + 1, affines)
+        y_tile = depth_to_space(y_tile, f) if f > 1 else y_tile
+        out[:, :, rows, cols] = g.activate(y_tile, xp[:, :, rows, cols], mix)
     return out[:, :, :h, :wd]

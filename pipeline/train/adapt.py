@@ -22,6 +22,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from pipeline.model.generators import CONDITIONED_ARCHS
 from pipeline.model.checkpoint import GENERATOR_PREFIX, checkpoint_of, generator_kwargs, read_checkpoint, style_names
 from pipeline.model.style_fingerprints import SAME_PAINTING, distance, fingerprint, style_fingerprints
 
@@ -47,9 +48,9 @@ def load_base(spec: str) -> Base:
     ckpt = read_checkpoint(checkpoint_of(spec))
     hp = dict(ckpt["hyper_parameters"])
     arch, kwargs = generator_kwargs(hp, ckpt["state_dict"])
-    if arch != "residual" or kwargs.get("norm") != "instance":
+    if arch not in CONDITIONED_ARCHS or kwargs.get("norm") != "instance":
         raise ValueError(f"FROM={spec} is a {arch} generator with {kwargs.get('norm')} norm: styles are added as rows of "
-                         "conditional instance norm, which only the residual generator with instance norm has")
+                         "conditional instance norm, which only the residual and compact generators with instance norm have")
     if kwargs.get("output", "sigmoid") != "sigmoid":
         raise ValueError(f"FROM={spec} is an imported model (linear output, pytorch/examples): it has no per-style "
                          "parameters to add a row to; train from scratch, or FROM=starter")

@@ -29,7 +29,7 @@ BASE_CONFIG = CONFIG_DIR / "base.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
-NOT_PRESETS = ("base", "adapt")  # loaded before every preset; added after one by FROM= (`make train`)
+NOT_PRESETS = ("base", "adapt", "distill")  # loaded before every preset; added after one by FROM= / `make distill`
 
 
 def presets() -> list[str]:

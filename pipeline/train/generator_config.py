@@ -7,6 +7,8 @@ from typing import Any, TYPE_CHECKING
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from pipeline.model.generators import CONDITIONED_ARCHS
+
 if TYPE_CHECKING:
     from pipeline.train.adapt import Base
 
@@ -34,9 +36,9 @@ def resolve_architecture(base: "Base | None", given: dict[str, Any]) -> dict[str
 
 def strength_control_for(requested: bool, arch: str, norm: str) -> bool:
     """The strength control as this generator can have it: it conditions the residual generator's
-    instance norms, so it is turned off, with a warning, for batch norm, no norm or the multi-scale
+    instance norms (residual or compact), so it is turned off, with a warning, for batch norm, no norm or the multi-scale
     generator (the paper's baselines, which the presets' default must not block)."""
-    if requested and (arch != "residual" or norm != "instance"):
+    if requested and (arch not in CONDITIONED_ARCHS or norm != "instance"):
         rank_zero_warn(f"strength control turned off: it conditions instance norm in the residual generator, and this "
                        f"run trains arch={arch}, norm={norm} (pass --model.strength_control=false to silence this)")
         return False

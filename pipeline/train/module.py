@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from pipeline.data.stream_stages import ContentBatch
 from pipeline.loss.losses import (CONTENT_LAYER, CONTENT_WEIGHT, PHOTO_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT,
                                   VGG_FLAVOUR, PerceptualLoss, photo_loss)
-from pipeline.model.generators import build_generator
+from pipeline.model.generators import CONDITIONED_ARCHS, build_generator
 from pipeline.common.image_sources import load_style
 from pipeline.train.adapt import LEARN, check_new_styles, fingerprint, grafted_state, kept_drift, load_base, \
     parameter_groups, replay_loss
+from pipeline.train.conditions import ConditionSampling
+from pipeline.train.distill import DISTILL_WEIGHT, check_student, distill_terms, load_teacher, teacher_output
 from pipeline.train.generator_config import check_generator_matches, resolve_architecture
 from pipeline.train.nonfinite import NonFiniteGuard
 from pipeline.train.regularizers import stability_loss
@@ -23,13 +25,9 @@ from pipeline.train.step_flops import image_flops
 from pipeline.train.styles import style_name, style_specs
 
 STYLE_SAMPLING = ("sample", "batch")
-# With strength_samples=0 (the first scheme): the share of a batch's samples drawn at strength 1, the
-# rest uniform in [0, 1]. The default (strength_samples ≥ 1) keeps the whole batch at strength 1 and
-# adds samples at lower strengths, so full strength sees what a model without the control sees.
-FULL_STRENGTH_SHARE = 0.75
 
 
-class StyleTransferModule(L.LightningModule):
+class StyleTransferModule(ConditionSampling, L.LightningModule):
     """Feed-forward style transfer (Ulyanov et al. 2017, Johnson et al. 2016), N styles in one generator
     (Dumoulin et al. 2017) and a strength control (after Babaeizadeh & Ghiasi 2020).
 
@@ -64,12 +62,17 @@ class StyleTransferModule(L.LightningModule):
         replay_weight: with `init_from`, learn=all and kept styles: each batch adds its photos in FROM's
             styles, pulled toward FROM's own output with this weight (mean squared error in 0..1).
         shared_lr: with `init_from` and learn=all, Adam's rate for FROM's shared weights (default: lr).
-        arch: `residual` (Johnson) or `multiscale` (Ulyanov, with noise input). Default residual.
+        distill_from: train a student of this model (TEACHER: a packaged model's name, a run folder, a
+            .ckpt or a .safetensors; `make distill`, pipeline/train/distill.py) on its outputs, for its
+            styles and strength control; `style_image` is then left out.
+        distill_weight: with `distill_from`, the weight of the mean squared difference from the teacher's pixels.
+        arch: `residual` (Johnson), `compact` (the same laid out for cost: docs/architecture.md#compact)
+            or `multiscale` (Ulyanov, with noise input). Default residual.
         norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`. Default instance.
         padding: `reflect` (default) or `zero`.
         upsample: residual generator only: `nearest` (resize-conv, default) or `transposed`.
-        width: residual generator only: base channels (32 as Johnson et al., the default; 16 or 8 for lighter models).
-        n_residual: residual generator only: residual blocks at ¼ resolution (default 5).
+        width: residual and compact generators: base channels (32 as Johnson et al., the default; 16 or 8 for lighter models).
+        n_residual: residual and compact generators: residual blocks at ¼ (compact: ⅛) resolution (default 5).
         content_layer: `relu2_2` or `relu3_3`.
         style_weight, content_weight, tv_weight: loss weights (defaults: pipeline/loss/losses.py).
         vgg_flavour: `caffe` (verified Oxford weights, default) or `torchvision`.
@@ -80,7 +83,7 @@ class StyleTransferModule(L.LightningModule):
             (checked at the log interval).
     """
 
-    def __init__(self, style_image: str, style_size: int | None = 512, arch: str | None = None,
+    def __init__(self, style_image: str | None = None, style_size: int | None = 512, arch: str | None = None,
                  norm: str | None = None, padding: str | None = None, upsample: str | None = None,
                  width: int | None = None, n_residual: int | None = None,
                  content_layer: str = CONTENT_LAYER, style_weight: float = STYLE_WEIGHT,
@@ -88,9 +91,15 @@ class StyleTransferModule(L.LightningModule):
                  vgg_weights: str | None = None, lr: float = 1e-3, lr_schedule: str = "none", max_nonfinite: int = 10,
                  style_sampling: str = "sample", strength_control: bool | None = None, stability_weight: float = 0.0,
                  photo_weight: float = PHOTO_WEIGHT, strength_samples: int = 1, init_from: str | None = None,
-                 learn: str = "all", keep_styles: bool = True, replay_weight: float = 0.0, shared_lr: float | None = None):
+                 learn: str = "all", keep_styles: bool = True, replay_weight: float = 0.0, shared_lr: float | None = None,
+                 distill_from: str | None = None, distill_weight: float = DISTILL_WEIGHT):
         super().__init__()
-        specs = style_specs(style_image)
+        teacher = load_teacher(distill_from) if distill_from else None
+        if teacher is not None:
+            strength_control = check_student(teacher, style_image, strength_control, init_from)
+        elif not style_image:
+            raise ValueError("--model.style_image is required: the painting(s) to train (or --model.distill_from)")
+        specs = style_specs(style_image) if style_image else []
         if learn not in LEARN or replay_weight < 0:
             raise ValueError(f"learn={learn!r} (choose {' or '.join(LEARN)}), replay_weight={replay_weight} (≥ 0)")
         base = load_base(init_from) if init_from else None
@@ -99,7 +108,7 @@ class StyleTransferModule(L.LightningModule):
         shape = resolve_architecture(base, given)
         arch, norm = shape["arch"], shape["norm"]
         kept = base.styles if base is not None and keep_styles else []
-        if len(kept) + len(specs) > 1 and (arch != "residual" or norm != "instance"):
+        if len(kept) + len(specs) > 1 and (arch not in CONDITIONED_ARCHS or norm != "instance"):
             raise ValueError(f"{len(specs)} styles in one generator need conditional instance norm: train them with "
                              f"--model.arch=residual --model.norm=instance (got arch={arch}, norm={norm}), or train "
                              f"one model per style")
@@ -114,25 +123,26 @@ class StyleTransferModule(L.LightningModule):
                              f"{photo_weight}, {strength_samples}")
         if style_sampling not in STYLE_SAMPLING:
             raise ValueError(f"style_sampling={style_sampling!r}: choose {' or '.join(STYLE_SAMPLING)}")
-        new_names = [style_name(s) for s in specs]
+        new_names = [style_name(s) for s in specs] if teacher is None else teacher.styles
         # the style images (1, 3, h, w) each, for the loss targets and the TensorBoard header: the new ones
         self.style_images = [load_style(s, style_size) for s in specs]
-        prints = check_new_styles(base, new_names, self.style_images) if base else [fingerprint(i) for i in self.style_images]
+        prints = check_new_styles(base, new_names, self.style_images) if base else \
+            teacher.fingerprints if teacher else [fingerprint(i) for i in self.style_images]
         self.style_names = kept + new_names  # the generator's order: FROM's kept styles, then the new ones
         self.style_fingerprints = (base.fingerprints if kept else []) + prints
         self.first_new = len(kept)  # generator index of the first style the loss knows
-        extra = {k: shape[k] for k in ("upsample", "width", "n_residual")} if arch == "residual" else {}
+        extra = {k: shape[k] for k in ("upsample", "width", "n_residual")} if arch in CONDITIONED_ARCHS else {}
         self.generator = build_generator(arch, norm=norm, padding=shape["padding"], n_styles=len(self.style_names),
                                          strength=strength_control, **extra)
         # FROM's generator, frozen: the new one's starting point, the replay targets and the drift measure
-        self.teacher = None
+        self.teacher = None if teacher is None else teacher.generator  # a distillation's teacher, frozen
         if base is not None:
             self.generator.load_state_dict(grafted_state(base, len(specs), keep_styles))
             self.teacher = build_generator(arch, norm=norm, padding=shape["padding"], n_styles=base.n_styles,
                                            strength=strength_control, **extra)
             self.teacher.load_state_dict(base.state)
             self.teacher.eval().requires_grad_(False)
-        self.loss = PerceptualLoss(self.style_images, content_layer=content_layer, style_layers=STYLE_LAYERS,
+        self.loss = PerceptualLoss(self.style_images or None, content_layer=content_layer, style_layers=STYLE_LAYERS,
                                    style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
                                    vgg_flavour=vgg_flavour, vgg_weights=vgg_weights)
         self.nonfinite = NonFiniteGuard(max_nonfinite)
@@ -158,39 +168,10 @@ class StyleTransferModule(L.LightningModule):
         weights = None if styles is None else F.one_hot(styles, self.n_styles).to(x.dtype)
         return self.generator(x, weights, strength if self.hparams.strength_control else None)
 
-    def draw_conditions(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per-sample style indices (or None with one style) and strengths (or None without the control)."""
-        styles = strength = None
-        if self.n_styles > 1:  # the styles the loss knows: with FROM, the new ones
-            shape = (batch,) if self.hparams.style_sampling == "sample" else (1,)
-            styles = self.first_new + torch.randint(len(self.style_images), shape, device=self.device).expand(batch)
-        if self.hparams.strength_control and self.hparams.get("strength_samples", 0) > 0:  # whole batch at 1
-            strength = torch.ones(batch, device=self.device)
-        elif self.hparams.strength_control:
-            uniform = torch.rand(batch, device=self.device)
-            full = torch.rand(batch, device=self.device) < FULL_STRENGTH_SHARE
-            strength = torch.where(full, torch.ones_like(uniform), uniform)
-        return styles, strength
-
-    def strength_sample_count(self, batch: int) -> int:
-        """How many strength samples a training batch of `batch` photos gets (at most one per photo)."""
-        return min(self.hparams.get("strength_samples", 0), batch) if self.hparams.strength_control else 0
-
-    def with_strength_samples(self, images: torch.Tensor, styles: torch.Tensor | None, strength: torch.Tensor | None
-                              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The training batch with `strength_samples` copies of its first photos (their styles) appended
-        at strengths uniform in [0, 1); unchanged without the control or with strength_samples=0."""
-        k = self.strength_sample_count(len(images)) if strength is not None else 0
-        if k == 0:
-            return images, styles, strength
-        extra = torch.rand(k, device=images.device, dtype=strength.dtype)
-        return (torch.cat([images, images[:k]]), None if styles is None else torch.cat([styles, styles[:k]]),
-                torch.cat([strength, extra]))
-
     def image_flops(self, images: torch.Tensor, backward: bool) -> int:
         """FLOPs of one image of `images`' size through a training or validation step (step_flops.py)."""
         return image_flops(self.generator, self.loss, images, backward, self.n_styles, self.hparams.stability_weight,
-                           self._image_flops)
+                           self._image_flops, self.teacher if self.hparams.get("distill_from") else None)
 
     def on_train_batch_start(self, batch: ContentBatch, batch_idx: int) -> None:
         n = len(batch.images) + self.strength_sample_count(len(batch.images))  # the generator runs both
@@ -202,6 +183,9 @@ class StyleTransferModule(L.LightningModule):
     def _terms(self, content: torch.Tensor, styles: torch.Tensor | None = None,
                strength: torch.Tensor | None = None, stability: bool = False) -> dict[str, torch.Tensor]:
         output = self(content, styles, strength)
+        if self.hparams.get("distill_from"):  # the teacher's output on the same photo, style and strength
+            target = teacher_output(self.teacher, content, styles, self.n_styles, strength)
+            return distill_terms(self.loss, output, target, content, self.hparams.distill_weight)
         terms = self.loss(output, content, None if styles is None else styles - self.first_new, strength)
         if strength is not None and self.hparams.photo_weight > 0:  # lower strengths pulled toward the photo
             terms["photo"] = self.hparams.photo_weight * photo_loss(output, content, 1.0 - strength)

@@ -12,9 +12,10 @@ from pipeline.train.regularizers import stability_loss
 
 
 def image_flops(generator: nn.Module, loss: nn.Module, images: torch.Tensor, backward: bool, n_styles: int,
-                stability_weight: float, cache: dict[tuple[bool, int, int], int]) -> int:
+                stability_weight: float, cache: dict[tuple[bool, int, int], int], teacher: nn.Module | None = None) -> int:
     """FLOPs of one image of `images`' size through a training step (generator, loss, backward; with the
-    stability term's two more generator passes when it is on) or a validation step (forward only). Counted
+    stability term's two more generator passes when it is on; distilling, the `teacher`'s pass and the Grams
+    of its output, pipeline/train/distill.py) or a validation step (forward only). Counted
     once per size into `cache`, on a copy of `generator` (its state and the RNG untouched)."""
     key = (backward, *images.shape[-2:])
     if key not in cache:
@@ -24,6 +25,10 @@ def image_flops(generator: nn.Module, loss: nn.Module, images: torch.Tensor, bac
 
         def step() -> torch.Tensor:
             output = generator(x)
+            if teacher is not None:  # a distillation: the teacher's output and its Grams are the style targets
+                with torch.no_grad():
+                    grams = loss.grams(teacher(x))
+                return loss(output, x, style_targets=grams)["total"]
             total = loss(output, x, styles)["total"]
             if backward and stability_weight > 0:
                 total = total + stability_loss(generator, x, output)
