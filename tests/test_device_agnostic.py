@@ -22,9 +22,11 @@ from pipeline.serve.inference import device_batch, run_batch
 from pipeline.serve.model_io import load_model
 from serving_helpers import encode_pil, make_checkpoint, rng_image
 
-KINDS = {"plain": {}, "trio": {"styles": ["a", "b", "c"]}, "strength": {"strength": True}}
+KINDS = {"plain": {}, "trio": {"styles": ["a", "b", "c"]}, "strength": {"strength": True},
+         "compact": {"arch": "compact", "styles": ["a", "b"], "strength": True}}
 CONDITIONS = {"plain": None, "trio": [Conditioning((0.2, 0.3, 0.5)), Conditioning((0.0, 1.0, 0.0))],
-              "strength": [Conditioning((1.0,), 0.4), Conditioning((1.0,), 1.0)]}
+              "strength": [Conditioning((1.0,), 0.4), Conditioning((1.0,), 1.0)],
+              "compact": [Conditioning((0.3, 0.7), 0.4), Conditioning((0.0, 1.0), 1.0)]}
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,11 @@ from serving_helpers import decode_pil, encode_pil, rng_image, shared_export
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def generator():
+@pytest.fixture(scope="module", params=["classic", "compact"])
+def generator(request):
+    """The full-size generator of each layout (the compact one: its body at ⅛, entry and exit by space-to-depth)."""
     torch.manual_seed(0)
-    g = ResidualGenerator().eval()
+    g = ResidualGenerator(layout=request.param).eval()
     with torch.no_grad():  # move the norm affines off 1/0 so every statistic matters
         for p in g.parameters():
             if p.dim() == 1:
@@ -74,7 +75,8 @@ def test_exported_models_carry_their_generator(tmp_path_factory, kind):
     assert diff < TOL
 
 
-@pytest.mark.parametrize("kwargs", [{"padding": "zero"}, {"norm": "batch"}, {"upsample": "transposed"}, {"norm": "none"}])
+@pytest.mark.parametrize("kwargs", [{"padding": "zero"}, {"norm": "batch"}, {"upsample": "transposed"}, {"norm": "none"},
+                                    {"layout": "compact", "padding": "zero"}])
 def test_other_generators_are_not_tiled(kwargs):
     assert tileable_generator(ResidualGenerator(**kwargs)) is None
 
