@@ -36,12 +36,13 @@ DEFAULT_RUNS = ("runs/width8", "runs/width16", "runs/width32", "runs/starter")
 
 
 def measure(browser: Any, url: str, seconds: float, warmup: int, min_frames: int,
-            max_side: int | None = None) -> dict[str, Any]:
+            max_side: int | None = None, own_model: bool = False) -> dict[str, Any]:
     """The page's webcam loop at `url`: frames/s after `warmup` frames, over ≥ `seconds` and ≥ `min_frames`;
-    `max_side`: the page's "max side" control (320 or 512: the camera frame scaled down first)."""
+    `max_side`: the page's "max side" control (320 or 512: the camera frame scaled down first); `own_model`:
+    the run's own model on the webcam even where the page has its fast twin (`?webcam=full`)."""
     page = browser.new_page()
     try:
-        page.goto(url + "?backend=wasm")
+        page.goto(url + "?backend=wasm" + ("&webcam=full" if own_model else ""))
         info = page.evaluate("instyle.ready()")
         if max_side:
             page.select_option("#max-side", str(max_side))
@@ -55,6 +56,7 @@ def measure(browser: Any, url: str, seconds: float, warmup: int, min_frames: int
         # whole frames: those finished after the first reading's latest frame, up to the last reading's latest
         frames, span = last["frames"] - first["frames"], (last["last"] - first["last"]) / 1000
         return {"backend": info["backend"], "threads": info["threads"], "isolated": info["crossOriginIsolated"],
+                "webcam_model": info.get("webcam") or "own",
                 "frame": f"{last['width']}x{last['height']}", "frames": frames, "seconds": round(span, 2),
                 "fps": round(frames / span, 2), "ms_per_frame": round(1000 * span / frames, 1)}
     finally:
@@ -97,11 +99,11 @@ def bench_web(run: Path, work: Path, quick: bool) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| run | width | styles | wasm threads | frame | frames/s (median) | best | ms/frame (median) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | webcam model | width | styles | wasm threads | frame | frames/s (median) | best | ms/frame (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         threads = f"{r['threads']} ({'isolated' if r['isolated'] else 'not isolated'})"
-        lines.append(f"| {r['run']} | {r['width']} | {r['styles']} | {threads} | {r['frame'].replace('x', '×')} | "
+        lines.append(f"| {r['run']} | {r.get('webcam_model', 'own')} | {r['width']} | {r['styles']} | {threads} | {r['frame'].replace('x', '×')} | "
                      f"{r['fps']:.1f} | {max(r['fps_each']):.1f} | {r['ms_per_frame']:.0f} |")
     return "\n".join(lines)
 
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min_frames", type=int, default=3)
     p.add_argument("--repeat", type=int, default=1, help="measurements per page and isolation mode; the median is reported")
     p.add_argument("--max_side", type=int, choices=(320, 512), help="the page's max side: frames scaled down to it")
+    p.add_argument("--own_model", action="store_true", help="each run's own model on the webcam, also where its page "
+                   "has the run's fast twin (RUN-fast) for it")
     p.add_argument("--out", type=Path)
     p.add_argument("--screenshot", type=Path, help="instead: a screenshot of the first run's page stylizing --photo")
     p.add_argument("--photo", default="chelsea", help="--screenshot: a scikit-image photo")
@@ -148,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     load = os.getloadavg()[0]
                     # each repeat a fresh page; the median repeat is the row (a busy neighbour hits one of them)
-                    tries = sorted((measure(browser, url, args.seconds, args.warmup, args.min_frames, args.max_side)
+                    tries = sorted((measure(browser, url, args.seconds, args.warmup, args.min_frames, args.max_side,
+                                            args.own_model)
                                     for _ in range(args.repeat)), key=lambda t: t["fps"])
                     row = {"run": run.name, "width": (meta.get("generator_kwargs") or {}).get("width"),
                            "styles": len(meta.get("styles") or [None]), "load_before": round(load, 2),

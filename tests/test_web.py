@@ -53,10 +53,31 @@ def test_the_page_folder_holds_the_page_the_model_and_onnxruntime_web(tmp_path):
     out = build(run, web=web)
     assert out == web / "dist" / "demo"
     assert {p.name for p in out.iterdir()} == {"index.html", "app.js", "stylize.js", "style.css", "generator.onnx",
-                                               "metadata.json", "ort"}
+                                               "metadata.json", "page.json", "ort"}
+    assert json.loads((out / "page.json").read_text()) == {}  # no fast twin: the webcam runs the model
     assert sorted(p.name for p in (out / "ort").iterdir()) == sorted(ORT_FILES)
     assert (out / "generator.onnx").read_bytes() == b"onnx"
     assert build(run, tmp_path / "elsewhere", web=web) == tmp_path / "elsewhere"  # --out
+
+
+def test_a_fast_twin_beside_the_run_stylizes_the_webcam(tmp_path):
+    """runs/<name>-fast (`make distill`), exported with ONNX, is copied in for the webcam; one with other
+    styles is refused; a rebuild without it drops the copy."""
+    web, run = fake_web(tmp_path), fake_run(tmp_path)
+    twin = run.parent / "demo-fast"
+    (twin / "export").mkdir(parents=True)
+    (twin / "export" / "generator.onnx").write_bytes(b"fast")
+    (twin / "export" / "metadata.json").write_text(json.dumps({"styles": ["a"], "run": "demo-fast"}))
+    out = build(run, web=web)
+    assert json.loads((out / "page.json").read_text())["webcam"] == {
+        "model": "generator-fast.onnx", "metadata": "metadata-fast.json", "name": "demo-fast"}
+    assert (out / "generator-fast.onnx").read_bytes() == b"fast" and (out / "generator.onnx").read_bytes() == b"onnx"
+    (twin / "export" / "metadata.json").write_text(json.dumps({"styles": ["a", "b"]}))
+    with pytest.raises(WebBuildError, match="webcam model .*demo-fast has styles=\\['a', 'b'\\]"):
+        build(run, web=web)
+    shutil.rmtree(twin)
+    assert json.loads((build(run, web=web) / "page.json").read_text()) == {}
+    assert not (out / "generator-fast.onnx").exists()
 
 
 def test_the_server_sends_the_isolation_headers_only_when_asked(tmp_path):
@@ -254,3 +275,32 @@ def test_the_webgpu_backend_on_a_software_adapter_has_the_cli_pixels(playwright,
                    "--style", "b:1,c:1", "--strength", "0.25")
     diff = np.abs(got.astype(int) - expected)
     assert diff.max() <= TOLERANCE and (diff > 0).mean() < DIFFERING, f"max {diff.max()}, {(diff > 0).mean():.2%} differ"
+
+
+@pytest.mark.slow
+def test_the_page_runs_the_fast_twin_on_the_webcam(browser, tiny_trio, tmp_path):
+    """A run with a compact twin beside it (runs/trio-fast: same styles and strength control): the page's
+    webcam frames come from the twin, photos from the run's own model, `?webcam=full` overrides."""
+    from pipeline.export.exporter import export_run
+    from serving_helpers import make_checkpoint
+
+    run = tmp_path / "runs" / "trio"
+    shutil.copytree(tiny_trio.parents[1], run)
+    export_run(run, formats=["onnx"])
+    twin = tmp_path / "runs" / "trio-fast"
+    make_checkpoint(twin, arch="compact", width=8, n_residual=1, styles=["a", "b", "c"], strength=True)
+    export_run(twin, formats=["onnx"])
+    httpd, url = start(build(run, tmp_path / "page"))
+    try:
+        for query, expected in (("", "trio-fast"), ("?webcam=full", None)):
+            page = browser.new_page()
+            page.goto(url + query)
+            assert page.evaluate("instyle.ready()")["webcam"] == expected
+            page.click("#webcam")
+            page.wait_for_function("instyle.counter().frames >= 3", timeout=60_000)
+            assert ("trio-fast" in page.inner_text("#fps")) == (expected is not None)
+            assert pixels(page.evaluate("instyle.output()")).shape == (360, 640, 3)
+            page.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -24,6 +24,10 @@ WEB = Path(__file__).resolve().parents[2] / "web"
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm",
              "ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
 MODEL_FILES = ("generator.onnx", "metadata.json")
+# A run's fast twin (`make distill`: runs/<name>-fast) stylizes the webcam when the page has one: its files
+# under these names, and page.json, which tells the page.
+WEBCAM_FILES = {"generator.onnx": "generator-fast.onnx", "metadata.json": "metadata-fast.json"}
+PAGE_FILE = "page.json"
 # What cross-origin isolation needs (SharedArrayBuffer, so wasm threads); the page loads nothing cross-origin.
 ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
                      "Cross-Origin-Resource-Policy": "same-origin"}
@@ -63,11 +67,32 @@ def model_files(run: Path) -> dict[str, Path]:
     return files
 
 
-def build(run: Path, out: Path | None = None, web: Path = WEB) -> Path:
-    """Write the static page for `run` into `out` (default web/dist/<run name>); returns `out`.
-    Files a previous build wrote there are replaced; nothing else in `out` is touched."""
+def webcam_twin(run: Path, webcam: Path | None) -> dict[str, Path] | None:
+    """The files of the model that stylizes the webcam: `webcam` (a run folder), else the run's fast twin
+    runs/<name>-fast when it has an ONNX export, else None (the run's own model). A clear error for a twin
+    whose styles or strength control differ from the run's (the page's controls drive both)."""
+    if webcam is None:
+        twin = run.parent / f"{run.resolve().name}-fast"
+        if not (twin / "export" / "generator.onnx").exists():
+            return None
+        webcam = twin
+    files = model_files(Path(webcam))
+    ours, theirs = (json.loads(model_files(run)["metadata.json"].read_text()),
+                    json.loads(files["metadata.json"].read_text()))
+    for key in ("styles", "strength_control"):
+        if ours.get(key) != theirs.get(key):
+            raise WebBuildError(f"the webcam model {webcam} has {key}={theirs.get(key)}, the run {run} {key}="
+                                f"{ours.get(key)}: the page's controls drive both (distill it: `make distill NAME={run.name}`)")
+    return files
+
+
+def build(run: Path, out: Path | None = None, web: Path = WEB, webcam: Path | None = None) -> Path:
+    """Write the static page for `run` into `out` (default web/dist/<run name>); returns `out`. The webcam
+    runs `webcam_twin`'s model when there is one (page.json names it). Files a previous build wrote there
+    are replaced; nothing else in `out` is touched."""
     run = Path(run)
     files = model_files(run)
+    twin = webcam_twin(run, webcam)
     dist = ort_dist(web)
     out = Path(out) if out is not None else web / "dist" / run.resolve().name
     sources = sorted(p for p in (web / "src").iterdir() if p.is_file())
@@ -76,6 +101,14 @@ def build(run: Path, out: Path | None = None, web: Path = WEB) -> Path:
         shutil.copyfile(path, out / path.name)
     for name, path in files.items():
         shutil.copyfile(path, out / name)
+    for name, path in (twin or {}).items():
+        shutil.copyfile(path, out / WEBCAM_FILES[name])
+    page = {"webcam": {"model": WEBCAM_FILES["generator.onnx"], "metadata": WEBCAM_FILES["metadata.json"],
+                       "name": twin["generator.onnx"].parents[1].name}} if twin else {}
+    (out / PAGE_FILE).write_text(json.dumps(page))
+    if not twin:  # a twin a previous build copied is not this page's
+        for name in WEBCAM_FILES.values():
+            (out / name).unlink(missing_ok=True)
     for name in ORT_FILES:
         target = out / "ort" / name
         source = dist / name
@@ -119,7 +152,7 @@ def start(folder: Path, isolated: bool = True) -> tuple[ThreadingHTTPServer, str
 
 
 def command(*, run: Path, out: Path | None = None, serve: bool = False, port: int = 8000,
-            isolated: bool = True) -> int:
+            isolated: bool = True, webcam: Path | None = None) -> int:
     """Build a static web page that runs the run's generator.onnx in the browser (onnxruntime-web).
 
     Exit code 0: built (and, with --serve, served until Ctrl-C); 2: the run, its .onnx or web/node_modules is missing.
@@ -130,14 +163,18 @@ def command(*, run: Path, out: Path | None = None, serve: bool = False, port: in
         serve: then serve it on http://127.0.0.1:PORT/ (Ctrl-C stops).
         port: the port for --serve.
         isolated: with --serve, send the COOP/COEP headers, so the page may use several wasm threads.
+        webcam: the run whose .onnx stylizes the webcam (same styles and controls; default: RUN-fast, the
+            run's `make distill` twin, when it is exported with ONNX; else the run's own model).
     """
     try:
-        folder = build(run, out)
+        folder = build(run, out, webcam=webcam)
     except WebBuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    print(f"page for {run} → {folder} ({size / 1e6:.0f} MB with onnxruntime-web); "
+    twin = json.loads((folder / PAGE_FILE).read_text()).get("webcam")
+    webcam_note = f" (webcam: {twin['name']})" if twin else ""
+    print(f"page for {run}{webcam_note} → {folder} ({size / 1e6:.0f} MB with onnxruntime-web); "
           f"serve it with `python -m pipeline web --run {run} --serve true` or any static server")
     if not serve:
         return 0

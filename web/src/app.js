@@ -12,6 +12,8 @@ const ui = {
 const srcCtx = ui.source.getContext('2d', { willReadFrequently: true });
 const outCtx = ui.result.getContext('2d');
 let model = null;
+let webcamModel = null;    // what stylizes the webcam: the run's fast twin (page.json) or the model itself
+let webcamName = null;     // the twin's run name, when there is one
 let photo = null;          // the uploaded ImageBitmap, re-stylized when a control changes
 let camera = null;         // the MediaStream while the webcam runs
 let photosDone = 0;        // photo renders finished (tests wait on it)
@@ -84,7 +86,7 @@ async function startWebcam() {
   // As fast as the model goes, each time on the newest camera frame; setTimeout lets the page breathe.
   while (camera) {
     if (ui.video.readyState >= 2 && ui.video.videoWidth > 0) {
-      const out = await model.stylize(drawSource(ui.video, ui.video.videoWidth, ui.video.videoHeight), controls());
+      const out = await webcamModel.stylize(drawSource(ui.video, ui.video.videoWidth, ui.video.videoHeight), controls());
       if (!camera) break;
       show(out);
       frames += 1;
@@ -92,7 +94,7 @@ async function startWebcam() {
       frameTimes.push(now);
       lastFrame = now;
       while (frameTimes.length > 2 && now - frameTimes[0] > 2000) frameTimes.shift();
-      ui.fps.textContent = `${fps().toFixed(1)} fps · ${out.width}×${out.height}`;
+      ui.fps.textContent = `${fps().toFixed(1)} fps · ${out.width}×${out.height}${webcamName ? ` · ${webcamName}` : ''}`;
     }
     await new Promise(resolve => setTimeout(resolve, 0));
   }
@@ -165,14 +167,22 @@ function rgbBase64(imageData) {
 async function main() {
   const meta = await (await fetch('metadata.json')).json();
   $('run').textContent = meta.run || '';
-  model = await Model.load('generator.onnx', 'metadata.json',
-                           { backend: params.get('backend'), threads: Number(params.get('threads')) || 0 });
+  const options = { backend: params.get('backend'), threads: Number(params.get('threads')) || 0 };
+  model = await Model.load('generator.onnx', 'metadata.json', options);
+  // The webcam runs the fast twin `make web` copied in (same styles and controls), unless ?webcam=full.
+  const page = await fetch('page.json').then(r => (r.ok ? r.json() : {})).catch(() => ({}));
+  webcamModel = model;
+  if (page.webcam && params.get('webcam') !== 'full') {
+    webcamModel = await Model.load(page.webcam.model, page.webcam.metadata, options);
+    webcamName = page.webcam.name;
+  }
   buildControls(model.styles, model.hasStrength);
   const threads = model.backend === 'wasm'
     ? ` × ${model.threads} thread${model.threads > 1 ? 's' : ''}${crossOriginIsolated ? '' : ' (not cross-origin isolated)'}`
     : '';
   ui.status.textContent = `backend ${model.backend === 'webgpu' ? 'WebGPU' : 'wasm'}${threads} · `
-    + `${model.styles.join(', ')}${model.hasStrength ? ' · strength control' : ''}`;
+    + `${model.styles.join(', ')}${model.hasStrength ? ' · strength control' : ''}`
+    + (webcamName ? ` · webcam: ${webcamName}` : '');
   // The PNG is encoded when asked for, not after every render.
   ui.save.addEventListener('click', () => { ui.save.href = ui.result.toDataURL('image/png'); });
   ui.photo.addEventListener('change', () => ui.photo.files[0] && loadPhoto(ui.photo.files[0]));
@@ -186,7 +196,8 @@ ready.catch(fail);
 // The test and benchmark hook: same functions the page uses, pixels as base64 RGB.
 window.instyle = {
   ready: () => ready.then(() => ({ backend: model.backend, threads: model.threads, crossOriginIsolated,
-                                   styles: model.styles, strength: model.hasStrength, inputs: model.inputs })),
+                                   styles: model.styles, strength: model.hasStrength, inputs: model.inputs,
+                                   webcam: webcamName })),
   /** Stylize the image at `url` at its own size with {weights, strength, preserveColor}. */
   async stylizeUrl(url, options = {}) {
     const bitmap = await createImageBitmap(await (await fetch(url)).blob(),
