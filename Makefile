@@ -154,6 +154,10 @@ $(ROOT)web/node_modules/.package-lock.json: $(ROOT)web/package-lock.json
 web:
 	@test -n "$(NAME)" || { echo "usage: make web NAME=<run in runs/, exported with onnx> [SERVE=1] [PORT=8000]"; exit 2; }
 	@$(MAKE) -s --no-print-directory -f "$(ROOT)Makefile" "$(ROOT)web/node_modules/.package-lock.json"
+	@# a packaged model (models/NAME) and its fast twin (models/NAME-fast, for the webcam) exported on first use
+	@for m in $(NAME) $(NAME)-fast; do if [ -f "$(ROOT)models/$$m/generator.safetensors" ] && [ ! -f "runs/$$m/export/generator.onnx" ]; then \
+		echo "exporting models/$$m → runs/$$m/export/generator.onnx"; \
+		$(PY) -m pipeline export --run "runs/$$m" --ckpt "$(ROOT)models/$$m/generator.safetensors" --formats '[pt2,onnx]' || exit 1; fi; done
 	$(PY) -m pipeline web --run "runs/$(NAME)" --out "web/dist/$(NAME)" $(if $(SERVE),--serve true --port $(PORT)) $(ARGS)
 
 # Stops the server this directory started (TorchServe's own pid file), never by process name.

@@ -49,15 +49,22 @@ def test_width_and_depth_are_the_knobs():
     assert big.res[0].body[0].conv.in_channels == 96 and len(big.res) == 5  # the body: 3·width at ⅛ resolution
 
 
-@pytest.mark.slow
-def test_every_export_computes_the_eager_network(tmp_path: Path):
-    """.pt, .pt2 and .onnx (ONNX Runtime) of a compact 2-style model with the strength control agree with its
-    eager generator on odd sizes, a style mix and a strength, within float rounding."""
+@pytest.fixture(scope="module")
+def compact_run(tmp_path_factory) -> Path:
+    """A compact 2-style model with the strength control, exported in every format."""
     from pipeline.export.exporter import export_run
 
-    run = tmp_path / "compact"
+    run = tmp_path_factory.mktemp("runs") / "compact"
     make_checkpoint(run, arch="compact", width=8, n_residual=2, styles=["a", "b"], strength=True)
     export_run(run, formats=("pt", "pt2", "onnx"))
+    return run
+
+
+@pytest.mark.slow
+def test_every_export_computes_the_eager_network(compact_run: Path):
+    """.pt, .pt2 and .onnx (ONNX Runtime) agree with the eager generator on odd sizes, a style mix and a
+    strength, within float rounding."""
+    run = compact_run
     eager, _ = load_model(run / "checkpoints" / "last.ckpt")
     for size in ((37, 53), (1, 1), (130, 211)):
         x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(size[0]))
@@ -69,3 +76,24 @@ def test_every_export_computes_the_eager_network(tmp_path: Path):
                 assert meta["arch"] == "compact"
                 got = model(x, style, strength)
                 assert (got - want).abs().max().item() < 1e-4, (form, size)
+
+
+@pytest.mark.slow
+def test_torchserve_handler_serves_the_compact_pt2(compact_run: Path):
+    """The TorchServe handler on the compact `.pt2`, as a worker runs it: the X-Style / X-Strength headers give
+    the eager generator's pixels (8-bit rounding apart)."""
+    import numpy as np
+
+    from serving_helpers import decode_pil, encode_pil, load_handler, rng_image, run_handler, ts_request
+
+    handler, context = load_handler(compact_run / "export", serialized="generator.pt2")
+    photo = rng_image(45, 67)
+    status, _, body = run_handler(handler, context, [ts_request(encode_pil(photo), headers={
+        "X-Style": "a:0.25,b:0.75", "X-Strength": "0.6"})])[0]
+    assert status == 200, body[:300]
+    eager, _ = load_model(compact_run / "checkpoints" / "last.ckpt")
+    x = torch.from_numpy(np.asarray(photo)).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        want = (eager(x, torch.tensor([[0.25, 0.75]]), torch.tensor([0.6]))[0].clamp(0, 1) * 255).round()
+    got = torch.from_numpy(np.asarray(decode_pil(body)).copy()).permute(2, 0, 1).float()
+    assert (got - want).abs().max().item() <= 1
