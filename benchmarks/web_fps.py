@@ -63,9 +63,11 @@ def measure(browser: Any, url: str, seconds: float, warmup: int, min_frames: int
         page.close()
 
 
-def screenshot(browser: Any, url: str, path: Path, photo: str, style: str, strength: float) -> None:
+def screenshot(browser: Any, url: str, path: Path, photo: str, style: str, strength: float,
+               webcam_seconds: float = 0.0) -> None:
     """The page stylizing scikit-image's `photo` with `style` ('a:0.6,b:0.4' weights by name) at `strength`,
-    saved as a palette PNG (docs/images/web_page.png)."""
+    saved as a palette PNG (docs/images/web_page.png); with `webcam_seconds` > 0, instead the (fake) webcam
+    after that long, its frames/s readout in view (docs/images/web_webcam.png)."""
     from PIL import Image
 
     from pipeline.common.image_sources import skimage_photo
@@ -78,10 +80,15 @@ def screenshot(browser: Any, url: str, path: Path, photo: str, style: str, stren
             page.fill(f"#mix input[data-style='{info['styles'].index(name)}']", str(round(100 * float(weight or 1))))
         if info["strength"]:
             page.fill("#strength", str(strength))
-        with tempfile.TemporaryDirectory() as tmp:
-            Image.fromarray(skimage_photo(photo)).save(Path(tmp) / f"{photo}.png")
-            page.set_input_files("#photo", str(Path(tmp) / f"{photo}.png"))
-            page.evaluate("instyle.settled()")
+        if webcam_seconds > 0:
+            page.click("#webcam")
+            page.wait_for_function("instyle.counter().frames >= 3", timeout=600_000)
+            page.wait_for_timeout(1000 * webcam_seconds)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                Image.fromarray(skimage_photo(photo)).save(Path(tmp) / f"{photo}.png")
+                page.set_input_files("#photo", str(Path(tmp) / f"{photo}.png"))
+                page.evaluate("instyle.settled()")
         page.evaluate("document.activeElement.blur()")  # no focus ring on the last slider set
         shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
         # A 256-colour palette, dithered: a third of the plain PNG's bytes, for the docs folder
@@ -124,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photo", default="chelsea", help="--screenshot: a scikit-image photo")
     p.add_argument("--style", default="", help="--screenshot: weights by style name, 'a:0.6,b:0.4'")
     p.add_argument("--strength", type=float, default=1.0, help="--screenshot: the strength")
+    p.add_argument("--webcam_seconds", type=float, default=0.0,
+                   help="--screenshot: the webcam running this long instead of --photo (its frames/s readout in view)")
     args = p.parse_args(argv)
     runs = args.runs or [Path(r) for r in DEFAULT_RUNS if r != "runs/starter" or Path(r, "export").exists()]
     from playwright.sync_api import sync_playwright
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.screenshot:
             httpd, url = start(pages[runs[0]])
             try:
-                screenshot(browser, url, args.screenshot, args.photo, args.style, args.strength)
+                screenshot(browser, url, args.screenshot, args.photo, args.style, args.strength, args.webcam_seconds)
             finally:
                 httpd.shutdown()
                 httpd.server_close()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from pipeline.model.layers import (ConvLayer, ConvNormAct, NearestUp, Padding, ResidualBlock, TransposedUp, check_choice,
+from pipeline.model.layers import (ConvLayer, ConvNormAct, NearestUp, Padding, PhotoSkip, ResidualBlock, TransposedUp, check_choice,
                                    crop_to, depth_to_space, pad_to_multiple, space_to_depth)
 from pipeline.model.multiscale import MultiScaleGenerator
 from pipeline.model.norms import InstanceNorm2d, Norm, StrengthNet, make_norm, strength_values, style_weights
@@ -62,9 +62,10 @@ class ResidualGenerator(nn.Module):
     `layout="compact"` (arch `compact`) is the same network laid out for cost: the image enters by
     space-to-depth (each 4×4 block of pixels as 48 channels, `shuffle` = 4), `down` is a 3×3 conv to
     `width` channels at ¼ resolution and a stride-2 one to 3·width at ⅛, the residual blocks run at ⅛,
-    `up` is one nearest ×2 stage back to ¼, and `out` a 3×3 conv to 48 channels that depth-to-space
-    turns into the RGB image. No layer runs at full resolution; every norm is the same instance norm
-    (contrast invariance: the entry is linear, the padding affine).
+    `up` is one nearest ×2 stage back to ¼, and `out` a 3×3 conv to 48 channels, to which `skip` (a 1×1
+    conv of the instance-normalized space-to-depth photo: `PhotoSkip`) adds the photo's detail, and
+    depth-to-space turns them into the RGB image. No layer runs at full resolution; every norm is an
+    instance norm (contrast invariance: the entry is linear, the padding affine).
 
     Two forms of one function. The module as built is the training form (NCHW, the decoder as
     declared). `for_inference()` switches it, explicitly, to the serving form that export and the
@@ -116,6 +117,7 @@ class ResidualGenerator(nn.Module):
             self.res = nn.ModuleList([ResidualBlock(w2, padding=padding, **opts) for _ in range(n_residual)])
             self.up = nn.ModuleList([up(w2, w1)])
             self.out = ConvLayer(w1, k, 3, 1, padding)
+            self.skip: nn.Module = PhotoSkip(k)
         else:
             w1, w2, w3 = width, width * 2, width * 4
             self.down = nn.ModuleList([ConvNormAct(3, w1, 9, 1, padding=padding, **opts),
@@ -124,6 +126,7 @@ class ResidualGenerator(nn.Module):
             self.res = nn.ModuleList([ResidualBlock(w3, padding=padding, **opts) for _ in range(n_residual)])
             self.up = nn.ModuleList([up(w3, w2), up(w2, w1)])
             self.out = ConvLayer(w1, 3, 9, 1, padding)
+            self.skip = nn.Identity()  # unused: named in both layouts for TorchScript
         if strength:
             self.strength_net = StrengthNet(n_styles)
         # the body's scale: the padded input is a multiple of it, and ≥ 4 body pixels for the 3×3 reflections
@@ -169,8 +172,9 @@ class ResidualGenerator(nn.Module):
             # NCHW: there the native instance-norm backward beats the channels-last one.
             xp = xp.contiguous(memory_format=torch.channels_last)
         wts, hid = self.conditioning(xp, style, strength)
-        y = self.encode(space_to_depth(xp, self.shuffle) if self.shuffle > 1 else xp, wts, hid)
-        return crop_to(self.activate(self.decode(y, wts, hid), xp, self.mix(xp, strength)), h, w).contiguous()
+        entry = space_to_depth(xp, self.shuffle) if self.shuffle > 1 else xp
+        y = self.decode(self.encode(entry, wts, hid), wts, hid, entry)
+        return crop_to(self.activate(y, xp, self.mix(xp, strength)), h, w).contiguous()
 
     def encode(self, x: torch.Tensor, wts: Optional[torch.Tensor], hid: Optional[torch.Tensor]) -> torch.Tensor:
         """Down-sampling convolutions and residual blocks: (B, 3, H, W) padded → (B, 4·width, H/4, W/4)
@@ -181,7 +185,8 @@ class ResidualGenerator(nn.Module):
             x = block(x, wts, hid)
         return x
 
-    def decode(self, y: torch.Tensor, wts: Optional[torch.Tensor], hid: Optional[torch.Tensor]) -> torch.Tensor:
+    def decode(self, y: torch.Tensor, wts: Optional[torch.Tensor], hid: Optional[torch.Tensor],
+               entry: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Upsampling stages and the output convolution, before the output activation. In the inference
         form with nearest upsampling and reflection padding, the same sums regrouped
         (pipeline.model.fast_ops): each stage as one low-resolution 2×2 conv to its four output phases,
@@ -190,12 +195,18 @@ class ResidualGenerator(nn.Module):
             if self.inference:
                 for stage in self.up:
                     y = stage.regrouped(y, wts, hid)
-                if self.shuffle > 1:  # the compact exit: a 3×3 conv at ¼ resolution, then depth-to-space
-                    return depth_to_space(self.out(y), self.shuffle)
+                if self.shuffle > 1:
+                    return self.exit(y, entry)
                 return self.out.space_to_depth(y)
         for stage in self.up:
             y = stage(y, wts, hid)
-        return depth_to_space(self.out(y), self.shuffle) if self.shuffle > 1 else self.out(y)
+        return self.exit(y, entry) if self.shuffle > 1 else self.out(y)
+
+    def exit(self, y: torch.Tensor, entry: Optional[torch.Tensor]) -> torch.Tensor:
+        """The compact exit: a 3×3 conv at ¼ resolution plus the photo's shortcut (`skip`, from the
+        space-to-depth `entry`), then depth-to-space to full resolution."""
+        assert entry is not None, "the compact exit needs the space-to-depth photo"
+        return depth_to_space(self.out(y) + self.skip(entry), self.shuffle)
 
     def mix(self, x: torch.Tensor, strength: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """(B, 1, 1, 1) strengths for `activate`'s mix with the photo, or None (no mix: full strength, also

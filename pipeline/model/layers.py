@@ -20,11 +20,11 @@ from torch import nn
 import torch.nn.functional as F
 
 from pipeline.model.fast_ops import space_to_depth_conv, upsample_conv
-from pipeline.model.norms import Norm, check_choice, make_norm
+from pipeline.model.norms import Norm, channels_last_instance_norm, check_choice, make_norm
 
 Padding = Literal["reflect", "zero"]
 PADDINGS = ("reflect", "zero")
-__all__ = ["ConvLayer", "ConvNormAct", "NearestUp", "Padding", "ResidualBlock", "TransposedUp", "check_choice",
+__all__ = ["ConvLayer", "ConvNormAct", "NearestUp", "Padding", "PhotoSkip", "ResidualBlock", "TransposedUp", "check_choice",
            "crop_to", "depth_to_space", "pad_to_multiple", "space_to_depth"]
 
 
@@ -147,6 +147,28 @@ class TransposedUp(nn.ModuleList):
     def forward(self, x: torch.Tensor, w: Optional[torch.Tensor] = None,  # type: ignore[override]
                 h: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self[2](self[1](self[0](x), w, h))
+
+
+class PhotoSkip(nn.Module):
+    """The compact layout's shortcut from the photo to the exit: the space-to-depth photo normalized per
+    channel (instance norm without parameters, so the output stays independent of the photo's contrast)
+    through a 1×1 conv, added to the exit's values before depth-to-space. It hands the exit the
+    photo's detail inside each block, which the narrow body cannot carry. `conv` starts at zero: training
+    starts from the network without it."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.conv = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, photo: torch.Tensor) -> torch.Tensor:
+        if photo.is_contiguous():
+            normed = F.instance_norm(photo, None, None, None, None, True, 0.0, self.eps)
+        else:  # channels-last (the inference form)
+            normed = channels_last_instance_norm(photo, self.eps, None, None)
+        return self.conv(normed)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int) -> tuple[torch.Tensor, int, int]:

@@ -256,10 +256,17 @@ def _tiled_one(g: ResidualGenerator, x: torch.Tensor, tile: int, cond: _Cond,
         for q in tiles:
             stats.add(tail(*q, depth, affines))
         affines.append(stats.affine(up[depth - 1][1], cond))
+    if f > 1:  # the compact exit's photo shortcut: its instance norm with the whole image's statistics
+        var, mean = torch.var_mean(xp.double().reshape(1, 3, H // f, f, W // f, f), dim=(2, 4), unbiased=False)
+        var, mean = var[0].permute(1, 2, 0).reshape(-1), mean[0].permute(1, 2, 0).reshape(-1)  # (u, v, c) order
+        scale = torch.rsqrt(var + g.skip.eps)
+        skip_affine = (scale.to(x.dtype).view(1, -1, 1, 1), (-mean * scale).to(x.dtype).view(1, -1, 1, 1))
     out = torch.empty(1, 3, H, W, dtype=x.dtype, device=x.device)
     for q0, q1, p0, p1 in tiles:
         rows, cols = slice(D * q0, D * q1), slice(D * p0, D * p1)
         y_tile = tail(q0, q1, p0, p1, len(up) + 1, affines)
-        y_tile = depth_to_space(y_tile, f) if f > 1 else y_tile
+        if f > 1:
+            normed = torch.addcmul(skip_affine[1], space_to_depth(xp[:, :, rows, cols], f), skip_affine[0])
+            y_tile = depth_to_space(y_tile + g.skip.conv(normed), f)
         out[:, :, rows, cols] = g.activate(y_tile, xp[:, :, rows, cols], mix)
     return out[:, :, :h, :wd]
