@@ -157,7 +157,7 @@ web:
 	@# a packaged model (models/NAME) and its fast twin (models/NAME-fast, for the webcam) exported on first use
 	@for m in $(NAME) $(NAME)-fast; do if [ -f "$(ROOT)models/$$m/generator.safetensors" ] && [ ! -f "runs/$$m/export/generator.onnx" ]; then \
 		echo "exporting models/$$m → runs/$$m/export/generator.onnx"; \
-		$(PY) -m pipeline export --run "runs/$$m" --ckpt "$(ROOT)models/$$m/generator.safetensors" --formats '[pt2,onnx]' || exit 1; fi; done
+		$(PY) -m pipeline export --run "runs/$$m" --ckpt "$(ROOT)models/$$m/generator.safetensors" --formats '[onnx]' || exit 1; fi; done
 	$(PY) -m pipeline web --run "runs/$(NAME)" --out "web/dist/$(NAME)" $(if $(SERVE),--serve true --port $(PORT)) $(ARGS)
 
 # Stops the server this directory started (TorchServe's own pid file), never by process name.

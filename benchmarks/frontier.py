@@ -34,17 +34,17 @@ QUICK_SIZES = {"512": (1, 2), "1080p": (0, 1)}
 
 
 def frame_macs(run: Path) -> tuple[float, dict[str, Any]]:
-    """(MACs of one 640×360 frame through the inference form, the generator's description)."""
+    """(MACs of one 640×360 frame through the inference form, the generator's description), from the
+    run's exported `.pt2` (the eager generator its loader rebuilds)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.model.checkpoint import generator_from_checkpoint, generator_kwargs, read_checkpoint
+    from pipeline.serve.model_io import load_model
 
-    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    arch, kwargs = generator_kwargs(dict(ckpt["hyper_parameters"]), ckpt["state_dict"])
-    generator = generator_from_checkpoint(ckpt).for_inference()
+    model, meta = load_model(run / "export" / "generator.pt2")
+    kwargs = meta["generator_kwargs"]
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        generator(torch.rand(1, 3, *FRAME))  # its first style at full strength, as a request without options
-    return counter.get_total_flops() / 2, {"arch": arch, "width": kwargs.get("width"),
+        model.instyle_generator.for_inference()(torch.rand(1, 3, *FRAME))  # its first style at full strength
+    return counter.get_total_flops() / 2, {"arch": meta.get("arch", "residual"), "width": kwargs.get("width"),
                                            "n_residual": kwargs.get("n_residual"),
                                            "styles": kwargs.get("n_styles", 1)}
 

@@ -116,8 +116,6 @@ class ResidualGenerator(nn.Module):
                                        ConvNormAct(w1, w2, 3, 2, padding=padding, **opts)])
             self.res = nn.ModuleList([ResidualBlock(w2, padding=padding, **opts) for _ in range(n_residual)])
             self.up = nn.ModuleList([up(w2, w1)])
-            self.out = ConvLayer(w1, k, 3, 1, padding)
-            self.skip: nn.Module = PhotoSkip(k)
         else:
             w1, w2, w3 = width, width * 2, width * 4
             self.down = nn.ModuleList([ConvNormAct(3, w1, 9, 1, padding=padding, **opts),
@@ -125,10 +123,16 @@ class ResidualGenerator(nn.Module):
                                        ConvNormAct(w2, w3, 3, 2, padding=padding, **opts)])
             self.res = nn.ModuleList([ResidualBlock(w3, padding=padding, **opts) for _ in range(n_residual)])
             self.up = nn.ModuleList([up(w3, w2), up(w2, w1)])
-            self.out = ConvLayer(w1, 3, 9, 1, padding)
-            self.skip = nn.Identity()  # unused: named in both layouts for TorchScript
         if strength:
             self.strength_net = StrengthNet(n_styles)
+        # built in this order since the first release: a seed gives the same initial weights
+        if layout == "compact":
+            k = 3 * SHUFFLE * SHUFFLE
+            self.out = ConvLayer(width, k, 3, 1, padding)
+            self.skip: nn.Module = PhotoSkip(k)
+        else:
+            self.out = ConvLayer(width, 3, 9, 1, padding)
+            self.skip = nn.Identity()  # unused: named in both layouts for TorchScript
         # the body's scale: the padded input is a multiple of it, and ≥ 4 body pixels for the 3×3 reflections
         self.multiple = self.shuffle * 2 ** (len(self.down) - 1)
         # The regrouped decoder (`NearestUp.regrouped`, `ConvLayer.space_to_depth`) exists only for these choices.
