@@ -20,6 +20,7 @@ lines' code paths run for real:
   `TRAIN_SHARDS`/`VAL_SHARDS` from URLs and `pipe:`, `CKPT=` resume: test_train_scale.py (`make train`)
 - `--model.norm=batch`, `--model.arch=multiscale`, a resumed run: test_train.py; zero padding: test_generators.py
 - `make train FROM=…` (a style added to a trained run) → export → stylize → eval: test_adapt.py
+- `make distill NAME=…` → export → stylize: test_distill.py; `make web NAME=starter` with its twin: test_starter_fast.py
 - `make shards`: test_shards.py; `make stylize` on a photo, a folder, a film, a GIF: test_stylize.py, test_video.py
 - `make eval`: test_evaluation_flicker.py::test_cli_measures_the_requested_style, test_evaluation.py
 - `make import` and its `make archive`: test_import_onnx.py::test_import_then_archive_serve_and_stylize
@@ -45,10 +46,12 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ["README.md", "docs/training.md", "docs/video.md", "docs/ablation.md", "docs/styles.md", "docs/models.md"]
+DOCUMENTS = ["README.md", "docs/compact.md", "docs/training.md", "docs/video.md", "docs/ablation.md", "docs/styles.md",
+             "docs/models.md"]
 # Each group's documents in order: docs/video.md stylizes with docs/training.md's runs, docs/styles.md
 # makes its own `trio`; the README's runs stand alone.
-GROUPS = [["README.md"], ["docs/training.md", "docs/video.md", "docs/styles.md"], ["docs/ablation.md", "docs/models.md"]]
+GROUPS = [["README.md", "docs/compact.md"], ["docs/training.md", "docs/video.md", "docs/styles.md"],
+          ["docs/ablation.md", "docs/models.md"]]
 STEPS = ["--data.steps_per_epoch=2", "--data.image_size=64", "--data.resize=80", "--data.val_size=64",
          "--data.batch_size=2", "--model.style_size=128", "--trainer.limit_val_batches=1",
          "--trainer.enable_progress_bar=false"]
@@ -149,8 +152,8 @@ def test_every_documented_make_line_expands_passes_its_guard_and_parses(tmp_path
                     made.add(re.search(r'--trainer\.logger\.init_args\.name=(\S+)', command).group(1).strip('"'))
                 elif argv[0] == "import":
                     made.add(argv[argv.index("--name") + 1])
-    assert {verb(line) for line in every} >= {"shards", "train", "export", "import", "archive", "stylize", "eval",
-                                             "ablation", "demo", "web", "serve"}, every
+    assert {verb(line) for line in every} >= {"shards", "train", "distill", "export", "import", "archive", "stylize",
+                                             "eval", "ablation", "demo", "web", "serve"}, every
     assert parsed >= 25, parsed
     for preset in presets():  # every preset the Makefile offers, documented or not
         (command,) = (c for c in dry_run(f"make train PRESET={preset}", work, home) if c.startswith("python -m pipeline"))
