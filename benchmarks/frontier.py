@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK_SIZES if args.quick else SIZES
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        specs = [(Path(r.partition("=")[0]), Path(r.partition("=")[2]) if "=" in r else None) for r in args.rows]
+        # absolute: the workers (benchmarks.infer, benchmarks.web_fps) run in the repository's folder
+        specs = [(Path(r.partition("=")[0]).resolve(), Path(r.partition("=")[2]).resolve() if "=" in r else None)
+                 for r in args.rows]
         specs += [(make_run(work / f"classic{w}", kind="preset", width=w, formats=("pt2", "onnx")), None)
                   for w in args.speed_only_widths]
         for run, _ in specs:
