@@ -1,4 +1,4 @@
-"""The cost/quality frontier of the generator designs (docs/architecture.md#compact, its one table).
+"""The cost/quality frontier of the generator designs (docs/compact.md, its one table).
 
     python -m benchmarks.frontier --rows runs/A=reports/eval-A runs/B ... [--speed_only_widths 8 16]
         [--quick] [--out docs/frontier/frontier.json]

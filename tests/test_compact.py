@@ -15,7 +15,7 @@ from pipeline.model.generators import build_generator
 from pipeline.serve.model_io import load_model
 from serving_helpers import make_checkpoint
 
-FRAME = (360, 640)  # the webcam frame of the real-time target (docs/architecture.md#compact)
+FRAME = (360, 640)  # the webcam frame of the real-time target (docs/compact.md)
 
 
 def macs(generator: nn.Module, size: tuple[int, int] = FRAME) -> float:

@@ -2,7 +2,7 @@
 
 - `residual`: Johnson et al.'s network (the paper's preferred one), `ResidualGenerator`.
 - `compact`: the same network laid out for cost (`ResidualGenerator(layout="compact")`): a
-  space-to-depth entry, its body at ⅛ resolution, a depth-to-space exit (docs/architecture.md#compact).
+  space-to-depth entry, its body at ⅛ resolution, a depth-to-space exit (docs/compact.md).
 - `multiscale`: Ulyanov et al.'s texture-network pyramid, which also takes noise z (pipeline/model/multiscale.py).
 
 Each pads the input to the size its strides need and crops the output back, so
@@ -110,8 +110,9 @@ class ResidualGenerator(nn.Module):
         opts = {"norm": norm, "n_styles": n_styles, "strength": strength}
         up = (lambda i, o: NearestUp(i, o, padding=padding, **opts)) if upsample == "nearest" else \
             (lambda i, o: TransposedUp(i, o, **opts))
+        k = 3 * SHUFFLE * SHUFFLE  # the compact entry's and exit's channels: RGB of a 4×4 block
         if layout == "compact":
-            w1, w2, k = width, width * BODY_WIDTH, 3 * SHUFFLE * SHUFFLE
+            w1, w2 = width, width * BODY_WIDTH
             self.down = nn.ModuleList([ConvNormAct(k, w1, 3, 1, padding=padding, **opts),
                                        ConvNormAct(w1, w2, 3, 2, padding=padding, **opts)])
             self.res = nn.ModuleList([ResidualBlock(w2, padding=padding, **opts) for _ in range(n_residual)])
@@ -127,7 +128,6 @@ class ResidualGenerator(nn.Module):
             self.strength_net = StrengthNet(n_styles)
         # built in this order since the first release: a seed gives the same initial weights
         if layout == "compact":
-            k = 3 * SHUFFLE * SHUFFLE
             self.out = ConvLayer(width, k, 3, 1, padding)
             self.skip: nn.Module = PhotoSkip(k)
         else:

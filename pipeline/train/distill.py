@@ -10,7 +10,7 @@ target (the teacher's features, so no painting is needed: an imported model has 
 VGG features as the content target (what `make eval` judges), total variation, plus
 `distill_weight` × the mean squared difference from the teacher's pixels (in 0..1), which carries
 what Grams do not see: where the strokes go, and at low strength how close to the photo the output is.
-The measured choice against training the student on the perceptual loss alone: docs/architecture.md#compact.
+The measured comparison with training the student on the perceptual loss alone: docs/compact.md.
 """
 from __future__ import annotations
 

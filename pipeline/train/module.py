@@ -66,7 +66,7 @@ class StyleTransferModule(ConditionSampling, L.LightningModule):
             .ckpt or a .safetensors; `make distill`, pipeline/train/distill.py) on its outputs, for its
             styles and strength control; `style_image` is then left out.
         distill_weight: with `distill_from`, the weight of the mean squared difference from the teacher's pixels.
-        arch: `residual` (Johnson), `compact` (the same laid out for cost: docs/architecture.md#compact)
+        arch: `residual` (Johnson), `compact` (the same laid out for cost: docs/compact.md)
             or `multiscale` (Ulyanov, with noise input). Default residual.
         norm: `instance` (live per-image statistics), `batch` (paper baseline) or `none`. Default instance.
         padding: `reflect` (default) or `zero`.
