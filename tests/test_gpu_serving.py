@@ -47,12 +47,12 @@ def test_out_of_memory_is_retried_in_tiles_with_the_same_pixels(served_pt2):
     handler, context = served_pt2
     req = [ts_request(encode_pil(rng_image(40, 56)))]
     (ok,) = run_handler(handler, context, req)
-    original = handler.model
-    handler.model = failing = _Failing(original, torch.OutOfMemoryError("CUDA out of memory"))
+    original = handler.service.model
+    handler.service.model = failing = _Failing(original, torch.OutOfMemoryError("CUDA out of memory"))
     try:
         (retried,) = run_handler(handler, context, req)
     finally:
-        handler.model = original
+        handler.service.model = original
     assert failing.calls == 1 and retried[0] == ok[0] == 200
     a, b = np.asarray(decode_pil(ok[2])).astype(int), np.asarray(decode_pil(retried[2])).astype(int)
     assert np.abs(a - b).max() <= 1
@@ -60,13 +60,13 @@ def test_out_of_memory_is_retried_in_tiles_with_the_same_pixels(served_pt2):
 
 def test_a_poisoned_cuda_context_ends_the_worker(served):
     handler, context = served
-    original = handler.model
-    handler.model = _Failing(original, torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
+    original = handler.service.model
+    handler.service.model = _Failing(original, torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
     try:
         with pytest.raises(SystemExit) as exited:
             run_handler(handler, context, [ts_request(encode_pil(rng_image(8, 8)))])
     finally:
-        handler.model = original
+        handler.service.model = original
     assert exited.value.code == WORKER_RESTART_EXIT
 
 
@@ -97,12 +97,12 @@ def test_archive_config_for_gpu_workers_and_batching():
 def test_handler_precision_setting(tmp_path_factory, monkeypatch, auto_precision):
     export = shared_export(tmp_path_factory) / "export"
     handler, _ = load_handler(export, "generator.pt2", {"handler": {"precision": "bf16"}})
-    assert handler.precision == handler.precision_note == "bf16"
+    assert handler.service.precision == handler.service.precision_note == "bf16"
     handler, _ = load_handler(export, "generator.pt2")  # the archive's default
-    assert (handler.precision, handler.precision_note) == (auto_precision, f"{auto_precision} (auto)")
+    assert (handler.service.precision, handler.service.precision_note) == (auto_precision, f"{auto_precision} (auto)")
     monkeypatch.setenv("INSTYLE_PRECISION", "fp32")  # the operator's choice wins over the archive's
     handler, _ = load_handler(export, "generator.pt2", {"handler": {"precision": "bf16"}})
-    assert handler.precision == "fp32"
+    assert handler.service.precision == "fp32"
     monkeypatch.setenv("INSTYLE_PRECISION", "fp64")
     with pytest.raises(ValueError, match="precision"):
         load_handler(export, "generator.pt2")

@@ -50,8 +50,8 @@ def test_torchserve_finds_the_one_handler_class():
 
 def test_initialize_reads_model_metadata_and_limits(served):
     handler, _ = served
-    assert handler.initialized and handler.metadata["global_step"] == 42
-    assert (handler.max_side, handler.max_pixels) == (4096, 50_000_000)
+    assert handler.initialized and handler.service.metadata["global_step"] == 42
+    assert (handler.service.max_side, handler.service.max_pixels) == (4096, 50_000_000)
 
 
 def test_raw_body_png_out_same_size(served):
@@ -114,16 +114,16 @@ def test_cpu_worker_threads_share_the_cores(export_dir, monkeypatch):
     from serving_helpers import make_context
 
     cpus = len(os.sched_getaffinity(0))
-    assert load_handler(export_dir)[0].threads == cpus
-    assert load_handler(export_dir, yaml_config={"minWorkers": 2, "maxWorkers": 2})[0].threads == max(1, cpus // 2)
-    assert load_handler(export_dir, yaml_config={"maxWorkers": 4 * cpus})[0].threads == 1
-    assert load_handler(export_dir, yaml_config={"handler": {"threads": 3}})[0].threads == 3
+    assert load_handler(export_dir)[0].service.threads == cpus
+    assert load_handler(export_dir, yaml_config={"minWorkers": 2, "maxWorkers": 2})[0].service.threads == max(1, cpus // 2)
+    assert load_handler(export_dir, yaml_config={"maxWorkers": 4 * cpus})[0].service.threads == 1
+    assert load_handler(export_dir, yaml_config={"handler": {"threads": 3}})[0].service.threads == 3
     monkeypatch.setenv("INSTYLE_THREADS", "1")
     before = torch.get_num_threads()
     handler = StylizeHandler()
     try:
         handler.initialize(make_context(export_dir, "generator.pt", {"handler": {"threads": 3}}))
-        assert handler.threads == torch.get_num_threads() == 1  # what the worker's torch runs
+        assert handler.service.threads == torch.get_num_threads() == 1  # what the worker's torch runs
     finally:
         torch.set_num_threads(before)
     monkeypatch.delenv("INSTYLE_THREADS")
@@ -132,14 +132,14 @@ def test_cpu_worker_threads_share_the_cores(export_dir, monkeypatch):
 
 
 def test_memory_cap_from_model_config_tiles_with_the_same_pixels(export_dir, served, monkeypatch):
-    """handler.max_memory_mb (model-config.yaml) makes the handler stylize in tiles: same pixels."""
+    """handler.service.max_memory_mb (model-config.yaml) makes the handler stylize in tiles: same pixels."""
     from pipeline.serve import inference, limits
 
     calls = []
     real = inference.stylize_tiled
     monkeypatch.setattr(inference, "stylize_tiled", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
     capped, capped_ctx = load_handler(export_dir, yaml_config={"handler": {"max_memory_mb": 1}})
-    assert capped.max_memory_mb == 1 and served[0].max_memory_mb == limits.DEFAULT_MAX_MEMORY_MB
+    assert capped.service.max_memory_mb == 1 and served[0].service.max_memory_mb == limits.DEFAULT_MAX_MEMORY_MB
     body = encode_pil(rng_image(120, 170, seed=11))
     (tiled,) = run_handler(capped, capped_ctx, [ts_request(body)])
     assert calls == [(1, 3, 120, 170)]
@@ -171,12 +171,12 @@ def test_batch_with_different_sizes_is_grouped_not_padded(served, caplog):
     caplog.set_level("INFO", logger="ts.metrics")  # TorchServe's metrics are log lines
     a1, b, a2 = rng_image(37, 53, seed=1), rng_image(64, 64, seed=2), rng_image(37, 53, seed=3)
     reqs = [ts_request(encode_pil(x), rid=f"r{i}") for i, x in enumerate([a1, b, a2])]
-    spy = ShapeSpy(handler.model)
-    original, handler.model = handler.model, spy
+    spy = ShapeSpy(handler.service.model)
+    original, handler.service.model = handler.service.model, spy
     try:
         batched = run_handler(handler, context, reqs)
     finally:
-        handler.model = original
+        handler.service.model = original
     assert sorted(spy.shapes) == [(1, 3, 64, 64), (2, 3, 37, 53)]
     # the BatchSize metric (what tests/test_serving_torchserve.py reads back from a real server)
     emitted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]BatchSize.")]
@@ -229,7 +229,7 @@ def test_describe_api_gives_the_styles_options_precision_and_threads(served, exp
     assert described["styles"] == ["mosaic"] and described["default_style"] == "mosaic"  # HPARAMS' style image
     assert described["strength_control"] is False and described["global_step"] == meta["global_step"] == 42
     assert described["options"] == ["format", "quality", "max_side", "preserve_color", "style", "strength"]
-    assert (described["precision"], described["threads"]) == (handler.precision_note, handler.threads)
+    assert (described["precision"], described["threads"]) == (handler.service.precision_note, handler.service.threads)
 
 
 def test_explanations_api_answers_like_predictions(served):
@@ -272,11 +272,11 @@ def test_inference_failure_is_reported_per_request(served):
     def broken(x):
         raise RuntimeError("boom")
 
-    original, handler.model = handler.model, broken
+    original, handler.service.model = handler.service.model, broken
     try:
         (res,) = run_handler(handler, context, [ts_request(encode_pil(rng_image(8, 8)))])
     finally:
-        handler.model = original
+        handler.service.model = original
     assert "inference failed" in _error(res, 500)
 
 
@@ -291,11 +291,11 @@ def test_out_of_memory_is_told_by_the_exception_type(served, error, status):
     def failing(x):
         raise error
 
-    original, handler.model = handler.model, failing
+    original, handler.service.model = handler.service.model, failing
     try:
         (res,) = run_handler(handler, context, [ts_request(encode_pil(rng_image(8, 8)))])
     finally:
-        handler.model = original
+        handler.service.model = original
     message = _error(res, status)
     assert ("too large for this server's memory" in message) == (status == 507), message
 
