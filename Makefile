@@ -40,7 +40,7 @@ help:
 # A virtual environment with the pinned stack, the project (editable), and the verified VGG-16 weights.
 install:
 	python3 -m venv .venv
-	$(PY) -m pip install -e '.[test,onnx,video]'
+	$(PY) -m pip install -e '.[test,onnx,video,serve]'
 	$(PY) -m pipeline vgg-weights
 
 # A stylized photo with no training: the committed starter model (models/starter/: 8 styles, strength) exported
@@ -104,9 +104,17 @@ archive:
 
 # TorchServe with ./config.properties (loopback only, token auth on): serves every .mar in
 # model_store/. The launcher needs --ts-config: it does not read ./config.properties by itself.
+# ENGINE=ray: Ray Serve with ./ray_serve.yaml instead, the same API on the same port (docs/scale.md#serving-on-many-machines):
+# runs/NAME/export (every exported run without NAME; NAME=a,b for several).
+ENGINE ?= torchserve
 serve:
+	@test "$(ENGINE)" = torchserve -o "$(ENGINE)" = ray || { echo "unknown ENGINE=$(ENGINE): choose torchserve or ray"; exit 2; }
 	@mkdir -p model_store logs
+ifeq ($(ENGINE),ray)
+	$(PY) -m pipeline ray-serve --config "$(ROOT)ray_serve.yaml" $(if $(NAME),--models '[$(NAME)]') $(ARGS)
+else
 	PATH="$(abspath $(dir $(PY))):$$PATH" $(dir $(PY))torchserve --start --ncs --ts-config config.properties
+endif
 
 # N clients × M requests of mixed sizes against a private loopback TorchServe; every response checked.
 CLIENTS  ?= 8
@@ -160,9 +168,13 @@ web:
 		$(PY) -m pipeline export --run "runs/$$m" --ckpt "$(ROOT)models/$$m/generator.safetensors" --formats '[onnx]' || exit 1; fi; done
 	$(PY) -m pipeline web --run "runs/$(NAME)" --out "web/dist/$(NAME)" $(if $(SERVE),--serve true --port $(PORT)) $(ARGS)
 
-# Stops the server this directory started (TorchServe's own pid file), never by process name.
+# Stops the server this directory started (TorchServe's own pid file; ENGINE=ray: the Ray daemon's), never by process name.
 stop:
+ifeq ($(ENGINE),ray)
+	$(PY) -m pipeline ray-serve --action stop
+else
 	$(dir $(PY))torchserve --stop
+endif
 
 # Reference vs our paths side by side (inference, training, TorchServe, tiled 4K, video, widths, the training
 # loader): prints a table and writes benchmarks/results-<machine>.json. BENCH_ARGS=--quick for the short run,

@@ -32,12 +32,13 @@ TOOLS = {
     "ablation": "pipeline.quality.ablation",
     "figures": "pipeline.quality.figures",
     "loadtest": "pipeline.ops.loadtest",
+    "ray-serve": "pipeline.ops.ray_serve_local",
     "grpc-predict": "pipeline.ops.grpc_client",
     "demo": "pipeline.ops.demo",
 }
 TRAINING = ("fit", "validate", "test", "predict")
 # packages of the optional extras (pyproject.toml) → the extra that installs them
-EXTRAS = {"grpc": "test", "onnxruntime": "onnx", "onnxscript": "onnx", "av": "video"}
+EXTRAS = {"grpc": "test", "onnxruntime": "onnx", "onnxscript": "onnx", "av": "video", "ray": "serve"}
 
 
 class MissingExtra(RuntimeError):
