@@ -119,9 +119,14 @@ endif
 # N clients × M requests of mixed sizes against a private loopback TorchServe; every response checked.
 CLIENTS  ?= 8
 REQUESTS ?= 200
+# ENGINE=ray: a private Ray cluster (a head and NODES worker nodes on this machine) serving runs/NAME/export;
+# KILL_AFTER=n kills a worker node once n requests were answered (docs/scale.md#serving-on-many-machines).
+NODES ?= 2
+KILL_AFTER ?=
 loadtest:
 	$(PY) -m pipeline loadtest $(if $(NAME),--model "$(NAME)") --clients $(CLIENTS) --requests $(REQUESTS) \
-		--out benchmarks/loadtest-results.json
+		--engine $(ENGINE) $(if $(filter ray,$(ENGINE)),--nodes $(NODES) $(if $(KILL_AFTER),--kill_node_after $(KILL_AFTER))) \
+		--out benchmarks/loadtest-results$(if $(filter ray,$(ENGINE)),-ray).json $(ARGS)
 
 # Offline stylization with the server's exact pixels: an image, a folder of images, a film (or an animated
 # GIF/WebP, or a folder of frames → OUT.mp4): H.264 with the input's timing, size, rotation, audio copied
