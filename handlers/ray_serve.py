@@ -132,7 +132,8 @@ class Gateway:
         if name not in self.models:
             return _json(404, {"code": 404, "type": "ModelNotFoundException", "message": f"Model not found: {name}"})
         described = await self.stylizer.describe.remote(name)
-        return _json(200, [{"modelName": name, "engine": "ray", "customizedMetadata": json.dumps(described)}])
+        # the shape of TorchServe's answer, whose JSON writer (Gson) leaves out null values
+        return _json(200, [{"modelName": name, "engine": "ray", "customizedMetadata": _without_nulls(described)}])
 
 
 async def request_row(request: Request) -> tuple[dict[str, Any], dict[str, str]]:
@@ -152,6 +153,12 @@ async def request_row(request: Request) -> tuple[dict[str, Any], dict[str, str]]
         if body or not row:
             row["body"] = field_value(content_type, body)
     return row, dict(request.headers)
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return [_without_nulls(v) for v in value] if isinstance(value, list) else value
 
 
 def _json(status: int, payload: Any) -> Response:
