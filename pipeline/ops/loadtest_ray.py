@@ -82,6 +82,10 @@ class ReplicaLog:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+        try:  # the state it ends in
+            self.samples.append((round(time.monotonic() - self.start, 1), *replica_state(self.cluster)))
+        except OSError:
+            pass
 
 
 def replica_state(cluster: LocalCluster) -> tuple[dict[str, int], int]:
