@@ -76,9 +76,22 @@ def test_imports_only_go_down_the_stages(stage):
     assert not bad, f"pipeline/{stage} imports what its stage may not: {bad}"
 
 
-def test_handler_imports_only_the_serving_core():
-    used = {m for m, _ in imports(ROOT / "handlers" / "stylize_handler.py") if m.startswith("pipeline")}
+@pytest.mark.parametrize("adapter", ["stylize_handler.py", "ray_serve.py"])
+def test_server_adapters_import_only_the_serving_core(adapter):
+    """The TorchServe handler and the Ray Serve deployment are adapters over the same service."""
+    used = {m for m, _ in imports(ROOT / "handlers" / adapter) if m.startswith("pipeline")}
     assert used and all(stage_of(m) in SERVING for m in used), used
+    assert "pipeline.serve.service" in used or "pipeline.serve.requests" in used
+    source = (ROOT / "handlers" / adapter).read_text()
+    assert "StyleService" in source and "run_batch" not in source and "prepare(" not in source  # no second pipeline
+
+
+def test_the_serving_core_imports_no_server():
+    """pipeline.serve, .model and .common know neither TorchServe nor Ray: the servers import them, not the reverse."""
+    servers = {"ray", "starlette", "fastapi", "ts", "uvicorn"}
+    bad = [f"{path.relative_to(ROOT)}: {module}" for stage in sorted(SERVING) for path in sorted((ROOT / "pipeline" / stage).rglob("*.py"))
+           for module, _ in imports(path) if module.split(".")[0] in servers]
+    assert not bad, bad
 
 
 @pytest.mark.slow

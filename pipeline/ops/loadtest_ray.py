@@ -25,6 +25,9 @@ from pipeline.ops.ray_serve_local import TEMPLATE, serve_config, wait_serving
 from pipeline.ops.torchserve_local import free_ports
 
 SAMPLE_S = 0.5  # how often the replica count is read during the run
+# the replicas and handles report their load every second (Ray's default: 10 s), for the short look-back below
+FAST_METRICS = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+                "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
 
 
 class ReplicaLog:
@@ -116,14 +119,14 @@ def run(model: str, model_path: Path, *, clients: int, requests: int, max_second
     (port,) = free_ports(1)
     derived = serve_config({model: str(model_path.resolve())}, keys, config, "127.0.0.1", port, overrides={"Stylizer": {
         # timings shortened so that a run of a minute shows the scaling both ways (ray_serve.yaml's are for production)
-        "autoscaling_config": {"min_replicas": min_replicas, "max_replicas": max_replicas, "metrics_interval_s": 1,
+        "autoscaling_config": {"min_replicas": min_replicas, "max_replicas": max_replicas,
                                "look_back_period_s": 3, "upscale_delay_s": 1, "downscale_delay_s": downscale_s},
         "ray_actor_options": {"num_cpus": 1}}})
     work.mkdir(parents=True, exist_ok=True)
     derived_path = work / f"ray-loadtest-{port}.yaml"
     derived_path.write_text(yaml.safe_dump(derived, sort_keys=False))
     start = time.monotonic()
-    cluster = LocalCluster(head_cpus=0, worker_cpus=(node_cpus,) * nodes)
+    cluster = LocalCluster(head_cpus=0, worker_cpus=(node_cpus,) * nodes, env=FAST_METRICS)
     try:
         cluster.deploy(derived_path)
         ready_s = wait_serving(port, keys, [model], timeout=300)

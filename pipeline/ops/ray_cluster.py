@@ -35,12 +35,14 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 
 class LocalCluster:
     """`head_cpus` logical CPUs on the head (0: replicas go to the workers only), one worker node per
-    entry of `worker_cpus`. Logical CPUs are what Ray schedules replicas by; every node shares the real cores."""
+    entry of `worker_cpus`. Logical CPUs are what Ray schedules replicas by; every node shares the real cores.
+    `env`: more environment for every process of the cluster (e.g. Ray Serve's RAY_SERVE_* settings)."""
 
-    def __init__(self, head_cpus: int, worker_cpus: tuple[int, ...] = (), object_store_mb: int = OBJECT_STORE_MB):
+    def __init__(self, head_cpus: int, worker_cpus: tuple[int, ...] = (), object_store_mb: int = OBJECT_STORE_MB,
+                 env: dict[str, str] | None = None):
         from ray.cluster_utils import Cluster  # Ray is the `serve` extra's: imported only when a cluster is built
 
-        os.environ.update(LOOPBACK_ENV)  # inherited by every process the nodes start
+        os.environ.update({**LOOPBACK_ENV, **(env or {})})  # inherited by every process the nodes start
         gcs, self.dashboard_port, agent, client, metrics, runtime, metrics_agent = free_ports(7)
         self.object_store = object_store_mb * 2**20
         self.cluster = Cluster(initialize_head=True, head_node_args=dict(
