@@ -24,6 +24,7 @@ lines' code paths run for real:
 - `make shards`: test_shards.py; `make stylize` on a photo, a folder, a film, a GIF: test_stylize.py, test_video.py
 - `make eval`: test_evaluation_flicker.py::test_cli_measures_the_requested_style, test_evaluation.py
 - `make import` and its `make archive`: test_import_onnx.py::test_import_then_archive_serve_and_stylize
+- `make serve ENGINE=ray NAME=…`, `make stop ENGINE=ray`: test_serving_ray.py; `make loadtest ENGINE=ray`: test_ray_cluster.py
 - `make demo`, `make web`: test_starter.py, test_web.py; `make bench`: test_bench_*.py; `make gpu-check`:
   test_gpu_check.py; `make install` / `make test` / `make test-fast`: CI itself (.ci/run); `make tensorboard`:
   a server that never exits (its dry run only).
@@ -47,11 +48,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ["README.md", "docs/compact.md", "docs/training.md", "docs/video.md", "docs/ablation.md", "docs/styles.md",
-             "docs/models.md"]
+             "docs/models.md", "docs/scale.md"]
 # Each group's documents in order: docs/video.md stylizes with docs/training.md's runs, docs/styles.md
 # makes its own `trio`; the README's runs stand alone.
 GROUPS = [["README.md", "docs/compact.md"], ["docs/training.md", "docs/video.md", "docs/styles.md"],
-          ["docs/ablation.md", "docs/models.md"]]
+          ["docs/ablation.md", "docs/models.md"], ["docs/scale.md"]]
 STEPS = ["--data.steps_per_epoch=2", "--data.image_size=64", "--data.resize=80", "--data.val_size=64",
          "--data.batch_size=2", "--model.style_size=128", "--trainer.limit_val_batches=1",
          "--trainer.enable_progress_bar=false"]

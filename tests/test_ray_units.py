@@ -106,3 +106,15 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path, monkeypatch,
     (tmp_path / "runs" / "m" / "export" / "generator.pt2").write_bytes(b"x")
     assert loadtest.command(engine="ray", runs=Path("runs"), nodes=1, node_cpus=1, min_replicas=2) == 2
     assert "--min_replicas 2 is more than the 1 replicas" in capsys.readouterr().err
+
+
+def test_config_action_writes_a_deployable_config_for_a_cluster_of_your_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "m" / "export").mkdir(parents=True)
+    (tmp_path / "runs" / "m" / "export" / "generator.pt2").write_bytes(b"x")
+    assert ray_serve_local.command(action="config", host="0.0.0.0") == 0
+    written = yaml.safe_load((tmp_path / "logs" / "ray-serve.yaml").read_text())
+    ServeDeploySchema.model_validate(written)
+    assert written["applications"][0]["args"]["models"] == {"m": str((tmp_path / "runs/m/export/generator.pt2").resolve())}
+    assert written["http_options"]["host"] == "0.0.0.0" and "key_file.json" in capsys.readouterr().out
+    assert not (tmp_path / "logs" / "ray-serve.json").exists()  # nothing started

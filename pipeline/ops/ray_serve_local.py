@@ -3,6 +3,7 @@ with the TorchServe setup's API, port, token file and answers (handlers/ray_serv
 
     python -m pipeline ray-serve --models '[starry_night]'      # start, wait until every model answers
     python -m pipeline ray-serve --action stop
+    python -m pipeline ray-serve --action config --models '[starry_night]'   # logs/ray-serve.yaml for your cluster
 
 The served config is ray_serve.yaml (Ray Serve's own format) with the models and the keys' digests
 filled in, written to logs/ray-serve.yaml; the keys go to ./key_file.json in TorchServe's layout, so
@@ -124,7 +125,8 @@ def command(action: str = "start", models: list[str] | None = None, runs: Path =
     """Serve exported runs on Ray Serve on this machine (`make serve ENGINE=ray`), or stop it.
 
     Args:
-        action: start or stop.
+        action: start, stop, or config: only write logs/ray-serve.yaml and key_file.json (for `serve deploy`
+            on a cluster of your own).
         models: run names in RUNS/ to serve (default: every run with export/generator.pt2).
         runs: folder of the runs.
         config: the Ray Serve config to fill in (autoscaling, CPUs per replica, batching, limits).
@@ -136,10 +138,10 @@ def command(action: str = "start", models: list[str] | None = None, runs: Path =
     if action == "stop":
         print("Ray Serve stopped" if stop() else "no Ray Serve started from this directory was running")
         return 0
-    if action != "start":
-        print(f"error: --action {action!r}: use start or stop", file=sys.stderr)
+    if action not in ("start", "config"):
+        print(f"error: --action {action!r}: use start, stop or config", file=sys.stderr)
         return 2
-    if _running_pid(STATE) is not None:
+    if action == "start" and _running_pid(STATE) is not None:
         print(f"error: a Ray Serve started here is running ({STATE}); `make stop ENGINE=ray` first", file=sys.stderr)
         return 2
     try:
@@ -152,6 +154,10 @@ def command(action: str = "start", models: list[str] | None = None, runs: Path =
     logs = STATE.parent
     logs.mkdir(parents=True, exist_ok=True)
     (logs / "ray-serve.yaml").write_text(yaml.safe_dump(derived, sort_keys=False))
+    if action == "config":  # for a cluster of your own: `serve deploy logs/ray-serve.yaml` (docs/scale.md)
+        print(f"{logs / 'ray-serve.yaml'}: {', '.join(served)} from {', '.join(sorted(set(map(str, served.values()))))} "
+              "(the same paths on every node); keys in key_file.json")
+        return 0
     STATE.unlink(missing_ok=True)
     cpus = cpus or len(os.sched_getaffinity(0))
     with open(logs / "ray-serve.log", "ab") as log:
