@@ -17,7 +17,7 @@ from serving_helpers import make_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-CLIENTS, REQUESTS, KILL_AFTER = 8, 40, 40
+CLIENTS, REQUESTS, KILL_AFTER = 8, 60, 60  # ~80 s of load: replicas start in ~40 s on 2 busy cores
 
 
 def test_one_host_cluster_scales_and_survives_a_node_kill(tmp_path):
