@@ -118,3 +118,12 @@ def test_config_action_writes_a_deployable_config_for_a_cluster_of_your_own(tmp_
     assert written["applications"][0]["args"]["models"] == {"m": str((tmp_path / "runs/m/export/generator.pt2").resolve())}
     assert written["http_options"]["host"] == "0.0.0.0" and "key_file.json" in capsys.readouterr().out
     assert not (tmp_path / "logs" / "ray-serve.json").exists()  # nothing started
+
+
+def test_a_node_kill_needs_worker_nodes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "m" / "export").mkdir(parents=True)
+    (tmp_path / "runs" / "m" / "export" / "generator.pt2").write_bytes(b"x")
+    assert loadtest.command(engine="ray", nodes=0, kill_node_after=5) == 2
+    assert "--kill_node_after needs worker nodes" in capsys.readouterr().err
+    assert loadtest.command(engine="ray", nodes=-1) == 2

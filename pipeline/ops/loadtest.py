@@ -172,8 +172,8 @@ def command(*, model: str | None = None, store: Path = Path("model_store"), clie
         engine: torchserve, or ray: a private Ray cluster on this machine, a head and NODES worker nodes
             (pipeline/ops/loadtest_ray.py: replicas counted, a node killed with --kill_node_after).
         runs: folder of the exported runs (ray).
-        nodes: worker nodes (ray).
-        node_cpus: logical CPUs of each worker node, one replica each (ray).
+        nodes: worker nodes (ray; 0: the head alone runs the replicas, as `make serve ENGINE=ray`).
+        node_cpus: logical CPUs of each node that runs replicas, one replica each (ray).
         min_replicas: the fewest replicas the autoscaler keeps (ray; 2: one on each node from the start).
         kill_node_after: kill the worker node holding the most replicas once this many requests were answered (ray).
     """

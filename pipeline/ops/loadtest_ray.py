@@ -1,5 +1,5 @@
 """`make loadtest ENGINE=ray`: the load test against a private Ray cluster on this machine (a head and
-`nodes` worker nodes, pipeline.ops.ray_cluster) serving one exported run with ray_serve.yaml's
+`nodes` worker nodes, pipeline.ops.ray_cluster; 0: the head alone) serving one exported run with ray_serve.yaml's
 autoscaling: replicas are counted through the load and after it (up under load, back down after),
 and with `kill_node_after` the worker node holding the most replicas is killed once that many requests
 were answered: the load test then says whether every request was still answered (the Gateway retries a
@@ -110,9 +110,11 @@ def run(model: str, model_path: Path, *, clients: int, requests: int, max_second
     """Start the cluster, deploy, run the load (killing a node if asked), wait for the scale-down; the load
     test's result with `engine`, `replicas_timeline` [(s, replicas)], `max_replicas_seen`,
     `scaled_down_s`, `killed_node`, `recovered_s` (a kill to the minimum running again) and `answers_after`."""
-    if nodes < 1 or node_cpus < 1 or min_replicas < 1:
-        raise ValueError("--nodes, --node_cpus and --min_replicas must be ≥ 1")
-    max_replicas = max_replicas or nodes * node_cpus
+    if nodes < 0 or node_cpus < 1 or min_replicas < 1:
+        raise ValueError("--nodes must be ≥ 0, --node_cpus and --min_replicas ≥ 1")
+    if nodes == 0 and kill_node_after is not None:
+        raise ValueError("--kill_node_after needs worker nodes (--nodes ≥ 1): with --nodes 0 everything runs on the head")
+    max_replicas = max_replicas or max(nodes, 1) * node_cpus
     if min_replicas > max_replicas:
         raise ValueError(f"--min_replicas {min_replicas} is more than the {max_replicas} replicas the nodes hold")
     keys = {"inference": "loadtest-inference", "management": "loadtest-management"}
@@ -126,7 +128,8 @@ def run(model: str, model_path: Path, *, clients: int, requests: int, max_second
     derived_path = work / f"ray-loadtest-{port}.yaml"
     derived_path.write_text(yaml.safe_dump(derived, sort_keys=False))
     start = time.monotonic()
-    cluster = LocalCluster(head_cpus=0, worker_cpus=(node_cpus,) * nodes, env=FAST_METRICS)
+    # nodes=0: one node, the head, runs everything (as `make serve ENGINE=ray`)
+    cluster = LocalCluster(head_cpus=0 if nodes else node_cpus, worker_cpus=(node_cpus,) * nodes, env=FAST_METRICS)
     try:
         cluster.deploy(derived_path)
         ready_s = wait_serving(port, keys, [model], timeout=300)
