@@ -18,7 +18,8 @@ import pytest
 from pipeline.export.archive import archive_run
 from pipeline.ops.torchserve_api import read_keys, request
 from pipeline.ops.torchserve_local import TORCHSERVE, LocalTorchServe, free_ports, multipart
-from serving_helpers import decode_pil, encode_pil, rng_image, shared_export
+from pipeline.export.exporter import export_run
+from serving_helpers import decode_pil, encode_pil, make_checkpoint, rng_image, shared_export
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow,
@@ -50,17 +51,21 @@ def test_ray_serve_answers_as_torchserve_does(tmp_path_factory, tmp_path):
     archive_run(run, store, name="demo")
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "demo").symlink_to(run)
+    duo = tmp_path / "runs" / "duo"  # two styles and the strength control: the README's X-Strength line
+    make_checkpoint(duo, styles=["mosaic", "candy"], strength=True, width=16)
+    export_run(duo, formats=("pt2",))
+    archive_run(duo, store, name="duo")
     (port,) = free_ports(1)
     ts = LocalTorchServe(tmp_path / "ts", store)
     ts.start()
-    started = make(tmp_path, "serve", "ENGINE=ray", "NAME=demo", f"ARGS=--port {port}")
+    started = make(tmp_path, "serve", "ENGINE=ray", "NAME=demo,duo", f"ARGS=--port {port}")
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         assert f"127.0.0.1:{port}" in started.stdout and "curl" in started.stdout
         config = (tmp_path / "logs" / "ray-serve.yaml").read_text()
         keys = read_keys(tmp_path / "key_file.json")
         assert keys["inference"] not in config and oct((tmp_path / "key_file.json").stat().st_mode)[-3:] == "600"
-        ts.wait_ready(["demo"])
+        ts.wait_ready(["demo", "duo"])
 
         def both(method: str, path: str, body: bytes | None, headers: dict, token: str | None = "inference"):
             want = ts.request(method, path, body, headers, token=token)
@@ -72,6 +77,11 @@ def test_ray_serve_answers_as_torchserve_does(tmp_path_factory, tmp_path):
         grey = encode_pil(rng_image(40, 29, seed=13), "PNG", mode="L")
         cases = {
             "raw jpeg": ("/predictions/demo", jpeg, {"Content-Type": "image/jpeg"}),
+            "the README's line": ("/predictions/duo", jpeg, {"Content-Type": "image/jpeg", "X-Strength": "0.6"}),
+            "a mix of styles": ("/predictions/duo", jpeg, {"Content-Type": "image/jpeg", "X-Style": "mosaic:0.3,candy:0.7",
+                                                           "X-Strength": "0.25"}),
+            "strength out of range": ("/predictions/duo", jpeg, {"Content-Type": "image/jpeg", "X-Strength": "2"}),
+            "no strength control": ("/predictions/demo", jpeg, {"Content-Type": "image/jpeg", "X-Strength": "0.5"}),
             "multipart alpha": ("/predictions/demo", *as_form(multipart("image", "cut.png", rgba, "image/png"))),
             "grey png": ("/predictions/demo", grey, {"Content-Type": "image/png"}),
             "jpeg out by header": ("/predictions/demo", jpeg, {"Content-Type": "application/octet-stream", "X-Format": "jpeg",
