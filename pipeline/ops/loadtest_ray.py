@@ -133,9 +133,9 @@ def run(model: str, model_path: Path, *, clients: int, requests: int, max_second
     try:
         cluster.deploy(derived_path)
         ready_s = wait_serving(port, keys, [model], timeout=300)
+        layout = f"a head and {nodes} worker nodes of {node_cpus} CPUs" if nodes else f"one node of {node_cpus} CPUs"
         print(f"Ray Serve ready in {time.monotonic() - start:.0f} s (serving {ready_s:.0f} s after deploy) on 127.0.0.1:{port}: "
-              (f"a head and {nodes} worker nodes of {node_cpus} CPUs" if nodes else f"one node of {node_cpus} CPUs")
-              + f"; {clients} clients × {requests} requests...", flush=True)
+              f"{layout}; {clients} clients × {requests} requests...", flush=True)
         kill = Killer(cluster, kill_node_after)
         with ReplicaLog(cluster) as log:
             log.wait_running(min_replicas, timeout=300)
