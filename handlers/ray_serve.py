@@ -96,17 +96,19 @@ class Gateway:
             if not self._authorized(request, "management"):
                 return _json(400, TOKEN_ERROR)
             return await self._describe(parts[1])
-        if request.method in ("POST", "PUT") and (parts[0] in ("predictions", "explanations") and len(parts) in (2, 3)
-                                                   or path == "/invocations"):
+        inference = parts[0] in ("predictions", "explanations") and len(parts) in (2, 3) or path == "/invocations"
+        if inference and request.method not in ("POST", "PUT"):
+            return _json(405, {"code": 405, "type": "MethodNotAllowedException",
+                               "message": "Requested method is not allowed, please refer to API document."})
+        if inference:
             if not self._authorized(request, "inference"):
                 return _json(400, TOKEN_ERROR)
             name = parts[1] if parts[0] != "invocations" else request.query_params.get("model_name", "")
             if name not in self.models:
                 return _json(404, {"code": 404, "type": "ModelNotFoundException", "message": f"Model not found: {name}"})
             return await self._predict(name, request)
-        return _json(404 if request.method in ("GET", "POST", "PUT") else 405,
-                     {"code": 404, "type": "ResourceNotFoundException", "message": "Requested resource is not found, "
-                      "please refer to API document."})
+        return _json(404, {"code": 404, "type": "ResourceNotFoundException",
+                           "message": "Requested resource is not found, please refer to API document."})
 
     def _authorized(self, request: Request, kind: str) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -126,6 +126,9 @@ def test_ray_serve_answers_as_torchserve_does(tmp_path_factory, tmp_path):
         assert status == 200 and described == json.loads(want)[0]["customizedMetadata"]
         assert request(("127.0.0.1", port), "GET", "/models/demo", token=keys["inference"])[0] == 400
         assert request(("127.0.0.1", port), "GET", "/ping")[:1] == (200,)
+        for method, path, status in (("DELETE", "/predictions/demo", 405), ("GET", "/nowhere", 404)):
+            got_status, _, body = request(("127.0.0.1", port), method, path, token=keys["inference"])
+            assert got_status == json.loads(body)["code"] == status, (method, path, body)
 
         # batching by size: concurrent requests of two sizes, each answered as TorchServe answers it alone
         images = [encode_pil(rng_image(*hw, seed=20 + i)) for i, hw in enumerate([(37, 53), (64, 64)] * 3)]
