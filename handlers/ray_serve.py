@@ -49,16 +49,17 @@ class Stylizer:
     def __init__(self, models: dict[str, str], handler: dict[str, Any] | None = None,
                  max_batch_size: int = 4, batch_wait_ms: int = 20):
         reuse_freed_memory()
-        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU") or []
-        device = torch.device("cuda:0" if gpus and torch.cuda.is_available() else "cpu")
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
-        share = ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0) or 1.0
+        context = ray.get_runtime_context()
+        gpus = context.get_accelerator_ids().get("GPU") or []
+        device = torch.device("cuda:0" if gpus and torch.cuda.is_available() else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES
+        assigned = context.get_assigned_resources()
+        cpus, share = assigned.get("CPU", 0), assigned.get("GPU", 1.0) or 1.0
         self.services = {name: StyleService(path, device, handler or {}, threads=max(1, int(cpus)),
                                             workers_on_device=max(1, round(1 / share)))
                          for name, path in models.items()}
         self.answer.set_max_batch_size(max_batch_size)
         self.answer.set_batch_wait_timeout_s(batch_wait_ms / 1000)
-        self.node = ray.get_runtime_context().get_node_id()
+        self.node = context.get_node_id()
 
     def describe(self, name: str) -> dict[str, Any]:
         return {**self.services[name].describe(), "node": self.node}

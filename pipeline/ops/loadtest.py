@@ -183,14 +183,10 @@ def command(*, model: str | None = None, store: Path = Path("model_store"), clie
     if engine not in ("torchserve", "ray"):
         print(f"error: --engine {engine!r}: use torchserve or ray", file=sys.stderr)
         return 2
-    if engine == "ray":
-        result = _on_ray(model, runs, clients, requests, max_seconds, nodes, node_cpus, min_replicas, kill_node_after)
-        if result is None:
-            return 2
-    else:
-        result = _on_torchserve(model, store, clients, requests, max_seconds)
-        if result is None:
-            return 2
+    result = (_on_ray(model, runs, clients, requests, max_seconds, nodes, node_cpus, min_replicas, kill_node_after)
+              if engine == "ray" else _on_torchserve(model, store, clients, requests, max_seconds))
+    if result is None:  # the reason is printed
+        return 2
     shown = {k: v for k, v in result.items() if k not in ("first_errors", "replicas_timeline")}
     print(json.dumps(shown, indent=1))
     for line in result["first_errors"]:

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from pipeline.ops.loadtest import run_load
-from pipeline.ops.ray_cluster import LocalCluster, running_replicas
+from pipeline.ops.ray_cluster import LocalCluster
 from pipeline.ops.ray_serve_local import TEMPLATE, serve_config, wait_serving
 from pipeline.ops.torchserve_local import free_ports
 

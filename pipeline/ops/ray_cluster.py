@@ -62,9 +62,7 @@ class LocalCluster:
 
     def add_worker(self, cpus: int) -> Any:
         """A worker node of `cpus` logical CPUs, joined once it is alive."""
-        node = self.cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1", object_store_memory=self.object_store)
-        self.cluster.wait_for_nodes()
-        return node
+        return self.cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1", object_store_memory=self.object_store)
 
     def kill_worker(self, node: Any) -> None:
         """The node's processes killed at once (no graceful drain): as a machine that dies."""
@@ -95,12 +93,6 @@ def applications(dashboard: str) -> dict[str, Any]:
     """Serve's applications as the dashboard at `dashboard` (http://host:port) reports them."""
     with urllib.request.urlopen(f"{dashboard}/api/serve/applications/", timeout=10) as resp:
         return json.loads(resp.read()).get("applications") or {}
-
-
-def running_replicas(apps: dict[str, Any], deployment: str) -> int:
-    """How many replicas of `deployment` are RUNNING, over every application."""
-    return sum(1 for app in apps.values() for name, d in (app.get("deployments") or {}).items() if name == deployment
-               for r in d.get("replicas") or [] if r.get("state") == "RUNNING")
 
 
 def daemon(config: Path, state: Path, cpus: int) -> int:
