@@ -166,10 +166,8 @@ def run(model: str, model_path: Path, *, clients: int, requests: int, max_second
 
 class Killer:
     """Kills the worker node holding the most replicas once `after` requests were answered and replicas run
-    on two nodes or more (the deployment has scaled out; at most SPREAD_WAIT_S more), in its own thread:
-    `progress` is called under the load test's lock."""
-
-    SPREAD_WAIT_S = 60
+    on two nodes or more (the deployment has scaled out; however long that takes while the load lasts), in its
+    own thread: `progress` is called under the load test's lock."""
 
     def __init__(self, cluster: LocalCluster, after: int | None):
         self.cluster, self.after = cluster, after
@@ -179,6 +177,7 @@ class Killer:
         self.answered = 0  # requests answered by then
         self._count = 0
         self._due = threading.Event()
+        self._load_done = threading.Event()
         self._thread = threading.Thread(target=self._kill, daemon=True)
         if after is not None:
             self._thread.start()
@@ -190,9 +189,8 @@ class Killer:
 
     def _kill(self) -> None:
         self._due.wait()
-        deadline = time.monotonic() + self.SPREAD_WAIT_S
         holding = replica_state(self.cluster)[0]
-        while len(holding) < 2 and time.monotonic() < deadline:
+        while len(holding) < 2 and not self._load_done.is_set():
             time.sleep(SAMPLE_S)
             holding = replica_state(self.cluster)[0]
         workers = {n.node_id: n for n in self.cluster.workers}
@@ -206,5 +204,6 @@ class Killer:
 
     def join(self) -> None:
         if self.after is not None:
-            self._due.set()  # a load shorter than `after` answers: the node is killed after it
+            self._load_done.set()  # a load that ended first: the node is killed after it
+            self._due.set()
             self._thread.join()
