@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,19 @@ class LocalCluster:
         self.cluster.remove_node(node, allow_graceful=False)
         self.workers.remove(node)
 
-    def deploy(self, config: Path, timeout: float = 120) -> None:
-        """`serve deploy CONFIG` against this cluster's dashboard (RuntimeError with Ray's message if refused)."""
-        proc = subprocess.run([str(SERVE_CLI), "deploy", str(config), "--address", self.dashboard],
-                              capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"serve deploy {config} failed: {(proc.stderr or proc.stdout)[-2000:]}")
+    def deploy(self, config: Path, timeout: float = 300) -> None:
+        """`serve deploy CONFIG` against this cluster's dashboard, tried again while the dashboard's Serve
+        module is still starting (on busy cores it answers well after the head is up); RuntimeError with
+        Ray's message if it is still refused at `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = subprocess.run([str(SERVE_CLI), "deploy", str(config), "--address", self.dashboard],
+                                  capture_output=True, text=True, timeout=timeout)
+            if proc.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve deploy {config} failed: {(proc.stderr or proc.stdout)[-2000:]}")
+            time.sleep(2)
 
     def applications(self) -> dict[str, Any]:
         """The Serve applications' state (GET /api/serve/applications/): status, message, deployments'
